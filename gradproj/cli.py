@@ -1,0 +1,182 @@
+"""The ``gradproj`` command: a thin click layer over the Python API (same names, same settings).
+
+A user error prints ``gradproj: error: <one line>`` on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+
+import click
+
+from .errors import GradprojError
+
+
+def _quiet_libraries(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if not verbose:
+        import transformers
+        transformers.utils.logging.set_verbosity_error()
+        transformers.utils.logging.disable_progress_bar()
+        for name in ("peft", "trl", "accelerate", "datasets"):
+            logging.getLogger(name).setLevel(logging.ERROR)
+        import datasets
+        datasets.disable_progress_bars()
+
+
+def model_options(fn):
+    """--model, --adapter, LoRA, dtype and device options shared by every command with a model."""
+    options = [
+        click.option("--model", "model", default="smollm2", show_default=True,
+                     help="HF model folder, hub id, .gguf file, or 'smollm2' (embedded "
+                          "SmolLM2-135M-Instruct)."),
+        click.option("--adapter", "adapter", default=None, type=click.Path(),
+                     help="Existing peft adapter folder to start from (else a fresh LoRA)."),
+        click.option("--lora-r", default=8, show_default=True, help="LoRA rank of a fresh adapter."),
+        click.option("--lora-alpha", default=16.0, show_default=True, help="LoRA alpha."),
+        click.option("--lora-targets", default="q_proj,v_proj", show_default=True,
+                     help="Comma-separated module names that get LoRA (q/k/v/o, MLP ...)."),
+        click.option("--dtype", default="float32", show_default=True,
+                     type=click.Choice(["float32", "bfloat16", "float16"]), help="Weights dtype."),
+        click.option("--device", default="auto", show_default=True,
+                     help="auto (cuda when present), cpu, cuda, cuda:N."),
+        click.option("--trust-remote-code", is_flag=True, help="Allow model code from the hub."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def data_options(fn):
+    fn = click.option("--split", default="train", show_default=True,
+                      help="Split of a saved DatasetDict or hub dataset.")(fn)
+    fn = click.option("--field", "fields", multiple=True, metavar="NAME=COLUMN",
+                      help="Remap an input column, e.g. --field chosen=better (repeatable; "
+                           "names: prompt, chosen, rejected, id).")(fn)
+    return fn
+
+
+def _model_settings(kw, adapter=None):
+    from .model import LoraSettings, ModelSettings
+
+    targets = tuple(t.strip() for t in kw.pop("lora_targets").split(",") if t.strip())
+    lora = LoraSettings(r=kw.pop("lora_r"), alpha=kw.pop("lora_alpha"), targets=targets)
+    return ModelSettings(model=kw.pop("model"), adapter=adapter or kw.pop("adapter", None),
+                         lora=lora, dtype=kw.pop("dtype"), device=kw.pop("device"),
+                         trust_remote_code=kw.pop("trust_remote_code"))
+
+
+def _load_data(path, fields, split):
+    from .data import FieldMap, load_pairs
+
+    return load_pairs(path, FieldMap.parse(fields), split=split)
+
+
+def handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except GradprojError as err:
+            click.echo(f"gradproj: error: {err}", err=True)
+            sys.exit(2)
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log progress and library messages.")
+@click.version_option(package_name="gradproj")
+def main(verbose):
+    """gradproj: choose the preference pairs worth aligning a model on (TIF, LossDiff, IRM)."""
+    _quiet_libraries(verbose)
+
+
+@main.command()
+@model_options
+@data_options
+@click.option("--data", required=True, type=click.Path(), help="Preference pairs to train on.")
+@click.option("--out", required=True, type=click.Path(), help="Folder for the trained adapter.")
+@click.option("--init-adapter", default=None, type=click.Path(),
+              help="Continue training this adapter (same as --adapter).")
+@click.option("--epochs", default=1.0, show_default=True, help="Passes over the data.")
+@click.option("--lr", default=5e-4, show_default=True, help="Peak learning rate (AdamW).")
+@click.option("--batch-size", default=8, show_default=True, help="Pairs per step.")
+@click.option("--grad-accum", default=1, show_default=True, help="Gradient accumulation steps.")
+@click.option("--beta", default=0.1, show_default=True, help="DPO beta.")
+@click.option("--seed", default=0, show_default=True, help="Shuffling and LoRA init seed.")
+@click.option("--scheduler", default="linear", show_default=True, help="LR schedule.")
+@click.option("--warmup-ratio", default=0.0, show_default=True, help="Warm-up share of steps.")
+@click.option("--max-length", default=512, show_default=True,
+              help="Tokens per sequence; the prompt is cut from the left first.")
+@click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")
+@handle_errors
+def train(data, out, init_adapter, fields, split, force, **kw):
+    """DPO-train a LoRA adapter on a pairs file (trl DPOTrainer) and save it with its optimizer
+    state, learning-rate schedule and train.json."""
+    from .model import load_model
+    from .train import TrainSettings, train_adapter
+
+    pairs = _load_data(data, fields, split)
+    settings = TrainSettings(**{k: kw.pop(k) for k in (
+        "epochs", "lr", "batch_size", "grad_accum", "beta", "seed", "scheduler",
+        "warmup_ratio", "max_length")})
+    ms = _model_settings(kw, adapter=init_adapter)
+    loaded = load_model(ms)
+    result = train_adapter(loaded, pairs, settings, out, overwrite=force)
+    click.echo(f"trained {result.n_pairs} pairs, {result.steps} steps in {result.seconds:.1f}s; "
+               f"final loss {result.losses[-1]:.4f}; adapter in {result.out_dir}")
+    if result.excluded:
+        click.echo(f"{len(result.excluded)} pairs excluded by truncation (see train.json)")
+
+
+@main.command()
+@model_options
+@data_options
+@click.option("--data", required=True, type=click.Path(), help="Preference pairs to score.")
+@click.option("--beta", default=0.1, show_default=True, help="DPO beta.")
+@click.option("--max-length", default=512, show_default=True, help="Tokens per sequence.")
+@click.option("--batch-size", default=8, show_default=True, help="Pairs per forward pass.")
+@click.option("--out", default=None, type=click.Path(), help="Also write the metrics as JSON.")
+@handle_errors
+def evaluate(data, fields, split, beta, max_length, batch_size, out, **kw):
+    """Preference accuracy, mean margin and mean DPO loss of a model (and adapter) on pairs."""
+    from .evaluate import evaluate as run_evaluate
+    from .model import load_model
+
+    pairs = _load_data(data, fields, split)
+    loaded = load_model(_model_settings(kw))
+    result = run_evaluate(loaded, pairs, beta, max_length, batch_size)
+    for key, value in result.to_dict().items():
+        click.echo(f"{key:16s} {value:.4f}" if isinstance(value, float) else f"{key:16s} {value}")
+    if out:
+        with open(out, "w") as f:
+            json.dump(result.to_dict(), f, indent=2)
+
+
+@main.command()
+@click.option("--model", default="smollm2", show_default=True, help="Model to run the demo on.")
+@click.option("--n-train", default=160, show_default=True, help="Generated training pairs.")
+@click.option("--n-test", default=80, show_default=True, help="Generated held-out pairs.")
+@click.option("--flip", default=0.25, show_default=True, help="Share of training pairs flipped.")
+@click.option("--epochs", default=1.0, show_default=True, help="Warm-up epochs.")
+@click.option("--lr", default=5e-4, show_default=True, help="Warm-up learning rate.")
+@click.option("--seed", default=0, show_default=True, help="Task and training seed.")
+@click.option("--out", default="runs/demo", show_default=True, type=click.Path(),
+              help="Folder for the demo's data, adapter and results.")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
+@handle_errors
+def demo(**kw):
+    """Warm up SmolLM2 with DPO on a generated task with flipped pairs; print held-out metrics."""
+    from .demo import DemoSettings, run_demo
+
+    run_demo(DemoSettings(**kw), echo=click.echo)
+
+
+if __name__ == "__main__":
+    main()
