@@ -21,6 +21,10 @@ def _quiet_libraries(verbose: bool) -> None:
                         format="%(levelname)s %(name)s: %(message)s")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if not verbose:
+        import warnings
+
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=UserWarning, module="peft")
         import transformers
         transformers.utils.logging.set_verbosity_error()
         transformers.utils.logging.disable_progress_bar()
@@ -161,11 +165,11 @@ def evaluate(data, fields, split, beta, max_length, batch_size, out, **kw):
 
 @main.command()
 @click.option("--model", default="smollm2", show_default=True, help="Model to run the demo on.")
-@click.option("--n-train", default=160, show_default=True, help="Generated training pairs.")
-@click.option("--n-test", default=80, show_default=True, help="Generated held-out pairs.")
+@click.option("--n-train", default=96, show_default=True, help="Generated training pairs.")
+@click.option("--n-test", default=48, show_default=True, help="Generated held-out pairs.")
 @click.option("--flip", default=0.25, show_default=True, help="Share of training pairs flipped.")
 @click.option("--epochs", default=1.0, show_default=True, help="Warm-up epochs.")
-@click.option("--lr", default=5e-4, show_default=True, help="Warm-up learning rate.")
+@click.option("--lr", default=2e-3, show_default=True, help="Warm-up learning rate.")
 @click.option("--seed", default=0, show_default=True, help="Task and training seed.")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(),
               help="Folder for the demo's data, adapter and results.")

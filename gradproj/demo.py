@@ -21,11 +21,11 @@ from .train import TrainSettings, train_adapter
 @dataclass(frozen=True)
 class DemoSettings:
     model: str = "smollm2"
-    n_train: int = 160
-    n_test: int = 80
+    n_train: int = 96
+    n_test: int = 48
     flip: float = 0.25
     epochs: float = 1.0
-    lr: float = 5e-4
+    lr: float = 2e-3
     seed: int = 0
     out: str = "runs/demo"
     device: str = "auto"
@@ -46,11 +46,11 @@ def run_demo(s: DemoSettings, echo=print) -> dict:
 
     loaded = load_model(ModelSettings(model=s.model, device=s.device))
     t_load = time.perf_counter() - t0
-    before = evaluate(loaded, task.test, max_length=128)
+    before = evaluate(loaded, task.test, max_length=64)
     t1 = time.perf_counter()
     result = train_adapter(loaded, task.train, TrainSettings(epochs=s.epochs, lr=s.lr,
-                           seed=s.seed, max_length=128), out / "warmup", overwrite=True)
-    after = evaluate(loaded, task.test, max_length=128)
+                           seed=s.seed, max_length=64, batch_size=8), out / "warmup", overwrite=True)
+    after = evaluate(loaded, task.test, max_length=64)
     t_train = time.perf_counter() - t1
 
     rows = [("base model (adapter off)", before), ("after warm-up (1 epoch DPO)", after)]

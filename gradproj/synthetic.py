@@ -54,13 +54,23 @@ class SyntheticTask:
     """Ids of the training pairs whose chosen and rejected were swapped."""
 
 
+SYSTEM = "Answer briefly."
+
+
 def make_records(n: int, seed: int, prefix: str) -> list[dict]:
-    """``n`` clean flat records {id, prompt, chosen, rejected}, families in rotation."""
+    """``n`` clean chat records {id, chosen, rejected}, families in rotation.
+
+    The conversation opens with a short system message, which keeps sequences short (a chat
+    template's default system prompt can be longer than the question).
+    """
     rng = random.Random(seed)
     rows = []
     for i in range(n):
         q, c, r = FAMILIES[i % len(FAMILIES)](rng)
-        rows.append({"id": f"{prefix}-{i:05d}", "prompt": q, "chosen": c, "rejected": r})
+        prompt = [{"role": "system", "content": SYSTEM}, {"role": "user", "content": q}]
+        rows.append({"id": f"{prefix}-{i:05d}",
+                     "chosen": prompt + [{"role": "assistant", "content": c}],
+                     "rejected": prompt + [{"role": "assistant", "content": r}]})
     return rows
 
 
@@ -77,7 +87,7 @@ def flip_records(rows: list[dict], fraction: float, seed: int) -> tuple[list[dic
     return out, {rows[i]["id"] for i in picked}
 
 
-def make_task(n_train: int = 200, n_val: int = 40, n_test: int = 100, flip: float = 0.25,
+def make_task(n_train: int = 96, n_val: int = 24, n_test: int = 48, flip: float = 0.25,
               seed: int = 0) -> SyntheticTask:
     """Train (with ``flip`` of its pairs swapped), clean validation and clean test pairs."""
     train, flipped = flip_records(make_records(n_train, seed, "train"), flip, seed + 1)

