@@ -163,6 +163,71 @@ def evaluate(data, fields, split, beta, max_length, batch_size, out, **kw):
             json.dump(result.to_dict(), f, indent=2)
 
 
+@main.command("build-store")
+@model_options
+@data_options
+@click.option("--data", required=True, type=click.Path(), help="Training pairs to store.")
+@click.option("--out", required=True, type=click.Path(), help="Store directory.")
+@click.option("--proj-dim", default=8192, show_default=True, help="Projected dimension k.")
+@click.option("--proj-kind", default="rademacher", show_default=True,
+              type=click.Choice(["rademacher", "gaussian", "sjlt", "trak-basic", "trak-cuda"]),
+              help="Projection: ours (device-independent) or TRAK's projectors.")
+@click.option("--seed", default=0, show_default=True, help="Projection seed.")
+@click.option("--grad-type", default="sgd", show_default=True, type=click.Choice(["sgd", "adam"]),
+              help="adam: LESS-style m'/(sqrt(v')+eps) from the adapter's optimizer state.")
+@click.option("--loss", default="dpo", show_default=True, type=click.Choice(["dpo", "slic"]),
+              help="Pairwise loss whose gradient is stored.")
+@click.option("--beta", default=0.1, show_default=True, help="DPO beta.")
+@click.option("--max-length", default=512, show_default=True, help="Tokens per sequence.")
+@click.option("--batch-size", default=8, show_default=True, help="Pairs per backward pass.")
+@click.option("--proj-batch", default=64, show_default=True,
+              help="Pairs buffered before projecting (amortises generating R).")
+@click.option("--shard-size", default=1024, show_default=True, help="Rows per shard file.")
+@click.option("--proj-cache-mb", default=0.0, show_default=True,
+              help="Memory budget for caching blocks of the projection matrix.")
+@click.option("--sjlt-s", default=4, show_default=True, help="Non-zeros per coordinate (sjlt).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted build of this store.")
+@handle_errors
+def build_store_cmd(data, out, fields, split, resume, **kw):
+    """Project every pair's LoRA gradient of the DPO loss into a store on disk."""
+    from .build import StoreSettings, build_store
+    from .model import load_model
+
+    pairs = _load_data(data, fields, split)
+    settings = StoreSettings(**{k: kw.pop(k) for k in (
+        "proj_dim", "proj_kind", "seed", "grad_type", "loss", "beta", "max_length",
+        "batch_size", "proj_batch", "shard_size", "proj_cache_mb", "sjlt_s")})
+    loaded = load_model(_model_settings(kw))
+    store = build_store(loaded, pairs, settings, out, resume=resume)
+    t = store.manifest["timing"]
+    click.echo(f"stored {len(store)} pairs ({len(store.manifest['excluded'])} excluded) at "
+               f"k={store.k} in {store.root}; {len(store) / t['total']:.2f} pairs/s, projection "
+               f"{t['projection'] / t['total']:.0%} of the time")
+
+
+@main.command()
+@click.argument("store", type=click.Path())
+@click.option("--no-verify", is_flag=True, help="Skip the shard checksums.")
+@handle_errors
+def inspect(store, no_verify):
+    """Print a store's manifest summary, row counts by status, disk size and projector spec."""
+    from .store import Store
+
+    st = Store(store, verify=not no_verify)
+    m = st.manifest
+    click.echo(f"store        {st.root}  ({'complete' if st.complete else 'INCOMPLETE'})")
+    click.echo(f"rows         {len(st)} in {len(st.shards)} shards; "
+               + ", ".join(f"{k}: {v}" for k, v in st.status_counts().items()))
+    click.echo(f"excluded     {len(m.get('excluded', {}))} pairs (tokenization)")
+    click.echo(f"disk         {st.disk_bytes() / 2**20:.1f} MiB ({m['storage_dtype']})")
+    click.echo(f"model        {m['model']['name']} base {m['model']['base_fingerprint']}, "
+               f"adapter {m['adapter']['path'] or 'fresh LoRA'} {m['adapter']['fingerprint']}")
+    click.echo(f"loss         {m['loss']['name']} beta={m['loss']['beta']}, "
+               f"gradient {m['grad_type']}, max_length {m['max_length']}")
+    click.echo("projector    " + ", ".join(f"{k}={v}" for k, v in m["projector"].items()))
+    click.echo(f"fingerprints tokenizer {m['tokenizer_fingerprint']}, data {m['data_fingerprint']}")
+
+
 @main.command()
 @click.option("--model", default="smollm2", show_default=True, help="Model to run the demo on.")
 @click.option("--n-train", default=96, show_default=True, help="Generated training pairs.")

@@ -1,0 +1,198 @@
+"""Build a gradient store: per-pair LoRA gradients of the loss, projected, written in shards.
+
+For every pair d the store holds P g_d (float16, [k]) where g_d = ∇_θ ℓ(θ; d) over the LoRA
+parameters (``grad_type="sgd"``) or its Adam-preconditioned form m'/(√v' + ε) (``"adam"``, from
+the optimizer state saved by ``gradproj train`` next to the adapter), and P the projector of
+``gradproj.projection``. Rows follow the order of the input pairs (minus pairs excluded by
+tokenization, listed in the manifest); shard boundaries depend only on ``shard_size``, so a
+resumed build equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import __version__
+from .data import PreferencePair
+from .dpo import make_loss
+from .errors import GradprojError
+from .grads import PerPairGradients, adam_precondition, lora_layout
+from .model import LoadedModel
+from .projection import make_projector
+from .store import ROW_DTYPE, STATUS, Store, StoreWriter
+from .tokens import batches, tokenize_pairs
+from .train import data_fingerprint, load_optimizer_state
+
+PROJECTOR_KINDS = ("rademacher", "gaussian", "sjlt", "trak-basic", "trak-cuda")
+
+
+@dataclass(frozen=True)
+class StoreSettings:
+    """How to compute and store the features; all of it goes into the manifest."""
+
+    proj_dim: int = 8192
+    """k, the projected dimension."""
+    proj_kind: str = "rademacher"
+    """rademacher | gaussian | sjlt (ours, device-independent) | trak-basic | trak-cuda (TRAK's)."""
+    seed: int = 0
+    """Projection seed: R is a pure function of (seed, parameter name, row, column)."""
+    grad_type: str = "sgd"
+    """sgd: the plain gradient; adam: LESS-style m'/(√v' + ε) from the adapter's optimizer state."""
+    loss: str = "dpo"
+    """Pairwise loss whose gradient is stored (dpo or slic)."""
+    beta: float = 0.1
+    max_length: int = 512
+    batch_size: int = 8
+    """Pairs per forward/backward pass."""
+    proj_batch: int = 64
+    """Pairs buffered before a projection call (amortises generating R)."""
+    shard_size: int = 1024
+    """Rows per shard file; the unit of resume."""
+    proj_cache_mb: float = 0.0
+    """Memory budget for caching blocks of R across calls (0: generate on the fly)."""
+    sjlt_s: int = 4
+    """Non-zeros per input coordinate of the sparse (sjlt) projection."""
+
+    def __post_init__(self):
+        if self.proj_kind not in PROJECTOR_KINDS:
+            raise GradprojError(f"--proj-kind must be one of {', '.join(PROJECTOR_KINDS)}, "
+                                f"got {self.proj_kind!r}")
+        if self.grad_type not in ("sgd", "adam"):
+            raise GradprojError(f"--grad-type must be sgd or adam, got {self.grad_type!r}")
+        for name in ("proj_dim", "batch_size", "proj_batch", "shard_size"):
+            if getattr(self, name) < 1:
+                raise GradprojError(f"--{name.replace('_', '-')} must be >= 1")
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    h = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    h.update((backend.to_str() if backend is not None else str(sorted(
+        tokenizer.get_vocab().items()))).encode())
+    h.update(str(getattr(tokenizer, "chat_template", "")).encode())
+    return h.hexdigest()[:16]
+
+
+def store_header(loaded: LoadedModel, settings: StoreSettings, spec_dict: dict,
+                 data_fp: str) -> dict:
+    """The manifest fields a query must match (see gradproj.influence)."""
+    ms = loaded.settings
+    return {
+        "gradproj_version": __version__,
+        "model": {"name": ms.model, "dtype": ms.dtype, "base_fingerprint": loaded.base_fingerprint,
+                  "lora": asdict(ms.lora) if ms.adapter is None else None},
+        "adapter": {"path": ms.adapter, "fingerprint": loaded.adapter_fingerprint()},
+        "tokenizer_fingerprint": tokenizer_fingerprint(loaded.tokenizer),
+        "data_fingerprint": data_fp,
+        "loss": {"name": settings.loss, "beta": settings.beta},
+        "grad_type": settings.grad_type,
+        "max_length": settings.max_length,
+        "projector": spec_dict,
+        "storage_dtype": "float16",
+        "settings": asdict(settings),
+    }
+
+
+class FeatureComputer:
+    """Per-pair gradients → (optional Adam preconditioning) → projection, for batches of pairs."""
+
+    def __init__(self, loaded: LoadedModel, settings: StoreSettings, device=None):
+        self.loaded, self.settings = loaded, settings
+        layout = lora_layout(loaded.model)
+        self.projector = make_projector(settings.proj_kind, settings.proj_dim, layout,
+                                        seed=settings.seed, sjlt_s=settings.sjlt_s,
+                                        cache_mb=settings.proj_cache_mb,
+                                        device=device or loaded.device)
+        self.grads = PerPairGradients(loaded.model, make_loss(settings.loss, settings.beta))
+        self.adam = None
+        if settings.grad_type == "adam":
+            if loaded.settings.adapter is None:
+                raise GradprojError("--grad-type adam needs --adapter, a folder made by "
+                                    "gradproj train (it holds the optimizer state)")
+            self.adam = load_optimizer_state(loaded.settings.adapter)
+        self.seconds = {"gradients": 0.0, "projection": 0.0}
+
+    def features(self, pairs) -> tuple[np.ndarray, np.ndarray]:
+        """(float16 [n, k] projected features, ROW_DTYPE [n] records) of tokenized pairs."""
+        s, pad = self.settings, self.loaded.tokenizer.pad_token_id
+        rows = np.zeros(len(pairs), ROW_DTYPE)
+        out = np.zeros((len(pairs), s.proj_dim), np.float16)
+        buffer: list[dict[str, torch.Tensor]] = []
+        done = 0
+
+        def flush():
+            nonlocal done
+            if not buffer:
+                return
+            t = time.perf_counter()
+            merged = {n: torch.cat([b[n] for b in buffer]) for n in buffer[0]}
+            proj = self.projector.project(merged).float().cpu().numpy()
+            out[done:done + len(proj)] = proj.astype(np.float16)
+            done += len(proj)
+            buffer.clear()
+            self.seconds["projection"] += time.perf_counter() - t
+
+        i = 0
+        for batch in batches(pairs, s.batch_size, pad):
+            t = time.perf_counter()
+            pg = self.grads(batch.to(self.loaded.device))
+            g = pg.grads if self.adam is None else adam_precondition(pg.grads, *self.adam)
+            self.seconds["gradients"] += time.perf_counter() - t
+            lp = pg.logprobs
+            for j in range(len(batch)):
+                r = rows[i + j]
+                r["id"], r["truncated"] = pairs[i + j].id, pairs[i + j].truncated
+                r["status"] = STATUS["ok"] if bool(pg.finite[j]) else STATUS["non-finite"]
+                r["loss"] = float(pg.losses[j])
+                r["policy_chosen"], r["policy_rejected"] = float(lp.policy_chosen[j]), float(
+                    lp.policy_rejected[j])
+                r["ref_chosen"], r["ref_rejected"] = float(lp.ref_chosen[j]), float(
+                    lp.ref_rejected[j])
+            buffer.append({n: v.detach() for n, v in g.items()})
+            i += len(batch)
+            if sum(len(next(iter(b.values()))) for b in buffer) >= s.proj_batch:
+                flush()
+        flush()
+        rows["norm"] = np.linalg.norm(out.astype(np.float32), axis=1)
+        return out, rows
+
+    def close(self):
+        self.grads.close()
+
+
+def build_store(loaded: LoadedModel, pairs: list[PreferencePair], settings: StoreSettings,
+                out, *, resume: bool = False, progress: bool = True) -> Store:
+    """Write the store for ``pairs`` at ``out`` (continuing a partial one with ``resume``)."""
+    from tqdm.auto import tqdm
+
+    tok = tokenize_pairs(pairs, loaded.tokenizer, settings.max_length)
+    too_long = [p.id for p in tok.pairs if len(p.id) > ROW_DTYPE["id"].itemsize // 4]
+    if too_long:
+        raise GradprojError(f"pair id {too_long[0]!r} is longer than 64 characters")
+    computer = FeatureComputer(loaded, settings)
+    header = store_header(loaded, settings, computer.projector.spec.to_dict(),
+                          data_fingerprint(pairs))
+    header["excluded"] = tok.excluded
+    start = time.perf_counter()
+    try:
+        with StoreWriter(Path(out), header, resume=resume) as writer:
+            done = writer.rows_done
+            bar = tqdm(total=len(tok.pairs), initial=done, desc="build-store", unit="pair",
+                       disable=not progress, leave=False)
+            for lo in range(done, len(tok.pairs), settings.shard_size):
+                chunk = tok.pairs[lo:lo + settings.shard_size]
+                feats, rows = computer.features(chunk)
+                writer.add_shard(feats, rows)
+                bar.update(len(chunk))
+            bar.close()
+            writer.finish(extra={"timing": dict(computer.seconds,
+                                                total=time.perf_counter() - start)})
+    finally:
+        computer.close()
+    return Store(out)

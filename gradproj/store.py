@@ -1,0 +1,273 @@
+"""The gradient feature store: projected per-pair gradients on disk, written once, read many times.
+
+One directory::
+
+    manifest.json              schema, fingerprints, loss settings, projector spec, shard list
+    shards/<name>.grads.npy    float16 [n, k] projected gradients (memory-mappable)
+    shards/<name>.rows.npy     structured [n] array, one record per row (see ROW_DTYPE)
+    lock                       held (flock) while a build writes; a second builder fails at once
+
+Every shard file is written to a temporary name, fsynced and renamed, and only then listed in the
+manifest (itself replaced atomically), so a build killed at any point leaves a valid store of the
+shards committed so far, and ``resume`` continues from there. The manifest records each file's
+sha256; opening a store checks them and refuses a missing or corrupt shard by name. No pickle:
+``numpy.load(allow_pickle=False)`` and JSON.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import GradprojError
+from .projection import ProjectorSpec
+
+SCHEMA_VERSION = 1
+STATUS = {"ok": 0, "non-finite": 1}
+STATUS_NAMES = {v: k for k, v in STATUS.items()}
+ROW_DTYPE = np.dtype([
+    ("id", "U64"),                 # pair id
+    ("status", "u1"),              # STATUS code
+    ("truncated", "?"),            # some tokens were cut to fit max_length
+    ("norm", "f4"),                # L2 norm of the stored (float16) projected row
+    ("loss", "f4"),                # ℓ(θ; d) at the store's adapter
+    ("policy_chosen", "f4"),       # log π_θ(y_w|x)
+    ("policy_rejected", "f4"),     # log π_θ(y_l|x)
+    ("ref_chosen", "f4"),          # log π_ref(y_w|x)
+    ("ref_rejected", "f4"),        # log π_ref(y_l|x)
+])
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _atomic_write_bytes(path: Path, write) -> None:
+    """``write(file)`` into ``path.tmp``, fsync, rename over ``path``, fsync the directory."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    _atomic_write_bytes(Path(path), lambda f: f.write(json.dumps(obj, indent=2).encode()))
+
+
+@dataclass(frozen=True)
+class ShardInfo:
+    name: str
+    start: int
+    """First row of this shard in the store's row order."""
+    rows: int
+    grads_sha256: str
+    rows_sha256: str
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.rows
+
+
+class StoreLock:
+    """An exclusive flock on ``STORE/lock``: released by the kernel if the holder dies."""
+
+    def __init__(self, root: Path):
+        self.path = root / "lock"
+        self.fd: int | None = None
+
+    def __enter__(self):
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            holder = self.path.read_text().strip() or "another process"
+            raise GradprojError(f"{self.path.parent}: another build is writing this store "
+                                f"({holder})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            self.path.unlink(missing_ok=True)
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+class StoreWriter:
+    """Appends shards to a store directory under its lock; the manifest lists committed shards."""
+
+    def __init__(self, root, header: dict, resume: bool = False):
+        self.root = Path(root)
+        self.manifest_path = self.root / "manifest.json"
+        self.lock = StoreLock(self.root)
+        self.header = json.loads(json.dumps(header))   # compare as JSON (tuples → lists)
+        self.resume = resume
+        self.shards: list[ShardInfo] = []
+
+    def __enter__(self) -> StoreWriter:
+        if self.root.exists() and not self.root.is_dir():
+            raise GradprojError(f"{self.root}: exists and is not a directory")
+        if (self.root.exists() and any(p.name != "lock" for p in self.root.iterdir())
+                and not self.manifest_path.is_file()):
+            raise GradprojError(f"{self.root}: folder exists and is not a gradproj store")
+        self.lock.__enter__()
+        try:
+            self._start()
+        except BaseException:
+            self.lock.__exit__()
+            raise
+        return self
+
+    def _start(self) -> None:
+        (self.root / "shards").mkdir(parents=True, exist_ok=True)
+        if self.manifest_path.is_file():
+            old = json.loads(self.manifest_path.read_text())
+            if not self.resume:
+                raise GradprojError(f"{self.root}: a store already exists here "
+                                    "(use --resume to continue it, or another --out)")
+            for key in self.header:
+                if key not in ("created",) and old.get(key) != self.header[key]:
+                    raise GradprojError(f"{self.root}: cannot resume: field '{key}' differs "
+                                        "from the store's")
+            self.shards = [ShardInfo(**s) for s in old["shards"]]
+            self._drop_uncommitted()
+        self._write_manifest(complete=False)
+
+    def _drop_uncommitted(self) -> None:
+        """Remove shard files the manifest does not list (a build killed mid-shard)."""
+        listed = {s.name for s in self.shards}
+        for path in (self.root / "shards").iterdir():
+            if path.name.split(".")[0] not in listed:
+                path.unlink()
+
+    @property
+    def rows_done(self) -> int:
+        return self.shards[-1].stop if self.shards else 0
+
+    def add_shard(self, grads: np.ndarray, rows: np.ndarray) -> ShardInfo:
+        """Commit one shard: float16 [n, k] features and their ROW_DTYPE records."""
+        if grads.dtype != np.float16 or rows.dtype != ROW_DTYPE or len(grads) != len(rows):
+            raise ValueError("a shard needs float16 [n, k] grads and n ROW_DTYPE rows")
+        name = f"{len(self.shards):05d}"
+        paths = [self.root / "shards" / f"{name}.{kind}.npy" for kind in ("grads", "rows")]
+        for path, arr in zip(paths, (grads, rows)):
+            _atomic_write_bytes(path, lambda f, a=arr: np.save(f, a, allow_pickle=False))
+        info = ShardInfo(name, self.rows_done, len(rows), sha256_file(paths[0]),
+                         sha256_file(paths[1]))
+        self.shards.append(info)
+        self._write_manifest(complete=False)
+        return info
+
+    def _write_manifest(self, complete: bool, extra: dict | None = None) -> None:
+        manifest = dict(self.header, schema_version=SCHEMA_VERSION, complete=complete,
+                        rows=self.rows_done, shards=[vars(s) for s in self.shards])
+        manifest.update(extra or {})
+        write_json_atomic(self.manifest_path, manifest)
+
+    def finish(self, extra: dict | None = None) -> None:
+        self._write_manifest(complete=True, extra=extra)
+
+    def __exit__(self, *exc):
+        self.lock.__exit__()
+
+
+class Store:
+    """A built store, opened read-only. Features are memory-mapped float16 [N, k]."""
+
+    def __init__(self, root, verify: bool = True):
+        self.root = Path(root)
+        path = self.root / "manifest.json"
+        if not path.is_file():
+            raise GradprojError(f"{self.root}: not a gradproj store (no manifest.json)")
+        try:
+            self.manifest = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise GradprojError(f"{path}: invalid JSON ({err.msg})") from None
+        if self.manifest.get("schema_version") != SCHEMA_VERSION:
+            raise GradprojError(f"{path}: schema version {self.manifest.get('schema_version')} "
+                                f"is not {SCHEMA_VERSION}")
+        self.shards = [ShardInfo(**s) for s in self.manifest["shards"]]
+        for shard in self.shards:
+            for kind, digest in (("grads", shard.grads_sha256), ("rows", shard.rows_sha256)):
+                file = self.root / "shards" / f"{shard.name}.{kind}.npy"
+                if not file.is_file():
+                    raise GradprojError(f"{self.root}: shard {shard.name} is missing ({file.name})")
+                if verify and sha256_file(file) != digest:
+                    raise GradprojError(f"{self.root}: shard {shard.name} is corrupt "
+                                        f"({file.name}: checksum mismatch)")
+        self._rows: np.ndarray | None = None
+
+    @property
+    def spec(self) -> ProjectorSpec:
+        return ProjectorSpec.from_dict(self.manifest["projector"])
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.manifest.get("complete"))
+
+    def __len__(self) -> int:
+        return self.shards[-1].stop if self.shards else 0
+
+    @property
+    def k(self) -> int:
+        return int(self.manifest["projector"]["k"])
+
+    def shard_features(self, shard: ShardInfo) -> np.ndarray:
+        """Memory-mapped float16 [rows, k] of one shard."""
+        return np.load(self.root / "shards" / f"{shard.name}.grads.npy", mmap_mode="r",
+                       allow_pickle=False)
+
+    @property
+    def rows(self) -> np.ndarray:
+        """All row records (ROW_DTYPE [N]) in store order."""
+        if self._rows is None:
+            parts = [np.load(self.root / "shards" / f"{s.name}.rows.npy", allow_pickle=False)
+                     for s in self.shards]
+            self._rows = np.concatenate(parts) if parts else np.zeros(0, ROW_DTYPE)
+        return self._rows
+
+    def ids(self) -> list[str]:
+        return self.rows["id"].tolist()
+
+    def blocks(self, max_rows: int = 65536) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, float16 [≤ max_rows, k] block) over the whole store, in order; only one
+        block is read into memory at a time."""
+        for shard in self.shards:
+            feats = self.shard_features(shard)
+            for i in range(0, shard.rows, max_rows):
+                yield shard.start + i, np.asarray(feats[i:i + max_rows])
+
+    def features(self) -> np.ndarray:
+        """All features in memory, float16 [N, k] (use blocks() for stores larger than RAM)."""
+        parts = [np.asarray(self.shard_features(s)) for s in self.shards]
+        return np.concatenate(parts) if parts else np.zeros((0, self.k), np.float16)
+
+    def status_counts(self) -> dict[str, int]:
+        codes, counts = np.unique(self.rows["status"], return_counts=True)
+        return {STATUS_NAMES.get(int(c), str(c)): int(n) for c, n in zip(codes, counts)}
+
+    def disk_bytes(self) -> int:
+        return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())

@@ -1,0 +1,157 @@
+"""The store: atomic shards, resume after SIGKILL, checksums, the build lock, inspect."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from conftest import write_jsonl
+
+from gradproj.build import StoreSettings, build_store
+from gradproj.cli import main
+from gradproj.data import load_pairs
+from gradproj.errors import GradprojError
+from gradproj.model import ModelSettings, load_model
+from gradproj.store import ROW_DTYPE, Store, StoreLock, StoreWriter
+
+WORDS = "the a cat dog sat ran on mat red blue green big small".split()
+
+
+def _rows(n, seed=0):
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        p = " ".join(rng.choices(WORDS, k=rng.randint(2, 8)))
+        c = " ".join(rng.choices(WORDS, k=rng.randint(1, 6)))
+        out.append({"id": f"p{i}", "prompt": p, "chosen": c, "rejected": c + " not"})
+    return out
+
+
+SETTINGS = StoreSettings(proj_dim=64, batch_size=3, shard_size=5, proj_batch=4, max_length=32)
+
+
+@pytest.fixture
+def pairs_file(tmp_path):
+    return write_jsonl(tmp_path / "train.jsonl", _rows(23))
+
+
+def _build(model_dir, pairs_file, out, **kw):
+    loaded = load_model(ModelSettings(model=model_dir, device="cpu"))
+    return build_store(loaded, load_pairs(pairs_file), kw.pop("settings", SETTINGS), out,
+                       progress=False, **kw)
+
+
+def test_build_writes_shards_rows_and_manifest(tiny_llama, pairs_file, tmp_path):
+    store = _build(tiny_llama, pairs_file, tmp_path / "s")
+    assert store.complete and len(store) == 23 and len(store.shards) == 5
+    assert [s.rows for s in store.shards] == [5, 5, 5, 5, 3]
+    assert store.ids() == [f"p{i}" for i in range(23)]
+    feats = store.features()
+    assert feats.dtype == np.float16 and feats.shape == (23, 64)
+    assert np.allclose(store.rows["norm"], np.linalg.norm(feats.astype(np.float32), axis=1))
+    assert store.status_counts() == {"ok": 23}
+    # fresh adapter: policy = reference, loss = log 2 for every pair
+    assert np.allclose(store.rows["loss"], np.log(2), atol=1e-6)
+    assert np.array_equal(store.rows["policy_chosen"], store.rows["ref_chosen"])
+    assert not (tmp_path / "s" / "lock").exists()
+    m = store.manifest
+    assert m["projector"]["k"] == 64 and m["loss"] == {"name": "dpo", "beta": 0.1}
+    assert all(np.load(tmp_path / "s" / "shards" / f"{s.name}.rows.npy",
+                       allow_pickle=False).dtype == ROW_DTYPE for s in store.shards)
+    blocks = list(store.blocks(max_rows=4))
+    assert np.array_equal(np.concatenate([b for _, b in blocks]), feats)
+    assert [start for start, _ in blocks][:3] == [0, 4, 5]
+
+
+def test_existing_store_needs_resume(tiny_llama, pairs_file, tmp_path):
+    _build(tiny_llama, pairs_file, tmp_path / "s")
+    with pytest.raises(GradprojError, match="a store already exists here"):
+        _build(tiny_llama, pairs_file, tmp_path / "s")
+    with pytest.raises(GradprojError, match="cannot resume: field 'projector' differs"):
+        _build(tiny_llama, pairs_file, tmp_path / "s", resume=True,
+               settings=StoreSettings(proj_dim=32, batch_size=3, shard_size=5, max_length=32))
+
+
+def test_corrupt_or_missing_shard_is_refused(tiny_llama, pairs_file, tmp_path):
+    _build(tiny_llama, pairs_file, tmp_path / "s")
+    path = tmp_path / "s" / "shards" / "00002.grads.npy"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(GradprojError, match="shard 00002 is corrupt"):
+        Store(tmp_path / "s")
+    path.unlink()
+    with pytest.raises(GradprojError, match=r"shard 00002 is missing \(00002.grads.npy\)"):
+        Store(tmp_path / "s")
+
+
+def test_second_builder_is_refused(tmp_path):
+    with StoreLock(tmp_path / "s"):
+        with pytest.raises(GradprojError, match="another build is writing this store"):
+            with StoreWriter(tmp_path / "s", {"x": 1}):
+                pass
+    # a second process too (flock is per open file description)
+    with StoreLock(tmp_path / "s2"):
+        code = ("import sys; from gradproj.store import StoreLock\n"
+                f"try:\n    StoreLock(__import__('pathlib').Path({str(tmp_path / 's2')!r}))"
+                ".__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)")
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        assert res.returncode == 3 and "another build is writing" in res.stdout
+
+
+def _cli_build(model_dir, pairs_file, out, resume=False):
+    args = [sys.executable, "-m", "gradproj", "build-store", "--model", model_dir, "--data",
+            pairs_file, "--out", str(out), "--proj-dim", "64", "--batch-size", "3",
+            "--shard-size", "5", "--proj-batch", "4", "--max-length", "32", "--device", "cpu"]
+    return args + (["--resume"] if resume else [])
+
+
+def test_sigkill_at_random_points_then_resume_equals_clean_build(tiny_llama, pairs_file,
+                                                                 tmp_path):
+    clean = _build(tiny_llama, pairs_file, tmp_path / "clean")
+    rng = random.Random(0)
+    out = tmp_path / "killed"
+    kills = 0
+    for target_rows in (5, 10, 15):
+        proc = subprocess.Popen(_cli_build(tiny_llama, pairs_file, out, resume=out.exists()),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        manifest = out / "manifest.json"
+        delay = rng.uniform(0.0, 0.3)   # land anywhere inside the next shard
+        while proc.poll() is None:
+            try:
+                rows = json.loads(manifest.read_text())["rows"]
+            except (OSError, json.JSONDecodeError, KeyError):
+                rows = 0
+            if rows >= target_rows:
+                time.sleep(delay)
+                os.kill(proc.pid, signal.SIGKILL)
+                kills += 1
+                break
+            time.sleep(0.005)
+        proc.wait()
+    assert kills >= 2
+    res = subprocess.run(_cli_build(tiny_llama, pairs_file, out, resume=True),
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    resumed = Store(out)
+    assert resumed.complete and resumed.ids() == clean.ids()
+    assert np.array_equal(resumed.features(), clean.features())
+    assert np.array_equal(resumed.rows, clean.rows)
+
+
+def test_inspect_shows_the_store(tiny_llama, pairs_file, tmp_path):
+    _build(tiny_llama, pairs_file, tmp_path / "s")
+    res = CliRunner().invoke(main, ["inspect", str(tmp_path / "s")])
+    assert res.exit_code == 0, res.output
+    assert "23 in 5 shards; ok: 23" in res.output and "kind=rademacher" in res.output
+    assert "k=64" in res.output and "(complete)" in res.output
+    res = CliRunner().invoke(main, ["inspect", str(tmp_path)])
+    assert res.exit_code == 2 and "not a gradproj store" in res.stderr
