@@ -118,11 +118,14 @@ class FeatureComputer:
             self.adam = load_optimizer_state(loaded.settings.adapter)
         self.seconds = {"gradients": 0.0, "projection": 0.0}
 
-    def features(self, pairs) -> tuple[np.ndarray, np.ndarray]:
-        """(float16 [n, k] projected features, ROW_DTYPE [n] records) of tokenized pairs."""
+    def features(self, pairs, dtype=np.float16) -> tuple[np.ndarray, np.ndarray]:
+        """(projected features [n, k] in ``dtype``, ROW_DTYPE [n] records) of tokenized pairs.
+
+        The store keeps float16; validation queries use float32.
+        """
         s, pad = self.settings, self.loaded.tokenizer.pad_token_id
         rows = np.zeros(len(pairs), ROW_DTYPE)
-        out = np.zeros((len(pairs), s.proj_dim), np.float16)
+        out = np.zeros((len(pairs), s.proj_dim), dtype)
         buffer: list[dict[str, torch.Tensor]] = []
         done = 0
 
@@ -133,7 +136,7 @@ class FeatureComputer:
             t = time.perf_counter()
             merged = {n: torch.cat([b[n] for b in buffer]) for n in buffer[0]}
             proj = self.projector.project(merged).float().cpu().numpy()
-            out[done:done + len(proj)] = proj.astype(np.float16)
+            out[done:done + len(proj)] = proj.astype(dtype)
             done += len(proj)
             buffer.clear()
             self.seconds["projection"] += time.perf_counter() - t

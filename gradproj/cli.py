@@ -228,6 +228,61 @@ def inspect(store, no_verify):
     click.echo(f"fingerprints tokenizer {m['tokenizer_fingerprint']}, data {m['data_fingerprint']}")
 
 
+def _floats(text: str, name: str, n: int | None = None) -> tuple[float, ...]:
+    try:
+        values = tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise GradprojError(f"{name} must be comma-separated numbers, got {text!r}") from None
+    if n is not None and len(values) != n:
+        raise GradprojError(f"{name} needs {n} comma-separated numbers, got {text!r}")
+    return values
+
+
+@main.command()
+@click.option("--store", "stores", required=True, multiple=True, type=click.Path(),
+              help="Store built by build-store; repeat for a TracIn sum over checkpoints.")
+@click.option("--store-weights", default=None,
+              help="Comma-separated weights of the stores (their learning rates); default 1 each.")
+@data_options
+@click.option("--val", required=True, type=click.Path(), help="Validation pairs.")
+@click.option("--out", required=True, type=click.Path(), help="Output folder.")
+@click.option("--tif-band", default="0.2,0.84", show_default=True,
+              help="Quantiles LOW,HIGH of IF; TIF keeps pairs strictly between them.")
+@click.option("--top-k", default=10, show_default=True,
+              help="Most helpful/harmful training pairs per validation pair.")
+@click.option("--normalize", is_flag=True, help="Cosine instead of inner product.")
+@click.option("--index", "index_kind", default="flat", show_default=True,
+              type=click.Choice(["flat", "ivf-pq"]), help="FAISS index for the top-k search.")
+@click.option("--nlist", default=256, show_default=True, help="IVF cells (ivf-pq).")
+@click.option("--m", "pq_m", default=64, show_default=True, help="PQ sub-quantizers (ivf-pq).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
+@click.option("--no-verify", is_flag=True, help="Skip the shard checksums when opening.")
+@handle_errors
+def influence(stores, store_weights, fields, split, val, out, tif_band, top_k, normalize,
+              index_kind, nlist, pq_m, device, no_verify):
+    """Influence of every stored training pair on a new validation set, TIF and top-k."""
+    from .index import IndexSettings
+    from .influence import InfluenceSettings, compute_influence, write_influence
+    from .store import Store
+
+    settings = InfluenceSettings(tif_band=_floats(tif_band, "--tif-band", 2), top_k=top_k,
+                                 normalize=normalize,
+                                 index=IndexSettings(kind=index_kind, nlist=nlist, m=pq_m))
+    weights = list(_floats(store_weights, "--store-weights")) if store_weights else None
+    opened = [Store(s, verify=not no_verify) for s in stores]
+    pairs = _load_data(val, fields, split)
+    result = compute_influence(opened, pairs, settings, weights, device)
+    summary = write_influence(result, out, {"stores": list(stores), "val": val,
+                                            "tif_band": list(settings.tif_band),
+                                            "normalize": normalize, "index": index_kind})
+    t = result.seconds
+    click.echo(f"N {summary['n_train']}  M {summary['n_val']}  validation gradients "
+               f"{t['validation_gradients']:.2f}s  lookup {t['lookup']:.2f}s")
+    click.echo(f"TIF band {settings.tif_band} -> IF in ({result.deltas[0]:.4g}, "
+               f"{result.deltas[1]:.4g}): kept {summary['tif_kept']} of {summary['n_train']}")
+    click.echo(f"wrote {out}/influence.parquet, topk.jsonl, summary.json")
+
+
 @main.command()
 @click.option("--model", default="smollm2", show_default=True, help="Model to run the demo on.")
 @click.option("--n-train", default=96, show_default=True, help="Generated training pairs.")

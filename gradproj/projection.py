@@ -19,9 +19,11 @@ c)`` with c counted *within* the parameter, so the output does not depend on the
 batch size, the block size or how the caller splits the parameters. The hash is murmur-style
 32-bit mixing (Wellons' "lowbias32") done in int64 torch arithmetic (portable to Triton)::
 
-    mix(h)    = h ^= h>>16; h = h·0x7feb352d mod 2³²; h ^= h>>15; h = h·0x846ca68b mod 2³²; h ^= h>>16
-    base      = mix(blake2b32("seed:<seed>") ^ blake2b32("param:<name>") ^ STREAM[kind])
-    word(r,w) = mix(mix(base ^ r) ^ mix(mix(base ^ COL_TAG) ^ w))
+    mix(h)    = h ^= h>>16; h = h·0x7feb352d mod 2³²; h ^= h>>15; h = h·0x846ca68b mod 2³²;
+                h ^= h>>16
+    S0, S1    = 32-bit halves of blake2b64("seed:<seed>"); N0, N1 likewise of "param:<name>"
+    row_key   = mix(S0 ^ N0 ^ STREAM[kind]);  col_key = mix(mix(row_key ^ COL_TAG) ^ S1 ^ N1)
+    word(r,w) = mix(mix(row_key ^ r) ^ mix(col_key ^ w))
 
 * rademacher: ``R[r, c] = +1`` if bit ``c mod 32`` of ``word(r, ⌊c/32⌋)`` is 0, else ``−1``.
 * gaussian: ``h1 = word(r, ⌊c/2⌋)``, ``h2 = mix(h1 ^ GAUSS_TAG)``,
@@ -53,14 +55,14 @@ KINDS = ("rademacher", "gaussian", "sjlt", "trak-basic", "trak-cuda")
 HASH_KINDS = ("rademacher", "gaussian", "sjlt")
 DTYPES = {"float32": torch.float32, "float64": torch.float64,
           "bfloat16": torch.bfloat16, "float16": torch.float16}
-MAX_K = 1 << 24          # rows must stay below COL_TAG, and h·k below 2⁶³
+MAX_K = 1 << 24          # keeps h·k (sjlt buckets) far inside int64
 MAX_NUMEL = 1 << 32      # columns are 32-bit counters
 
 _M32 = 0xFFFFFFFF
 _MUL1, _MUL2 = 0x7FEB352D, 0x846CA68B
 _MUL1_S, _MUL2_S = _MUL1, _MUL2 - (1 << 32)   # same residues mod 2³², |·| ≤ 2³¹: h·C fits int64
 _STREAM = {"rademacher": 0x52414445, "gaussian": 0x47415553, "sjlt": 0x534A4C54}
-_COL_TAG = 0xC01DC0DE    # ≥ MAX_K, so the column key never equals a row term
+_COL_TAG = 0xC01DC0DE
 _GAUSS_TAG = 0x9E3779B9
 Layout = Sequence[tuple[str, int]]
 
@@ -95,30 +97,35 @@ def _mix32(h: Tensor) -> Tensor:
     return h.bitwise_xor_(torch.bitwise_right_shift(h, 16, out=tmp))
 
 
-def _hash32(text: str) -> int:
-    """Stable 32-bit hash of a string (blake2b; unlike ``hash()`` it is not salted per run)."""
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=4).digest(), "little")
+def _hash64(text: str) -> tuple[int, int]:
+    """Stable hash of a string as two 32-bit halves (blake2b; ``hash()`` is salted per run)."""
+    h = int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+    return h & _M32, h >> 32
 
 
-def _base_key(seed: int, name: str, kind: str) -> int:
-    return _mix32_int(_hash32(f"seed:{seed}") ^ _hash32(f"param:{name}") ^ _STREAM[kind])
+def _keys(seed: int, name: str, kind: str) -> tuple[int, int]:
+    """(row_key, col_key): 64 bits of (seed, name) in all, so that two parameters share a
+    block with probability 2⁻⁶⁴, not 2⁻³²."""
+    (s0, s1), (n0, n1) = _hash64(f"seed:{seed}"), _hash64(f"param:{name}")
+    row_key = _mix32_int(s0 ^ n0 ^ _STREAM[kind])
+    return row_key, _mix32_int(_mix32_int(row_key ^ _COL_TAG) ^ s1 ^ n1)
 
 
-def _word_hashes(base: int, r0: int, r1: int, w0: int, w1: int, device: torch.device) -> Tensor:
+def _word_hashes(keys: tuple[int, int], r0: int, r1: int, w0: int, w1: int,
+                 device: torch.device) -> Tensor:
     """``word(r, w)`` for r in [r0, r1) and w in [w0, w1): int64 [r1 − r0, w1 − w0]."""
-    rows = _mix32(torch.arange(r0, r1, dtype=torch.int64, device=device) ^ base)
-    col_key = _mix32_int(base ^ _COL_TAG)
-    cols = _mix32(torch.arange(w0, w1, dtype=torch.int64, device=device) ^ col_key)
+    rows = _mix32(torch.arange(r0, r1, dtype=torch.int64, device=device) ^ keys[0])
+    cols = _mix32(torch.arange(w0, w1, dtype=torch.int64, device=device) ^ keys[1])
     return _mix32(rows[:, None] ^ cols[None, :])
 
 
 def _entry_reference(seed: int, name: str, row: int, col: int, kind: str, *,
                      k: int | None = None, sjlt_s: int = 4) -> float:
     """Scalar pure-Python value of the unscaled ``R[row, col]`` (``k`` needed for sjlt)."""
-    base = _base_key(seed, name, kind)
+    row_key, col_key = _keys(seed, name, kind)
 
     def word(r: int, w: int) -> int:
-        return _mix32_int(_mix32_int(base ^ r) ^ _mix32_int(_mix32_int(base ^ _COL_TAG) ^ w))
+        return _mix32_int(_mix32_int(row_key ^ r) ^ _mix32_int(col_key ^ w))
 
     if kind == "rademacher":
         return -1.0 if (word(row, col >> 5) >> (col & 31)) & 1 else 1.0
@@ -145,12 +152,12 @@ def _sign_table(device: torch.device, dtype: torch.dtype) -> Tensor:
     return _SIGN_TABLES[key]
 
 
-def _rademacher_block(base: int, k: int, c0: int, c1: int, device: torch.device,
+def _rademacher_block(keys: tuple[int, int], k: int, c0: int, c1: int, device: torch.device,
                       dtype: torch.dtype, out: Tensor | None = None) -> Tensor:
-    """[k, c1−c0] signs: one word hash per 32 columns, expanded byte-wise through a table
-    (into ``out``, a flat buffer of ≥ k·32·⌈…⌉ entries, when given: reusing it is much faster)."""
+    """[k, c1−c0] signs: one word hash per 32 columns, expanded byte-wise through a table, into
+    ``out`` if given (a flat buffer of ≥ k·(c1−c0+62) entries; reusing one is much faster)."""
     w0, w1 = c0 >> 5, ((c1 - 1) >> 5) + 1
-    words = _word_hashes(base, 0, k, w0, w1, device)                          # [k, W]
+    words = _word_hashes(keys, 0, k, w0, w1, device)                          # [k, W]
     shifts = torch.tensor([0, 8, 16, 24], dtype=torch.int64, device=device)
     byte_idx = ((words[:, :, None] >> shifts) & 255).reshape(-1)            # [k·W·4]
     n = k * (w1 - w0) * 32
@@ -159,15 +166,16 @@ def _rademacher_block(base: int, k: int, c0: int, c1: int, device: torch.device,
     return out.view(k, (w1 - w0) * 32)[:, c0 - 32 * w0: c1 - 32 * w0]
 
 
-def _gaussian_block(base: int, k: int, c0: int, c1: int, device: torch.device) -> Tensor:
+def _gaussian_block(keys: tuple[int, int], k: int, c0: int, c1: int,
+                    device: torch.device) -> Tensor:
     """[k, c1−c0] float32 N(0, 1): Box–Muller on two 24-bit uniforms per pair of columns
     (on CPU in slices of rows small enough for the int64 temporaries to stay in cache)."""
     m0, m1 = c0 >> 1, ((c1 - 1) >> 1) + 1
     pairs = torch.empty(k, m1 - m0, 2, dtype=torch.float32, device=device)
-    step = k if device.type != "cpu" else max(1, (1 << 15) // (m1 - m0))
+    step = k if device.type != "cpu" else max(1, (1 << 17) // (m1 - m0))
     for r0 in range(0, k, step):
         r1 = min(r0 + step, k)
-        h1 = _word_hashes(base, r0, r1, m0, m1, device)                     # [rows, M]
+        h1 = _word_hashes(keys, r0, r1, m0, m1, device)                     # [rows, M]
         h2 = _mix32(h1 ^ _GAUSS_TAG).bitwise_right_shift_(8)
         angle = h2.to(torch.float32).mul_(2.0 * math.pi * 2.0**-24)         # 2π·u2
         radius = h1.bitwise_right_shift_(8).add_(1).to(torch.float32)       # 2²⁴·u1
@@ -180,7 +188,7 @@ def _gaussian_block(base: int, k: int, c0: int, c1: int, device: torch.device) -
 def _sjlt_hashes(spec: ProjectorSpec, name: str, c0: int, c1: int,
                  device: torch.device) -> tuple[Tensor, Tensor]:
     """Buckets int64 [s, c1−c0] in [0, k) and signs float32 [s, c1−c0] of columns c0..c1−1."""
-    h = _word_hashes(_base_key(spec.seed, name, "sjlt"), 0, spec.sjlt_s, c0, c1, device)
+    h = _word_hashes(_keys(spec.seed, name, "sjlt"), 0, spec.sjlt_s, c0, c1, device)
     signs = (1 - 2 * (h & 1)).to(torch.float32)
     return (h * spec.k) >> 32, signs
 
@@ -197,11 +205,11 @@ def projection_block(spec: ProjectorSpec, name: str, numel: int, col_start: int,
     _require(0 <= col_start < col_stop <= numel, f"block columns [{col_start}, {col_stop}) "
              f"are outside parameter '{name}' of {numel} entries")
     device = torch.device(device or "cpu")
-    base = _base_key(spec.seed, name, spec.kind)
+    keys = _keys(spec.seed, name, spec.kind)
     if spec.kind == "rademacher":
-        return _rademacher_block(base, spec.k, col_start, col_stop, device, dtype).contiguous()
+        return _rademacher_block(keys, spec.k, col_start, col_stop, device, dtype).contiguous()
     if spec.kind == "gaussian":
-        return _gaussian_block(base, spec.k, col_start, col_stop, device).to(dtype)
+        return _gaussian_block(keys, spec.k, col_start, col_stop, device).to(dtype)
     buckets, signs = _sjlt_hashes(spec, name, col_start, col_stop, device)
     block = torch.zeros(spec.k, col_stop - col_start, dtype=torch.float32, device=device)
     return block.scatter_add_(0, buckets, signs).to(dtype)
@@ -298,8 +306,8 @@ class Projector(ABC):
         so projections of a partition of the names sum to the projection of the whole).
         Returns [B, k] float32 on the device of ``grads``."""
         pieces = self._pieces(grads)
-        batch, device = pieces[0][1].shape[0], pieces[0][1].device
-        return self._project(pieces, batch, device).to(torch.float32)
+        with torch.no_grad():
+            return self._project(pieces, pieces[0][1].shape[0], pieces[0][1].device).float()
 
     @abstractmethod
     def _project(self, pieces: list[tuple[str, Tensor]], batch: int,
@@ -347,7 +355,9 @@ class HashProjector(Projector):
     At most a [k, block_cols] block of R exists at a time (made on the grads' device, then
     ``acc += x_block @ R_blockᵀ`` in fp32, or fp64 when ``dtype='float64'``), unless
     ``cache_mb`` lets whole parameters' [k, numel] blocks be kept (taken in layout order while
-    they fit; each made once, on first use)."""
+    they fit; each made once, on first use, on ``device`` if given). Not thread-safe: blocks
+    are written into one reused buffer. On CUDA, results match the CPU to fp32 rounding only
+    while TF32 matmuls are off (torch's default)."""
 
     def __init__(self, spec: ProjectorSpec, layout: Layout, *, block_cols: int = 4096,
                  cache_mb: float = 0.0, device: torch.device | str | None = None) -> None:
@@ -363,14 +373,14 @@ class HashProjector(Projector):
 
     def _block(self, name: str, c0: int, c1: int, device: torch.device) -> Tensor:
         k = self.spec.k
-        base = _base_key(self.spec.seed, name, self.spec.kind)
+        keys = _keys(self.spec.seed, name, self.spec.kind)
         if self.spec.kind == "gaussian":
-            return _gaussian_block(base, k, c0, c1, device).to(self.dtype)
+            return _gaussian_block(keys, k, c0, c1, device).to(self.dtype)
         ws = self._workspace
         if ws is None or ws.device != device:
             ws = self._workspace = torch.empty(k * (self.block_cols + 64), dtype=self.dtype,
                                                device=device)
-        return _rademacher_block(base, k, c0, c1, device, self.dtype, ws)
+        return _rademacher_block(keys, k, c0, c1, device, self.dtype, ws)
 
     def _full(self, name: str, device: torch.device) -> Tensor:
         """The cached [k, numel] R of ``name`` (made blockwise on first use)."""

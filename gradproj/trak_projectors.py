@@ -12,6 +12,7 @@ different device type; it does not depend on the batch size.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -26,6 +27,7 @@ class _TrakProjector(Projector):
     """Common part: concatenate the pieces, call traker's ``project``, scale by 1/√k."""
 
     kind = ""
+    _proj: Any   # traker's projector, made by the subclass
 
     def __init__(self, spec: ProjectorSpec, layout: Layout, *,
                  device: torch.device | str | None = None) -> None:
@@ -40,9 +42,6 @@ class _TrakProjector(Projector):
             self._offsets[name] = offset
             offset += numel
 
-    def _run(self, flat: Tensor) -> Tensor:
-        raise NotImplementedError
-
     def _project(self, pieces: list[tuple[str, Tensor]], batch: int,
                  device: torch.device) -> Tensor:
         where = self.device or device
@@ -52,7 +51,7 @@ class _TrakProjector(Projector):
             flat = torch.zeros(batch, self.dim, dtype=torch.float32, device=where)
             for name, t in pieces:
                 flat[:, self._offsets[name]: self._offsets[name] + t.shape[1]] = t
-        out = self._run(flat.contiguous())
+        out = self._proj.project(flat.contiguous(), model_id=0)
         return (out.to(torch.float32) / math.sqrt(self.spec.k)).to(device)
 
 
@@ -72,9 +71,6 @@ class TrakBasicProjector(_TrakProjector):
         self._proj = BasicProjector(grad_dim=self.dim, proj_dim=spec.k, seed=spec.seed,
                                     proj_type=ProjectionType.rademacher, device=self.device,
                                     block_size=TRAK_BLOCK_SIZE, dtype=torch.float32)
-
-    def _run(self, flat: Tensor) -> Tensor:
-        return self._proj.project(flat, model_id=0)
 
 
 class TrakCudaProjector(_TrakProjector):
@@ -101,6 +97,3 @@ class TrakCudaProjector(_TrakProjector):
                                        max_batch_size=max_batch_size)
         except (RuntimeError, ValueError, ModuleNotFoundError) as err:
             raise GradprojError(f"trak-cuda cannot run here: {err}") from err
-
-    def _run(self, flat: Tensor) -> Tensor:
-        return self._proj.project(flat, model_id=0)

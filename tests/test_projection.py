@@ -22,10 +22,20 @@ from gradproj.projection import (
 )
 
 HASH_KINDS = ["rademacher", "gaussian", "sjlt"]
-LAYOUT = [("model.layers.0.q_proj.lora_A.weight", 640), ("model.layers.0.q_proj.lora_B.weight", 960),
-          ("model.layers.1.v_proj.lora_A.weight", 33), ("model.layers.1.v_proj.lora_B.weight", 1500)]
+LAYOUT = [("layers.0.q_proj.lora_A.weight", 640), ("layers.0.q_proj.lora_B.weight", 960),
+          ("layers.1.v_proj.lora_A.weight", 33), ("layers.1.v_proj.lora_B.weight", 1500)]
 P = sum(n for _, n in LAYOUT)
 HAS_CUDA = torch.cuda.is_available()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """These tests make many small tensors; one intra-op thread keeps them fast even when other
+    processes share the cores (OpenMP barriers stall on a descheduled thread)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def randn(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -304,7 +314,8 @@ def test_trak_cuda_needs_fast_jl_and_cuda() -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("kind", HASH_KINDS)
-def test_cuda_matches_cpu(kind: str) -> None:
+def test_cuda_matches_cpu(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     x = randn(7, P, seed=8)
     for cache_mb in (0.0, 64.0):
         proj = make_projector(kind, 256, LAYOUT, seed=3, block_cols=1000, cache_mb=cache_mb)

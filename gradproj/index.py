@@ -1,0 +1,183 @@
+"""Inner-product search over a store: FAISS indexes and an exact streaming path.
+
+- ``flat``: ``IndexFlatIP`` — exact inner products, the default when the store fits in memory.
+- ``ivf-pq``: ``IndexIVFPQ`` with inner-product metric (``nlist`` cells, ``m`` sub-quantizers of
+  8 bits) — compressed, approximate, for stores that do not fit in memory.
+- ``stream_topk``: exact top-k by reading the memory-mapped shards block by block (memory bounded
+  by ``max_rows · k`` whatever N is); ``stream_matvec`` likewise for the mean-gradient query.
+
+An index is saved beside the store as ``index-<kind>[-<params>].faiss`` with a ``.json`` sidecar
+holding the store's content key (shard checksums); it is rebuilt only when the store changed.
+faiss-gpu is used when it is installed and a GPU is present.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .errors import GradprojError
+from .store import Store, write_json_atomic
+
+
+@dataclass(frozen=True)
+class IndexSettings:
+    kind: str = "flat"
+    """flat (exact) or ivf-pq (compressed, approximate)."""
+    nlist: int = 256
+    """IVF cells (ivf-pq)."""
+    m: int = 64
+    """PQ sub-quantizers; must divide k (ivf-pq)."""
+    nprobe: int = 32
+    """Cells visited per query (ivf-pq)."""
+    refine: int = 10
+    """ivf-pq: fetch refine · top_k candidates, re-rank them exactly from the store (1: off)."""
+
+    def __post_init__(self):
+        if self.kind not in ("flat", "ivf-pq"):
+            raise GradprojError(f"--index must be flat or ivf-pq, got {self.kind!r}")
+
+    def filename(self) -> str:
+        return "index-flat" if self.kind == "flat" else f"index-ivfpq-{self.nlist}-{self.m}"
+
+
+def store_key(store: Store) -> str:
+    """A hash of the store's content (its shard checksums)."""
+    h = hashlib.sha256()
+    for s in store.shards:
+        h.update(f"{s.name}:{s.rows}:{s.grads_sha256}".encode())
+    return h.hexdigest()[:16]
+
+
+def _faiss():
+    import faiss
+    return faiss
+
+
+def _to_gpu(index):
+    faiss = _faiss()
+    if hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0:
+        return faiss.index_cpu_to_gpu(faiss.StandardGpuResources(), 0, index)
+    return index
+
+
+def build_index(store: Store, settings: IndexSettings = IndexSettings(), *,
+                block_rows: int = 65536, seed: int = 0):
+    """A FAISS index over every row of ``store`` (row i of the store = FAISS id i)."""
+    faiss = _faiss()
+    k = store.k
+    if settings.kind == "flat":
+        index = faiss.IndexFlatIP(k)
+    else:
+        if k % settings.m:
+            raise GradprojError(f"--m {settings.m} must divide the store's k={k}")
+        n = len(store)
+        nlist = min(settings.nlist, max(1, n // 39))   # FAISS wants ~39 training points a cell
+        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(k), k, nlist, settings.m, 8,
+                                 faiss.METRIC_INNER_PRODUCT)
+        rng = np.random.default_rng(seed)
+        sample = np.sort(rng.choice(n, size=min(n, max(256 * nlist, 10000)), replace=False))
+        feats = np.concatenate([b for _, b in store.blocks(block_rows)]) if n <= 200000 else None
+        train = (feats[sample] if feats is not None else
+                 np.stack([_row(store, i) for i in sample])).astype(np.float32)
+        index.train(train)
+        index.nprobe = settings.nprobe
+    for _, block in store.blocks(block_rows):
+        index.add(np.ascontiguousarray(block, dtype=np.float32))
+    return index
+
+
+def _row(store: Store, i: int) -> np.ndarray:
+    for s in store.shards:
+        if s.start <= i < s.stop:
+            return np.asarray(store.shard_features(s)[i - s.start])
+    raise IndexError(i)
+
+
+def load_or_build_index(store: Store, settings: IndexSettings = IndexSettings()):
+    """The saved index if it matches the store's content, else a new one (saved)."""
+    faiss = _faiss()
+    path = store.root / f"{settings.filename()}.faiss"
+    meta_path = path.with_suffix(".json")
+    key = store_key(store)
+    if path.is_file() and meta_path.is_file():
+        meta = json.loads(meta_path.read_text())
+        if meta.get("store_key") == key:
+            index = faiss.read_index(str(path))
+            if settings.kind == "ivf-pq":
+                index.nprobe = settings.nprobe
+            return _to_gpu(index)
+    index = build_index(store, settings)
+    tmp = path.with_name(path.name + ".tmp")
+    faiss.write_index(index, str(tmp))
+    tmp.replace(path)
+    write_json_atomic(meta_path, {"store_key": key, "kind": settings.kind,
+                                  "nlist": settings.nlist, "m": settings.m, "rows": len(store)})
+    return _to_gpu(index)
+
+
+def search(index, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(scores [M, top_k], row ids [M, top_k]) of the largest inner products with each query."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    return index.search(q, top_k)
+
+
+def gather_rows(store: Store, rows: np.ndarray) -> np.ndarray:
+    """float32 [len(rows), k] features of the given store rows, read from the memory maps."""
+    out = np.empty((len(rows), store.k), np.float32)
+    for shard in store.shards:
+        sel = (rows >= shard.start) & (rows < shard.stop)
+        if sel.any():
+            out[sel] = store.shard_features(shard)[rows[sel] - shard.start]
+    return out
+
+
+def search_refined(index, store: Store, queries: np.ndarray, top_k: int,
+                   refine: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Approximate search for ``refine · top_k`` candidates, re-ranked by their exact inner
+    products read from the store on disk (the compressed index stays small in memory)."""
+    q = np.ascontiguousarray(queries, dtype=np.float32)
+    _, cand = index.search(q, min(top_k * refine, len(store)))
+    scores = np.full((len(q), top_k), -np.inf, np.float32)
+    ids = np.full((len(q), top_k), -1, np.int64)
+    for m in range(len(q)):
+        c = np.unique(cand[m][cand[m] >= 0])
+        exact = gather_rows(store, c) @ q[m]
+        order = np.argsort(-exact, kind="stable")[:top_k]
+        scores[m, :len(order)], ids[m, :len(order)] = exact[order], c[order]
+    return scores, ids
+
+
+def stream_matvec(store: Store, vectors: np.ndarray, block_rows: int = 65536) -> np.ndarray:
+    """features @ vectors for the whole store, block by block: [N, k] @ [k, c] → [N, c] fp32.
+
+    Peak memory is one block of rows (``block_rows · k`` values) plus the output.
+    """
+    v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
+    out = np.empty((len(store), v.shape[1]), np.float32)
+    for start, block in store.blocks(block_rows):
+        out[start:start + len(block)] = (torch.from_numpy(block.astype(np.float32)) @ v).numpy()
+    return out
+
+
+def stream_topk(store: Store, queries: np.ndarray, top_k: int, block_rows: int = 65536,
+                largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (scores [M, top_k], row ids [M, top_k]) of features @ queries.T, streaming
+    the store in blocks; ``largest=False`` gives the smallest inner products."""
+    q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
+    m = q.shape[0]
+    best_s = torch.full((m, 0), float("nan"))
+    best_i = torch.zeros((m, 0), dtype=torch.long)
+    for start, block in store.blocks(block_rows):
+        scores = q @ torch.from_numpy(block.astype(np.float32)).T   # [M, rows]
+        ids = torch.arange(start, start + len(block)).expand(m, -1)
+        cand_s, cand_i = torch.cat([best_s, scores], 1), torch.cat([best_i, ids], 1)
+        kk = min(top_k, cand_s.shape[1])
+        best_s, pos = torch.topk(cand_s, kk, dim=1, largest=largest)
+        best_i = torch.gather(cand_i, 1, pos)
+    return best_s.numpy(), best_i.numpy()

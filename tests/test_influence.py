@@ -1,0 +1,224 @@
+"""Influence from the store against exact gradients; FAISS paths; TIF; mismatch refusal."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import write_jsonl
+from scipy.stats import spearmanr
+from test_store import _rows
+
+from gradproj.build import StoreSettings, build_store
+from gradproj.cli import main
+from gradproj.data import load_pairs, pairs_from_records
+from gradproj.dpo import DPOLoss, pair_logprobs, sequence_logprobs
+from gradproj.errors import GradprojError
+from gradproj.index import IndexSettings, build_index, search, search_refined, stream_topk
+from gradproj.influence import (InfluenceSettings, ValidationFeatures, compute_influence,
+                                mean_influence, tif_mask, top_influences, validation_features)
+from gradproj.model import ModelSettings, load_model
+from gradproj.projection import ProjectorSpec
+from gradproj.store import ROW_DTYPE, Store, StoreWriter
+from gradproj.tokens import collate, tokenize_pairs
+
+
+def _adapter(model_dir, path, seed=1):
+    """A saved non-trivial adapter (LoRA B non-zero)."""
+    loaded = load_model(ModelSettings(model=model_dir, device="cpu"))
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for n, p in loaded.model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+    loaded.model.save_pretrained(str(path))
+    return str(path)
+
+
+def _exact_grad(loaded, pairs):
+    """∇_θ of the mean DPO loss over ``pairs`` (LoRA params, flattened), by plain autograd."""
+    params = list(loaded.lora_parameters().values())
+    tok = tokenize_pairs(pairs, loaded.tokenizer, 32).pairs
+    batch = collate(tok, loaded.tokenizer.pad_token_id)
+    ref = pair_logprobs(loaded.model, tok, loaded.tokenizer.pad_token_id)
+    lp = sequence_logprobs(loaded.model, batch)
+    n = len(tok)
+    ref.policy_chosen, ref.policy_rejected = lp[:n], lp[n:]
+    loss = DPOLoss(0.1)(ref).mean()
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]).double()
+
+
+@pytest.fixture(scope="module")
+def built(tiny_llama, tmp_path_factory):
+    root = tmp_path_factory.mktemp("infl")
+    adapter = _adapter(tiny_llama, root / "adapter")
+    train = write_jsonl(root / "train.jsonl", _rows(40, seed=1))
+    val = write_jsonl(root / "val.jsonl", _rows(6, seed=7))
+    loaded = load_model(ModelSettings(model=tiny_llama, adapter=adapter, device="cpu"))
+    settings = StoreSettings(proj_dim=1024, batch_size=4, shard_size=16, max_length=32)
+    store = build_store(loaded, load_pairs(train), settings, root / "store", progress=False)
+    return {"root": root, "loaded": loaded, "store": store, "train": train, "val": val,
+            "adapter": adapter, "model": tiny_llama}
+
+
+def test_store_if_tracks_exact_unprojected_if(built):
+    loaded, store = built["loaded"], built["store"]
+    val_pairs = load_pairs(built["val"])
+    val = validation_features(store, loaded, val_pairs)
+    projected = mean_influence(store, val)
+    gv = _exact_grad(loaded, val_pairs)
+    exact = np.array([float(_exact_grad(loaded, [p]) @ gv) for p in load_pairs(built["train"])])
+    rho = spearmanr(projected, exact).statistic
+    assert rho >= 0.95, rho
+    # and the scale is right (the projection is unbiased): relative error of the vector
+    assert np.linalg.norm(projected - exact) / np.linalg.norm(exact) < 0.25
+
+
+def test_flat_faiss_equals_plain_matmul(built):
+    store = built["store"]
+    q = np.random.default_rng(0).standard_normal((5, store.k)).astype(np.float32)
+    scores, ids = search(build_index(store), q, 10)
+    full = store.features().astype(np.float32) @ q.T                    # [N, M]
+    expected = np.argsort(-full, axis=0, kind="stable")[:10].T
+    assert np.array_equal(ids, expected)
+    assert np.allclose(scores, np.take_along_axis(full.T, expected, 1), rtol=1e-5, atol=1e-6)
+    s2, i2 = stream_topk(store, q, 10, block_rows=7)
+    assert np.array_equal(i2, expected)
+    s3, i3 = stream_topk(store, q, 10, block_rows=7, largest=False)
+    assert np.array_equal(i3, np.argsort(full, axis=0, kind="stable")[:10].T)
+
+
+def _synthetic_store(path, n=3000, k=64, seed=0):
+    """A store written directly: clustered low-rank features (like real gradients)."""
+    rng = np.random.default_rng(seed)
+    centers = rng.standard_normal((20, k))
+    feats = centers[rng.integers(0, 20, n)] + 0.3 * rng.standard_normal((n, k))
+    spec = ProjectorSpec(kind="rademacher", k=k)
+    with StoreWriter(path, {"projector": spec.to_dict()}) as w:
+        for lo in range(0, n, 1000):
+            f = feats[lo:lo + 1000].astype(np.float16)
+            rows = np.zeros(len(f), ROW_DTYPE)
+            rows["id"] = [f"r{i}" for i in range(lo, lo + len(f))]
+            rows["norm"] = np.linalg.norm(f.astype(np.float32), axis=1)
+            w.add_shard(f, rows)
+        w.finish()
+    return Store(path)
+
+
+def test_ivf_pq_recall_at_10(tmp_path):
+    store = _synthetic_store(tmp_path / "s", n=10000)
+    q = np.random.default_rng(1).standard_normal((50, store.k)).astype(np.float32)
+    _, exact = search(build_index(store, IndexSettings("flat")), q, 10)
+    index = build_index(store, IndexSettings("ivf-pq", nlist=32, m=32, nprobe=8))
+    _, raw = search(index, q, 10)
+    _, refined = search_refined(index, store, q, 10, refine=10)
+
+    def recall(found):
+        return np.mean([len(set(a) & set(e)) / 10 for a, e in zip(found, exact)])
+
+    print(f"IVF-PQ recall@10 vs flat: {recall(raw):.3f} raw, {recall(refined):.3f} re-ranked")
+    assert recall(refined) >= 0.9 and recall(refined) >= recall(raw)
+
+
+def test_blocks_under_a_memory_budget_give_the_same_result(tmp_path):
+    store = _synthetic_store(tmp_path / "s", n=2500)
+    rng = np.random.default_rng(2)
+    val = ValidationFeatures([f"v{i}" for i in range(4)],
+                             rng.standard_normal((4, store.k)).astype(np.float32), {})
+    whole = mean_influence(store, val, block_rows=65536)
+    blocked = mean_influence(store, val, block_rows=333)
+    # same values up to float32 summation order, same ranking
+    assert np.allclose(blocked, whole, rtol=1e-6, atol=1e-5)
+    assert np.array_equal(np.argsort(blocked, kind="stable"), np.argsort(whole, kind="stable"))
+    expected = store.features().astype(np.float32) @ val.features.mean(0)
+    assert np.allclose(whole, expected, rtol=1e-5, atol=1e-4)
+    in_memory = top_influences(store, val, InfluenceSettings(top_k=5))          # FAISS flat
+    streamed = top_influences(store, val, InfluenceSettings(top_k=5, memory_budget_mb=0.1,
+                                                            block_rows=400))
+    for side in ("helpful", "harmful"):
+        assert [[h["id"] for h in r[side]] for r in in_memory] == [
+            [h["id"] for h in r[side]] for r in streamed]
+        assert [h["score"] for r in in_memory for h in r[side]] == pytest.approx(
+            [h["score"] for r in streamed for h in r[side]], rel=1e-5)
+    assert (tmp_path / "s" / "index-flat.json").is_file()          # saved beside the store
+
+
+def test_index_is_rebuilt_only_when_the_store_changes(tmp_path):
+    from gradproj.index import load_or_build_index
+    store = _synthetic_store(tmp_path / "s", n=1200)
+    load_or_build_index(store)
+    path = tmp_path / "s" / "index-flat.faiss"
+    mtime = path.stat().st_mtime_ns
+    load_or_build_index(Store(tmp_path / "s"))
+    assert path.stat().st_mtime_ns == mtime
+    _synthetic_store(tmp_path / "s2", n=1200, seed=5)
+    import shutil
+    shutil.rmtree(tmp_path / "s" / "shards")
+    shutil.copytree(tmp_path / "s2" / "shards", tmp_path / "s" / "shards")
+    shutil.copy(tmp_path / "s2" / "manifest.json", tmp_path / "s" / "manifest.json")
+    load_or_build_index(Store(tmp_path / "s"))
+    assert path.stat().st_mtime_ns != mtime
+
+
+def test_tif_mask_is_the_strict_quantile_band():
+    scores = np.array([5.0, 1.0, np.nan, 3.0, 2.0, 4.0, 0.0])
+    mask, (lo, hi) = tif_mask(scores, (0.2, 0.8))
+    finite = scores[np.isfinite(scores)]
+    assert (lo, hi) == (np.quantile(finite, 0.2), np.quantile(finite, 0.8))
+    assert (lo, hi) == (1.0, 4.0)           # strict: the quantile values themselves are out
+    assert mask.tolist() == [False, False, False, True, True, False, False]
+    with pytest.raises(GradprojError, match="--tif-band"):
+        InfluenceSettings(tif_band=(0.8, 0.2))
+
+
+def test_query_with_other_model_or_spec_is_refused(built, tmp_path):
+    store = built["store"]
+    other = load_model(ModelSettings(model=built["model"], adapter=_adapter(
+        built["model"], tmp_path / "other", seed=9), device="cpu"))
+    with pytest.raises(GradprojError, match=r"field 'adapter.fingerprint'"):
+        validation_features(store, other, load_pairs(built["val"]))
+    fresh = load_model(ModelSettings(model=built["model"], device="cpu"))
+    with pytest.raises(GradprojError, match=r"field 'adapter.fingerprint'"):
+        validation_features(store, fresh, load_pairs(built["val"]))
+    # a store whose projector spec was built differently
+    import shutil
+    shutil.copytree(store.root, tmp_path / "copy")
+    m = json.loads((tmp_path / "copy" / "manifest.json").read_text())
+    m["projector"]["seed"] = 3
+    (tmp_path / "copy" / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(GradprojError, match=r"field 'projector.seed'"):
+        validation_features(Store(tmp_path / "copy"), built["loaded"], load_pairs(built["val"]))
+
+
+def test_tracin_sums_weighted_stores(built):
+    store = built["store"]
+    val_pairs = load_pairs(built["val"])
+    one = compute_influence([store], val_pairs, InfluenceSettings(top_k=3),
+                            loaded=[built["loaded"]])
+    two = compute_influence([store, store], val_pairs, InfluenceSettings(top_k=0),
+                            weights=[0.5, 2.0], loaded=[built["loaded"]] * 2)
+    assert np.allclose(two.scores, 2.5 * one.scores, rtol=1e-5)
+    assert len(one.topk) == len(one.val_ids) and len(one.topk[0]["helpful"]) == 3
+    assert one.rank[np.argmax(one.scores)] == 1
+
+
+def test_influence_cli_writes_outputs(built, tmp_path):
+    out = tmp_path / "inf"
+    res = CliRunner().invoke(main, ["influence", "--store", str(built["store"].root), "--val",
+                                    built["val"], "--out", str(out), "--top-k", "3",
+                                    "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    assert "kept" in res.output
+    import pyarrow.parquet as pq
+    table = pq.read_table(out / "influence.parquet").to_pydict()
+    assert table["id"] == built["store"].ids() and len(table["if"]) == 40
+    assert sum(table["tif"]) == json.loads((out / "summary.json").read_text())["tif_kept"]
+    assert sorted(table["rank"]) == list(range(1, 41))
+    lines = (out / "topk.jsonl").read_text().splitlines()
+    assert len(lines) == 6 and len(json.loads(lines[0])["harmful"]) == 3
+    res = CliRunner().invoke(main, ["influence", "--store", str(built["store"].root), "--val",
+                                    built["val"], "--out", str(out), "--tif-band", "0.9,0.1"])
+    assert res.exit_code == 2 and "--tif-band" in res.stderr
