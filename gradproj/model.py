@@ -184,30 +184,45 @@ def base_fingerprint(model: torch.nn.Module) -> str:
     return h.hexdigest()[:16]
 
 
+def _attach(base, settings: ModelSettings):
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if settings.adapter is not None:
+        if not (Path(settings.adapter) / "adapter_config.json").is_file():
+            raise GradprojError(f"{settings.adapter}: not a peft adapter folder "
+                                "(no adapter_config.json)")
+        return PeftModel.from_pretrained(base, settings.adapter, is_trainable=True)
+    lora = settings.lora
+    config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.targets),
+                        lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(lora.seed)
+        try:
+            return get_peft_model(base, config)
+        except ValueError as err:
+            raise GradprojError(f"--lora-targets {','.join(lora.targets)}: {err}") from None
+
+
+def reattach(loaded: LoadedModel, adapter: str | None = None) -> LoadedModel:
+    """The same base weights with another adapter (a folder, or a fresh LoRA when None): the
+    current LoRA layers are removed, not merged, so no reload of the base model is needed."""
+    base = loaded.model.unload()
+    settings = ModelSettings(**{**vars(loaded.settings), "adapter": adapter})
+    model = _attach(base, settings)
+    model.to(loaded.device)
+    model.eval()
+    return LoadedModel(model=model, tokenizer=loaded.tokenizer, settings=settings,
+                       base_fingerprint=loaded.base_fingerprint)
+
+
 def load_model(settings: ModelSettings) -> LoadedModel:
     """Load the base model and attach a trainable LoRA adapter (fresh or from ``settings.adapter``).
 
     One copy of the weights: the reference policy is ``with model.disable_adapter():``.
     """
-    from peft import LoraConfig, PeftModel, get_peft_model
-
     base, tokenizer = load_base(settings)
     fingerprint = base_fingerprint(base)
-    if settings.adapter is not None:
-        if not (Path(settings.adapter) / "adapter_config.json").is_file():
-            raise GradprojError(f"{settings.adapter}: not a peft adapter folder "
-                                "(no adapter_config.json)")
-        model = PeftModel.from_pretrained(base, settings.adapter, is_trainable=True)
-    else:
-        lora = settings.lora
-        config = LoraConfig(r=lora.r, lora_alpha=lora.alpha, target_modules=list(lora.targets),
-                            lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(lora.seed)
-            try:
-                model = get_peft_model(base, config)
-            except ValueError as err:
-                raise GradprojError(f"--lora-targets {','.join(lora.targets)}: {err}") from None
+    model = _attach(base, settings)
     model.to(resolve_device(settings.device))
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, settings=settings,

@@ -71,3 +71,22 @@ def test_embedded_smollm2_gguf_loads_as_trainable_llama():
     with torch.no_grad():
         nxt = loaded.model(input_ids=ids).logits[0, -1].argmax().item()
     assert loaded.tokenizer.decode([nxt]).strip() == "Paris"    # real weights, not random
+
+
+def test_reattach_swaps_adapters_without_reloading(tiny_llama, tmp_path):
+    from gradproj.model import reattach
+
+    loaded = load_model(ModelSettings(model=tiny_llama, device="cpu"))
+    with torch.no_grad():
+        for n, p in loaded.model.named_parameters():
+            if "lora_B" in n:
+                p.fill_(0.1)
+    loaded.model.save_pretrained(str(tmp_path / "a"))
+    trained = loaded.adapter_fingerprint()
+    fresh = reattach(loaded)
+    assert fresh.adapter_fingerprint() == load_model(
+        ModelSettings(model=tiny_llama, device="cpu")).adapter_fingerprint()
+    back = reattach(fresh, str(tmp_path / "a"))
+    assert back.adapter_fingerprint() == trained and back.settings.adapter == str(tmp_path / "a")
+    assert back.base_fingerprint == loaded.base_fingerprint
+    assert sum("lora_A" in n for n, _ in back.model.named_parameters()) == 4   # no stacking

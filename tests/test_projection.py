@@ -314,8 +314,16 @@ def test_trak_cuda_needs_fast_jl_and_cuda() -> None:
 @pytest.mark.cuda
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
 @pytest.mark.parametrize("kind", HASH_KINDS)
-def test_cuda_matches_cpu(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+def test_cuda_matches_cpu(kind: str) -> None:
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False   # TF32 would round x to 10-bit mantissas
+    try:
+        _check_cuda_matches_cpu(kind)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+
+
+def _check_cuda_matches_cpu(kind: str) -> None:
     x = randn(7, P, seed=8)
     for cache_mb in (0.0, 64.0):
         proj = make_projector(kind, 256, LAYOUT, seed=3, block_cols=1000, cache_mb=cache_mb)
