@@ -283,6 +283,123 @@ def influence(stores, store_weights, fields, split, val, out, tif_band, top_k, n
     click.echo(f"wrote {out}/influence.parquet, topk.jsonl, summary.json")
 
 
+def pipeline_options(fn):
+    """Options of the select/score pipeline: data, adapters, training and store settings."""
+    options = [
+        click.option("--train", "train_path", required=True, type=click.Path(),
+                     help="Training pairs to score and select from."),
+        click.option("--val", "val_path", required=True, type=click.Path(),
+                     help="Validation pairs (the target the selection serves)."),
+        click.option("--out", required=True, type=click.Path(), help="Output folder."),
+        click.option("--aux-adapter", default=None, type=click.Path(),
+                     help="θ_V (else trained: 1 epoch on --val from θ)."),
+        click.option("--epochs", default=1.0, show_default=True,
+                     help="Epochs of the warm-up and auxiliary training."),
+        click.option("--lr", default=5e-4, show_default=True, help="Learning rate of both."),
+        click.option("--batch-size", default=8, show_default=True, help="Pairs per step."),
+        click.option("--beta", default=0.1, show_default=True, help="DPO beta."),
+        click.option("--max-length", default=512, show_default=True, help="Tokens per sequence."),
+        click.option("--seed", default=0, show_default=True, help="Training and random seed."),
+        click.option("--proj-dim", default=8192, show_default=True, help="Store k (for IF)."),
+        click.option("--proj-kind", default="rademacher", show_default=True,
+                     type=click.Choice(["rademacher", "gaussian", "sjlt"]),
+                     help="Store projection (for IF)."),
+        click.option("--tif-band", default="0.2,0.84", show_default=True,
+                     help="TIF quantile band of the influence step."),
+        click.option("--force", is_flag=True, help="Replace a folder made for other inputs."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _run_inputs(kw):
+    from .build import StoreSettings
+    from .pipeline import RunInputs
+    from .train import TrainSettings
+
+    training = TrainSettings(epochs=kw.pop("epochs"), lr=kw.pop("lr"),
+                             batch_size=kw.pop("batch_size"), beta=kw.pop("beta"),
+                             seed=kw.pop("seed"), max_length=kw.pop("max_length"))
+    store = StoreSettings(proj_dim=kw.pop("proj_dim"), proj_kind=kw.pop("proj_kind"),
+                          beta=training.beta, max_length=training.max_length)
+    adapter = kw.pop("adapter")
+    train_path, val_path, aux = kw.pop("train_path"), kw.pop("val_path"), kw.pop("aux_adapter")
+    tif_band = _floats(kw.pop("tif_band"), "--tif-band", 2)
+    return RunInputs(model=_model_settings(kw), train=train_path, val=val_path, adapter=adapter,
+                     aux_adapter=aux, training=training, store=store, tif_band=tif_band)
+
+
+@main.command("select")
+@model_options
+@pipeline_options
+@click.option("--method", default="lossdiff-irm", show_default=True,
+              type=click.Choice(["lossdiff-irm", "tif", "lossdiff", "irm", "top-if", "random",
+                                 "all"]), help="Selection rule.")
+@click.option("--keep", default=0.64, show_default=True, help="Fraction of pairs to keep.")
+@click.option("--lossdiff-band", default=None, help="Explicit LOW,HIGH quantile band of LossDiff.")
+@click.option("--irm-band", default=None, help="Explicit LOW,HIGH quantile band of IRM.")
+@click.option("--if-band", default=None, help="Explicit LOW,HIGH quantile band of IF (tif).")
+@click.option("--low-share", default=5 / 9, show_default=True,
+              help="Share of the trimmed mass taken from each score's low tail.")
+@click.option("--with-if", is_flag=True, help="Also compute IF/TIF for the report.")
+@handle_errors
+def select_cmd(method, keep, lossdiff_band, irm_band, if_band, low_share, with_if, force, **kw):
+    """Score the training pairs and keep the valuable ones (LossDiff-IRM by default); computes
+    only what --out does not hold yet."""
+    from .pipeline import SelectSettings, run_select
+
+    bands = {name: _floats(text, f"--{name}-band", 2) for name, text in
+             (("lossdiff", lossdiff_band), ("irm", irm_band), ("if", if_band)) if text}
+    settings = SelectSettings(method=method, keep=keep, bands=bands, low_share=low_share,
+                              seed=kw["seed"], with_if=with_if)
+    result = run_select(_run_inputs(kw), kw.pop("out"), settings, force=force)
+    s = result.selection
+    click.echo(f"{s.method}: kept {len(s.kept)} of {len(s.ids)} pairs ({s.keep_fraction:.1%})"
+               + (f"; computed: {', '.join(result.trained)}" if result.trained
+                  else "; reused everything in the folder"))
+    for reason, n in sorted(s.reason_counts().items()):
+        click.echo(f"  dropped {n:5d}  {reason}")
+    click.echo(f"wrote {result.out}/selected.jsonl, scores.parquet, selection.json, report.md")
+
+
+@main.command()
+@model_options
+@pipeline_options
+@click.option("--with-if", is_flag=True, help="Also build the store and compute IF/TIF.")
+@handle_errors
+def score(with_if, force, **kw):
+    """The scoring step alone: IRM and LossDiff (and IF/TIF) into --out/scores.parquet."""
+    from .pipeline import Pipeline
+
+    out = kw.pop("out")
+    pipe = Pipeline(_run_inputs(kw), out, force=force)
+    table = pipe.scores(with_if)
+    click.echo(f"scored {len(table.ids)} pairs: {', '.join(table.columns)} -> {out}/scores.parquet")
+
+
+@main.command()
+@click.argument("dir_a", type=click.Path())
+@click.argument("dir_b", type=click.Path())
+@click.option("--out", default=None, type=click.Path(), help="Also write the result as JSON.")
+@handle_errors
+def compare(dir_a, dir_b, out):
+    """How two runs (two models) score the same pairs: rank correlation and sign flips."""
+    from .compare import compare_dirs
+
+    result = compare_dirs(dir_a, dir_b)
+    click.echo(f"{result['n_common']} pairs in common")
+    click.echo(f"{'score':10s} {'n':>6s} {'spearman':>9s} {'pearson':>8s} {'+A/-B':>6s} {'-A/+B':>6s}")
+    for name, r in result["scores"].items():
+        click.echo(f"{name:10s} {r['n']:6d} {r['spearman']:9.3f} {r['pearson']:8.3f} "
+                   f"{r.get('helpful_a_harmful_b', ''):>6} {r.get('harmful_a_helpful_b', ''):>6}")
+    if "selection_overlap" in result:
+        click.echo(f"selection overlap coefficient: {result['selection_overlap']:.3f}")
+    if out:
+        with open(out, "w") as f:
+            json.dump(result, f, indent=2)
+
+
 @main.command()
 @click.option("--model", default="smollm2", show_default=True, help="Model to run the demo on.")
 @click.option("--n-train", default=96, show_default=True, help="Generated training pairs.")

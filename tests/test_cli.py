@@ -108,6 +108,7 @@ def test_demo_runs_on_a_tiny_model(tiny_char_llama, tmp_path):
 
 
 def test_every_command_documents_its_options():
-    for command in ("train", "evaluate", "demo", "build-store", "inspect", "influence"):
+    for command in ("train", "evaluate", "demo", "build-store", "inspect", "influence",
+                    "select", "score", "compare"):
         result = _run(command, "--help")
         assert result.exit_code == 0 and "--" in result.output

@@ -1,0 +1,78 @@
+"""gradproj select end to end on a tiny model: outputs, reuse, refusal to overwrite, compare."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+from conftest import write_jsonl
+
+import gradproj.pipeline as pipeline
+from gradproj.cli import main
+from gradproj.synthetic import flip_records, make_records
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    root = tmp_path_factory.mktemp("task")
+    train, flipped = flip_records(make_records(24, 0, "train"), 0.25, 1)
+    return {"train": write_jsonl(root / "train.jsonl", train),
+            "val": write_jsonl(root / "val.jsonl", make_records(6, 2, "val")),
+            "flipped": flipped}
+
+
+def _select(model, task, out, *extra):
+    args = ["select", "--model", model, "--train", task["train"], "--val", task["val"],
+            "--out", str(out), "--max-length", "96", "--batch-size", "4", "--lr", "0.01",
+            "--proj-dim", "128", "--device", "cpu", *extra]
+    return CliRunner().invoke(main, args, catch_exceptions=False)
+
+
+def test_select_writes_outputs_and_reuses_them(tiny_char_llama, task, tmp_path, monkeypatch):
+    out = tmp_path / "sel"
+    res = _select(tiny_char_llama, task, out)
+    assert res.exit_code == 0, res.output
+    assert "computed: warm-up θ, auxiliary θ_V, scores" in res.output
+    for name in ("theta/adapter_config.json", "theta_v/adapter_config.json", "scores.parquet",
+                 "selection.json", "selected.jsonl", "report.md", "scatter.png", "run.json"):
+        assert (out / name).is_file(), name
+    info = json.loads((out / "selection.json").read_text())
+    assert info["method"] == "lossdiff-irm" and abs(info["kept"] - 0.64 * 24) <= 1
+    assert sum(info["drop_reasons"].values()) >= info["dropped"]
+    selected = [json.loads(x) for x in (out / "selected.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in selected] == info["kept_ids"]
+    assert set(selected[0]) == {"id", "chosen", "rejected"}        # input format kept
+
+    # a second run with another method trains nothing: only the store and IF are new
+    def no_training(*a, **k):
+        raise AssertionError("training ran again")
+    monkeypatch.setattr(pipeline, "train_adapter", no_training)
+    res = _select(tiny_char_llama, task, out, "--method", "tif")
+    assert res.exit_code == 0, res.output
+    assert "computed: store, influence" in res.output
+    info = json.loads((out / "selection.json").read_text())
+    assert info["method"] == "tif" and info["overlap_with_tif"] == 1.0
+    assert (out / "if_hist.png").is_file() and (out / "influence" / "influence.parquet").is_file()
+    res = _select(tiny_char_llama, task, out, "--method", "random", "--keep", "0.5")
+    assert res.exit_code == 0 and "reused everything" in res.output
+    assert json.loads((out / "selection.json").read_text())["kept"] == 12
+
+    # other inputs into the same folder are refused without --force
+    res = _select(tiny_char_llama, task, out, "--lr", "0.02")
+    assert res.exit_code == 2 and "holds a run with other inputs (training differ)" in res.stderr
+    assert (out / "theta").is_dir()           # nothing lost
+
+
+def test_compare_two_runs(tiny_char_llama, task, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert _select(tiny_char_llama, task, a).exit_code == 0
+    assert _select(tiny_char_llama, task, b, "--seed", "1", "--lr", "0.02").exit_code == 0
+    res = CliRunner().invoke(main, ["compare", str(a), str(b), "--out", str(tmp_path / "c.json")])
+    assert res.exit_code == 0, res.output
+    got = json.loads((tmp_path / "c.json").read_text())
+    assert got["n_common"] == 24 and {"irm", "lossdiff"} <= set(got["scores"])
+    assert -1.0 <= got["scores"]["irm"]["spearman"] <= 1.0 and "selection_overlap" in got
+    same = CliRunner().invoke(main, ["compare", str(a), str(a), "--out", str(tmp_path / "d.json")])
+    assert json.loads((tmp_path / "d.json").read_text())["scores"]["irm"]["spearman"] == \
+        pytest.approx(1.0)
