@@ -402,18 +402,20 @@ def compare(dir_a, dir_b, out):
 
 @main.command()
 @click.option("--model", default="smollm2", show_default=True, help="Model to run the demo on.")
-@click.option("--n-train", default=96, show_default=True, help="Generated training pairs.")
-@click.option("--n-test", default=48, show_default=True, help="Generated held-out pairs.")
+@click.option("--n-train", default=48, show_default=True, help="Generated training pairs.")
+@click.option("--n-test", default=32, show_default=True, help="Generated held-out pairs.")
 @click.option("--flip", default=0.25, show_default=True, help="Share of training pairs flipped.")
-@click.option("--epochs", default=1.0, show_default=True, help="Warm-up epochs.")
-@click.option("--lr", default=2e-3, show_default=True, help="Warm-up learning rate.")
+@click.option("--keep", default=0.64, show_default=True, help="Keep fraction of every rule.")
+@click.option("--epochs", default=1.0, show_default=True, help="Epochs of each training stage.")
+@click.option("--lr", default=2e-3, show_default=True, help="Learning rate.")
 @click.option("--seed", default=0, show_default=True, help="Task and training seed.")
 @click.option("--out", default="runs/demo", show_default=True, type=click.Path(),
-              help="Folder for the demo's data, adapter and results.")
+              help="Folder for the demo's data, adapters and results.")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
 @handle_errors
 def demo(**kw):
-    """Warm up SmolLM2 with DPO on a generated task with flipped pairs; print held-out metrics."""
+    """The pipeline on SmolLM2 and a generated task with flipped pairs: warm-up, scores, and
+    every selection rule compared by held-out accuracy after continued training."""
     from .demo import DemoSettings, run_demo
 
     run_demo(DemoSettings(**kw), echo=click.echo)

@@ -39,12 +39,18 @@ def metrics(lp: PairLogProbs, beta: float = 0.1, loss: str = "dpo") -> EvalResul
 
 
 def evaluate(loaded: LoadedModel, pairs: list[PreferencePair], beta: float = 0.1,
-             max_length: int = 512, batch_size: int = 8, loss: str = "dpo") -> EvalResult:
-    """Score ``pairs`` under the loaded adapter (policy) against the adapter disabled (reference)."""
+             max_length: int = 512, batch_size: int = 8, loss: str = "dpo",
+             reference=None) -> EvalResult:
+    """Score ``pairs`` under the loaded adapter (policy) against the adapter disabled (reference).
+
+    ``reference``: (chosen, rejected) reference log-probs of the same pairs, to skip recomputing
+    them when one set of pairs is evaluated under many adapters.
+    """
     tokenized = tokenize_pairs(pairs, loaded.tokenizer, max_length)
     if not tokenized.pairs:
         raise GradprojError("no pair left to evaluate after tokenization")
-    lp = pair_logprobs(loaded.model, tokenized.pairs, loaded.tokenizer.pad_token_id, batch_size)
+    lp = pair_logprobs(loaded.model, tokenized.pairs, loaded.tokenizer.pad_token_id, batch_size,
+                       reference=reference)
     result = metrics(lp, beta, loss)
     result.n_excluded = len(tokenized.excluded)
     return result

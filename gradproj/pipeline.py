@@ -103,12 +103,14 @@ def _claim(out: Path, fingerprint: dict, force: bool) -> None:
 class Pipeline:
     """The stages of ``select``; each is skipped when its output already exists."""
 
-    def __init__(self, inputs: RunInputs, out, *, force: bool = False, progress: bool = True):
+    def __init__(self, inputs: RunInputs, out, *, force: bool = False, progress: bool = True,
+                 loaded: LoadedModel | None = None):
+        """``loaded``: the base model already in memory (its adapter will be swapped)."""
         self.inputs, self.out, self.progress = inputs, Path(out), progress
         self.train = load_pairs(inputs.train)
         self.val = load_pairs(inputs.val)
         _claim(self.out, _fingerprint(inputs, self.train, self.val), force)
-        self.loaded: LoadedModel | None = None
+        self.loaded: LoadedModel | None = loaded
         self.stages: list[str] = []
 
     def _model(self, adapter: str | None) -> LoadedModel:

@@ -100,9 +100,13 @@ def test_demo_runs_on_a_tiny_model(tiny_char_llama, tmp_path):
     result = _run("demo", "--model", tiny_char_llama, "--n-train", "8", "--n-test", "4",
                   "--out", str(tmp_path / "demo"), "--device", "cpu")
     assert result.exit_code == 0, result.output
-    assert "after warm-up" in result.stdout
+    assert "θ + lossdiff-irm" in result.stdout and "warm-up θ" in result.stdout
     saved = json.loads((tmp_path / "demo" / "results.json").read_text())
-    assert saved["before"]["accuracy"] == 0.0 and saved["train_steps"] == 1
+    assert saved["before"]["accuracy"] == 0.0        # h = 0 before any training
+    assert [r["rule"] for r in saved["rules"]] == ["all", "random", "top-if", "tif", "lossdiff",
+                                                   "irm", "lossdiff-irm"]
+    assert saved["rules"][0]["kept"] == 8 and saved["rules"][1]["kept"] == 5
+    assert saved["rules"][0]["flips_removed"] == 0.0
     flipped = json.loads((tmp_path / "demo" / "flipped.json").read_text())
     assert len(flipped) == 2
 
