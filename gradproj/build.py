@@ -11,6 +11,7 @@ resumed build equals an uninterrupted one.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,7 +26,8 @@ from .errors import GradprojError
 from .grads import PerPairGradients, adam_precondition, lora_layout
 from .model import LoadedModel
 from .projection import make_projector
-from .store import ROW_DTYPE, STATUS, Store, StoreWriter
+from .store import (ROW_DTYPE, STATUS, Store, StoreWriter, merge_rank_manifests,
+                    rank_manifest_path)
 from .tokens import batches, tokenize_pairs
 from .train import data_fingerprint, load_optimizer_state
 
@@ -170,8 +172,15 @@ class FeatureComputer:
 
 
 def build_store(loaded: LoadedModel, pairs: list[PreferencePair], settings: StoreSettings,
-                out, *, resume: bool = False, progress: bool = True) -> Store:
-    """Write the store for ``pairs`` at ``out`` (continuing a partial one with ``resume``)."""
+                out, *, resume: bool = False, progress: bool = True, rank: int = 0,
+                world_size: int = 1, barrier=None) -> Store:
+    """Write the store for ``pairs`` at ``out`` (continuing a partial one with ``resume``).
+
+    In a torchrun build every rank calls this with its ``rank``, the ``world_size`` and a
+    ``barrier`` callable: rank r computes shards i with i % world_size == r (shard boundaries do
+    not depend on the number of ranks, so the store equals a one-process build), and rank 0 joins
+    the per-rank manifests once all are done. Only rank 0 shows progress, for all ranks.
+    """
     from tqdm.auto import tqdm
 
     tok = tokenize_pairs(pairs, loaded.tokenizer, settings.max_length)
@@ -183,19 +192,44 @@ def build_store(loaded: LoadedModel, pairs: list[PreferencePair], settings: Stor
                           data_fingerprint(pairs))
     header["excluded"] = tok.excluded
     start = time.perf_counter()
+    n_shards = -(-len(tok.pairs) // settings.shard_size)
+    mine = [i for i in range(n_shards) if i % world_size == rank]
+    root = Path(out)
     try:
-        with StoreWriter(Path(out), header, resume=resume) as writer:
-            done = writer.rows_done
-            bar = tqdm(total=len(tok.pairs), initial=done, desc="build-store", unit="pair",
-                       disable=not progress, leave=False)
-            for lo in range(done, len(tok.pairs), settings.shard_size):
-                chunk = tok.pairs[lo:lo + settings.shard_size]
-                feats, rows = computer.features(chunk)
-                writer.add_shard(feats, rows)
-                bar.update(len(chunk))
-            bar.close()
+        with StoreWriter(root, header, resume=resume, rank=rank,
+                         world_size=world_size) as writer:
+            bar = tqdm(total=len(tok.pairs), desc="build-store", unit="pair",
+                       disable=not progress or rank != 0, leave=False)
+            bar.update(_rows_done_all(root, writer, world_size))
+            for i in mine:
+                if i in writer.committed():
+                    continue
+                lo = i * settings.shard_size
+                feats, rows = computer.features(tok.pairs[lo:lo + settings.shard_size])
+                writer.add_shard(feats, rows, index=i, start=lo)
+                bar.update(_rows_done_all(root, writer, world_size) - bar.n)
             writer.finish(extra={"timing": dict(computer.seconds,
                                                 total=time.perf_counter() - start)})
+        if world_size > 1:
+            barrier()
+            if rank == 0:
+                merge_rank_manifests(root, world_size)
+            barrier()
+        bar.update(len(tok.pairs) - bar.n)
+        bar.close()
     finally:
         computer.close()
     return Store(out)
+
+
+def _rows_done_all(root: Path, writer: StoreWriter, world_size: int) -> int:
+    """Rows committed by every rank so far (read from the rank manifests on disk)."""
+    if world_size == 1:
+        return writer.rows_done
+    total = 0
+    for r in range(world_size):
+        try:
+            total += json.loads(rank_manifest_path(root, r, world_size).read_text())["rows"]
+        except (OSError, ValueError, KeyError):
+            pass
+    return total

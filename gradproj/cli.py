@@ -197,12 +197,57 @@ def build_store_cmd(data, out, fields, split, resume, **kw):
     settings = StoreSettings(**{k: kw.pop(k) for k in (
         "proj_dim", "proj_kind", "seed", "grad_type", "loss", "beta", "max_length",
         "batch_size", "proj_batch", "shard_size", "proj_cache_mb", "sjlt_s")})
+    rank, world, barrier = _distributed(kw)
     loaded = load_model(_model_settings(kw))
-    store = build_store(loaded, pairs, settings, out, resume=resume)
+    store = build_store(loaded, pairs, settings, out, resume=resume, rank=rank,
+                        world_size=world, barrier=barrier)
+    if rank != 0:
+        return
     t = store.manifest["timing"]
     click.echo(f"stored {len(store)} pairs ({len(store.manifest['excluded'])} excluded) at "
                f"k={store.k} in {store.root}; {len(store) / t['total']:.2f} pairs/s, projection "
-               f"{t['projection'] / t['total']:.0%} of the time")
+               f"{t['projection'] / max(t['projection'] + t['gradients'], 1e-9):.0%} of the "
+               "compute time")
+
+
+def _distributed(kw) -> tuple[int, int, object]:
+    """(rank, world size, barrier) under torchrun (gloo on CPU, nccl on CUDA), else (0, 1, None).
+
+    Each rank uses cuda:LOCAL_RANK when the device is CUDA."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, None
+    import torch
+    import torch.distributed as dist
+
+    from .model import resolve_device
+
+    cuda = resolve_device(kw["device"]).type == "cuda"
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        kw["device"] = f"cuda:{local}"
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return dist.get_rank(), dist.get_world_size(), dist.barrier
+
+
+@main.group()
+def store():
+    """Operations on gradient stores."""
+
+
+@store.command("merge")
+@click.argument("stores", nargs=-1, required=True, type=click.Path())
+@click.option("--out", required=True, type=click.Path(), help="New store directory.")
+@handle_errors
+def store_merge(stores, out):
+    """Join stores built with the same spec (rows in argument order)."""
+    from .store import Store, merge_stores
+
+    merged = merge_stores([Store(s) for s in stores], out)
+    click.echo(f"merged {len(stores)} stores: {len(merged)} rows in {len(merged.shards)} shards "
+               f"-> {merged.root}")
 
 
 @main.command()

@@ -87,10 +87,10 @@ class ShardInfo:
 
 
 class StoreLock:
-    """An exclusive flock on ``STORE/lock``: released by the kernel if the holder dies."""
+    """An exclusive flock on ``STORE/<name>``: released by the kernel if the holder dies."""
 
-    def __init__(self, root: Path):
-        self.path = root / "lock"
+    def __init__(self, root: Path, name: str = "lock"):
+        self.path = root / name
         self.fd: int | None = None
 
     def __enter__(self):
@@ -116,13 +116,26 @@ class StoreLock:
             self.fd = None
 
 
-class StoreWriter:
-    """Appends shards to a store directory under its lock; the manifest lists committed shards."""
+def rank_manifest_path(root: Path, rank: int, world_size: int) -> Path:
+    return root / "ranks" / f"rank-{rank:03d}-of-{world_size:03d}.json"
 
-    def __init__(self, root, header: dict, resume: bool = False):
+
+class StoreWriter:
+    """Commits shards to a store directory under its lock; a manifest lists committed shards.
+
+    Shard ``i`` holds rows ``[i · shard_size, ...)`` of the store and is named ``f"{i:05d}"``.
+    With ``world_size > 1`` (a torchrun build) rank r writes the shards with i % world_size == r
+    into the shared ``shards/`` folder and lists them in its own ``ranks/rank-r-of-W.json``;
+    :func:`merge_rank_manifests` joins those into ``manifest.json`` once every rank is done.
+    """
+
+    def __init__(self, root, header: dict, resume: bool = False, rank: int = 0,
+                 world_size: int = 1):
         self.root = Path(root)
-        self.manifest_path = self.root / "manifest.json"
-        self.lock = StoreLock(self.root)
+        self.rank, self.world_size = rank, world_size
+        self.manifest_path = (self.root / "manifest.json" if world_size == 1
+                              else rank_manifest_path(self.root, rank, world_size))
+        self.lock = StoreLock(self.root, "lock" if world_size == 1 else f"lock-rank-{rank}")
         self.header = json.loads(json.dumps(header))   # compare as JSON (tuples → lists)
         self.resume = resume
         self.shards: list[ShardInfo] = []
@@ -130,8 +143,8 @@ class StoreWriter:
     def __enter__(self) -> StoreWriter:
         if self.root.exists() and not self.root.is_dir():
             raise GradprojError(f"{self.root}: exists and is not a directory")
-        if (self.root.exists() and any(p.name != "lock" for p in self.root.iterdir())
-                and not self.manifest_path.is_file()):
+        ours = ("lock", "shards", "ranks", "manifest.json", "index-")
+        if self.root.exists() and any(not p.name.startswith(ours) for p in self.root.iterdir()):
             raise GradprojError(f"{self.root}: folder exists and is not a gradproj store")
         self.lock.__enter__()
         try:
@@ -143,40 +156,54 @@ class StoreWriter:
 
     def _start(self) -> None:
         (self.root / "shards").mkdir(parents=True, exist_ok=True)
-        if self.manifest_path.is_file():
-            old = json.loads(self.manifest_path.read_text())
+        self.manifest_path.parent.mkdir(parents=True, exist_ok=True)
+        existing = self.manifest_path
+        if self.world_size > 1 and (self.root / "manifest.json").is_file():
+            existing = self.root / "manifest.json"
+        if existing.is_file():
+            old = json.loads(existing.read_text())
             if not self.resume:
                 raise GradprojError(f"{self.root}: a store already exists here "
                                     "(use --resume to continue it, or another --out)")
             for key in self.header:
-                if key not in ("created",) and old.get(key) != self.header[key]:
+                if old.get(key) != self.header[key]:
                     raise GradprojError(f"{self.root}: cannot resume: field '{key}' differs "
                                         "from the store's")
-            self.shards = [ShardInfo(**s) for s in old["shards"]]
+            self.shards = [ShardInfo(**s) for s in old["shards"]
+                           if int(s["name"]) % self.world_size == self.rank]
             self._drop_uncommitted()
         self._write_manifest(complete=False)
 
     def _drop_uncommitted(self) -> None:
-        """Remove shard files the manifest does not list (a build killed mid-shard)."""
+        """Remove this rank's shard files its manifest does not list (a build killed mid-shard)."""
         listed = {s.name for s in self.shards}
         for path in (self.root / "shards").iterdir():
-            if path.name.split(".")[0] not in listed:
+            name = path.name.split(".")[0]
+            if (name.isdigit() and int(name) % self.world_size == self.rank
+                    and name not in listed):
                 path.unlink()
 
     @property
     def rows_done(self) -> int:
-        return self.shards[-1].stop if self.shards else 0
+        return sum(s.rows for s in self.shards)
 
-    def add_shard(self, grads: np.ndarray, rows: np.ndarray) -> ShardInfo:
-        """Commit one shard: float16 [n, k] features and their ROW_DTYPE records."""
+    def committed(self) -> set[int]:
+        """Indices of the shards this writer has committed."""
+        return {int(s.name) for s in self.shards}
+
+    def add_shard(self, grads: np.ndarray, rows: np.ndarray, index: int | None = None,
+                  start: int | None = None) -> ShardInfo:
+        """Commit shard ``index`` (default: the next one), float16 [n, k] features and their
+        ROW_DTYPE records, holding store rows from ``start`` (default: after the last shard)."""
         if grads.dtype != np.float16 or rows.dtype != ROW_DTYPE or len(grads) != len(rows):
             raise ValueError("a shard needs float16 [n, k] grads and n ROW_DTYPE rows")
-        name = f"{len(self.shards):05d}"
+        index = len(self.shards) if index is None else index
+        start = (self.shards[-1].stop if self.shards else 0) if start is None else start
+        name = f"{index:05d}"
         paths = [self.root / "shards" / f"{name}.{kind}.npy" for kind in ("grads", "rows")]
         for path, arr in zip(paths, (grads, rows)):
             _atomic_write_bytes(path, lambda f, a=arr: np.save(f, a, allow_pickle=False))
-        info = ShardInfo(name, self.rows_done, len(rows), sha256_file(paths[0]),
-                         sha256_file(paths[1]))
+        info = ShardInfo(name, start, len(rows), sha256_file(paths[0]), sha256_file(paths[1]))
         self.shards.append(info)
         self._write_manifest(complete=False)
         return info
@@ -192,6 +219,34 @@ class StoreWriter:
 
     def __exit__(self, *exc):
         self.lock.__exit__()
+
+
+def merge_rank_manifests(root, world_size: int, extra: dict | None = None) -> None:
+    """Join the per-rank manifests of a finished torchrun build into ``manifest.json``."""
+    root = Path(root)
+    parts = []
+    for rank in range(world_size):
+        path = rank_manifest_path(root, rank, world_size)
+        if not path.is_file():
+            raise GradprojError(f"{root}: rank {rank} wrote no manifest")
+        parts.append(json.loads(path.read_text()))
+        if not parts[-1]["complete"]:
+            raise GradprojError(f"{root}: rank {rank} has not finished (rerun with --resume)")
+    shards = sorted((s for p in parts for s in p["shards"]), key=lambda s: int(s["name"]))
+    stop = 0
+    for s in shards:
+        if s["start"] != stop:
+            raise GradprojError(f"{root}: shard {s['name']} does not follow row {stop}")
+        stop += s["rows"]
+    manifest = {k: v for k, v in parts[0].items() if k not in ("shards", "rows", "timing")}
+    timings = [p.get("timing") or {} for p in parts]
+    timing = {"total": max(t.get("total", 0.0) for t in timings),
+              **{k: sum(t.get(k, 0.0) for t in timings) for k in ("gradients", "projection")},
+              "ranks": timings}
+    manifest.update(complete=True, rows=stop, shards=shards, world_size=world_size,
+                    timing=timing)
+    manifest.update(extra or {})
+    write_json_atomic(root / "manifest.json", manifest)
 
 
 class Store:
@@ -271,3 +326,56 @@ class Store:
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
+
+
+SPEC_FIELDS = ("projector", "model", "adapter", "tokenizer_fingerprint", "loss", "grad_type",
+               "max_length", "storage_dtype")
+
+
+def merge_stores(sources: list[Store], out) -> Store:
+    """Join complete stores built with the same spec into a new store at ``out``: rows in the
+    order of ``sources``, shards hard-linked where possible (else copied). Refuses different
+    specs (naming the field) and pair ids present in two sources."""
+    import shutil
+
+    if not sources:
+        raise GradprojError("store merge needs at least one store")
+    first = sources[0].manifest
+    seen: dict[str, str] = {}
+    for st in sources:
+        if not st.complete:
+            raise GradprojError(f"{st.root}: store is incomplete (finish it with --resume)")
+        for key in SPEC_FIELDS:
+            if st.manifest.get(key) != first.get(key):
+                raise GradprojError(f"{st.root}: cannot merge: field '{key}' differs from "
+                                    f"{sources[0].root}")
+        for pid in st.ids():
+            if pid in seen:
+                raise GradprojError(f"{st.root}: cannot merge: pair id {pid!r} is also in "
+                                    f"{seen[pid]}")
+            seen[pid] = str(st.root)
+    root = Path(out)
+    if root.exists():
+        raise GradprojError(f"{root}: already exists")
+    header = {k: v for k, v in first.items()
+              if k not in ("shards", "rows", "complete", "schema_version", "timing", "excluded",
+                           "data_fingerprint", "world_size")}
+    header["merged_from"] = [str(st.root) for st in sources]
+    header["data_fingerprint"] = hashlib.sha256(
+        "".join(st.manifest["data_fingerprint"] for st in sources).encode()).hexdigest()[:16]
+    header["excluded"] = {k: v for st in sources for k, v in st.manifest.get("excluded", {}).items()}
+    with StoreWriter(root, header) as writer:
+        for st in sources:
+            for shard in st.shards:
+                name = f"{len(writer.shards):05d}"
+                for kind in ("grads", "rows"):
+                    src = st.root / "shards" / f"{shard.name}.{kind}.npy"
+                    dst = root / "shards" / f"{name}.{kind}.npy"
+                    try:
+                        os.link(src, dst)
+                    except OSError:
+                        shutil.copyfile(src, dst)
+                writer.shards.append(ShardInfo(name, writer.rows_done, shard.rows,
+                                               shard.grads_sha256, shard.rows_sha256))
+        writer.finish()
+    return Store(root)
