@@ -6,8 +6,10 @@
 - ``stream_topk``: exact top-k by reading the memory-mapped shards block by block (memory bounded
   by ``max_rows · k`` whatever N is); ``stream_matvec`` likewise for the mean-gradient query.
 
-An index is saved beside the store as ``index-<kind>[-<params>].faiss`` with a ``.json`` sidecar
-holding the store's content key (shard checksums); it is rebuilt only when the store changed.
+An index is saved beside the store as ``index-<kind>[-<params>]`` files (IVF-PQ split into parts
+of ``part_rows`` rows that share one trained quantizer, searched together via ``IndexShards`` with
+memory-mapped inverted lists) and a ``.json`` sidecar holding the store's content key (shard
+checksums) and the file names; it is rebuilt only when the store changed.
 faiss-gpu is used when it is installed and a GPU is present.
 """
 
@@ -35,6 +37,8 @@ class IndexSettings:
     """PQ sub-quantizers; must divide k (ivf-pq)."""
     nprobe: int = 32
     """Cells visited per query (ivf-pq)."""
+    part_rows: int = 1_000_000
+    """ivf-pq: rows per index file; the parts are searched together through IndexShards."""
     refine: int = 10
     """ivf-pq: fetch refine · top_k candidates, re-rank them exactly from the store (1: off)."""
 
@@ -66,59 +70,111 @@ def _to_gpu(index):
     return index
 
 
+def _train_ivfpq(store: Store, settings: IndexSettings, seed: int = 0):
+    """An empty IVF-PQ index (inner product) trained on a random sample of the store's rows."""
+    faiss = _faiss()
+    k, n = store.k, len(store)
+    if k % settings.m:
+        raise GradprojError(f"--m {settings.m} must divide the store's k={k}")
+    nlist = min(settings.nlist, max(1, n // 39))       # FAISS wants ~39 training points a cell
+    index = faiss.IndexIVFPQ(faiss.IndexFlatIP(k), k, nlist, settings.m, 8,
+                             faiss.METRIC_INNER_PRODUCT)
+    rng = np.random.default_rng(seed)
+    sample = np.sort(rng.choice(n, size=min(n, max(39 * max(nlist, 256), 10000)),
+                                replace=False))
+    index.train(gather_rows(store, sample))
+    index.nprobe = settings.nprobe
+    return index
+
+
+def _add_rows(index, store: Store, lo: int, hi: int, block_rows: int) -> None:
+    """Add store rows [lo, hi) with their row numbers as FAISS ids."""
+    for start, block in store.blocks(block_rows):
+        a, b = max(lo, start), min(hi, start + len(block))
+        if a < b:
+            index.add_with_ids(np.ascontiguousarray(block[a - start:b - start], np.float32),
+                               np.arange(a, b, dtype=np.int64))
+
+
 def build_index(store: Store, settings: IndexSettings = IndexSettings(), *,
                 block_rows: int = 65536, seed: int = 0):
     """A FAISS index over every row of ``store`` (row i of the store = FAISS id i)."""
     faiss = _faiss()
-    k = store.k
     if settings.kind == "flat":
-        index = faiss.IndexFlatIP(k)
-    else:
-        if k % settings.m:
-            raise GradprojError(f"--m {settings.m} must divide the store's k={k}")
-        n = len(store)
-        nlist = min(settings.nlist, max(1, n // 39))   # FAISS wants ~39 training points a cell
-        index = faiss.IndexIVFPQ(faiss.IndexFlatIP(k), k, nlist, settings.m, 8,
-                                 faiss.METRIC_INNER_PRODUCT)
-        rng = np.random.default_rng(seed)
-        sample = np.sort(rng.choice(n, size=min(n, max(256 * nlist, 10000)), replace=False))
-        feats = np.concatenate([b for _, b in store.blocks(block_rows)]) if n <= 200000 else None
-        train = (feats[sample] if feats is not None else
-                 np.stack([_row(store, i) for i in sample])).astype(np.float32)
-        index.train(train)
-        index.nprobe = settings.nprobe
-    for _, block in store.blocks(block_rows):
-        index.add(np.ascontiguousarray(block, dtype=np.float32))
+        index = faiss.IndexFlatIP(store.k)
+        for _, block in store.blocks(block_rows):
+            index.add(np.ascontiguousarray(block, dtype=np.float32))
+        return index
+    index = _train_ivfpq(store, settings, seed)
+    _add_rows(index, store, 0, len(store), block_rows)
     return index
 
 
-def _row(store: Store, i: int) -> np.ndarray:
-    for s in store.shards:
-        if s.start <= i < s.stop:
-            return np.asarray(store.shard_features(s)[i - s.start])
-    raise IndexError(i)
+def build_index_parts(store: Store, settings: IndexSettings, directory: Path, *,
+                      block_rows: int = 65536, seed: int = 0) -> list[Path]:
+    """IVF-PQ over the store split into files of ``settings.part_rows`` rows, all sharing one
+    trained quantizer; returns the part files (``<name>.partNNN.faiss``)."""
+    faiss = _faiss()
+    trained = _train_ivfpq(store, settings, seed)
+    paths = []
+    for j, lo in enumerate(range(0, len(store), settings.part_rows)):
+        part = faiss.clone_index(trained)
+        _add_rows(part, store, lo, min(len(store), lo + settings.part_rows), block_rows)
+        path = directory / f"{settings.filename()}.part{j:03d}.faiss"
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(part, str(tmp))
+        tmp.replace(path)
+        paths.append(path)
+        del part
+    return paths
+
+
+class ShardedIndex:
+    """IVF-PQ part files searched as one ``faiss.IndexShards``; inverted lists are memory-mapped,
+    so resident memory stays bounded whatever the store's size."""
+
+    def __init__(self, paths: list[Path], k: int, nprobe: int):
+        faiss = _faiss()
+        self.parts = [faiss.read_index(str(p), faiss.IO_FLAG_MMAP) for p in paths]
+        self.shards = faiss.IndexShards(k, False, False)   # not threaded; ids already global
+        for part in self.parts:      # self.parts keeps them alive as long as the shards
+            part.nprobe = nprobe
+            self.shards.add_shard(part)
+
+    @property
+    def ntotal(self) -> int:
+        return self.shards.ntotal
+
+    def search(self, q: np.ndarray, top_k: int):
+        return self.shards.search(q, top_k)
 
 
 def load_or_build_index(store: Store, settings: IndexSettings = IndexSettings()):
-    """The saved index if it matches the store's content, else a new one (saved)."""
+    """The saved index if it matches the store's content, else a new one (saved).
+
+    ``flat`` is one file; ``ivf-pq`` is one or more part files joined in an IndexShards."""
     faiss = _faiss()
-    path = store.root / f"{settings.filename()}.faiss"
-    meta_path = path.with_suffix(".json")
+    meta_path = store.root / f"{settings.filename()}.json"
     key = store_key(store)
-    if path.is_file() and meta_path.is_file():
+    if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
-        if meta.get("store_key") == key:
-            index = faiss.read_index(str(path))
-            if settings.kind == "ivf-pq":
-                index.nprobe = settings.nprobe
-            return _to_gpu(index)
-    index = build_index(store, settings)
-    tmp = path.with_name(path.name + ".tmp")
-    faiss.write_index(index, str(tmp))
-    tmp.replace(path)
+        paths = [store.root / p for p in meta.get("files", [])]
+        if meta.get("store_key") == key and paths and all(p.is_file() for p in paths):
+            if settings.kind == "flat":
+                return _to_gpu(faiss.read_index(str(paths[0])))
+            return ShardedIndex(paths, store.k, settings.nprobe)
+    if settings.kind == "flat":
+        path = store.root / f"{settings.filename()}.faiss"
+        tmp = path.with_name(path.name + ".tmp")
+        faiss.write_index(build_index(store, settings), str(tmp))
+        tmp.replace(path)
+        paths = [path]
+    else:
+        paths = build_index_parts(store, settings, store.root)
     write_json_atomic(meta_path, {"store_key": key, "kind": settings.kind,
-                                  "nlist": settings.nlist, "m": settings.m, "rows": len(store)})
-    return _to_gpu(index)
+                                  "nlist": settings.nlist, "m": settings.m, "rows": len(store),
+                                  "files": [p.name for p in paths]})
+    return load_or_build_index(store, settings)
 
 
 def search(index, queries: np.ndarray, top_k: int) -> tuple[np.ndarray, np.ndarray]:

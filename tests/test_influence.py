@@ -122,6 +122,16 @@ def test_ivf_pq_recall_at_10(tmp_path):
     print(f"IVF-PQ recall@10 vs flat: {recall(raw):.3f} raw, {recall(refined):.3f} re-ranked")
     assert recall(refined) >= 0.9 and recall(refined) >= recall(raw)
 
+    # the same index split into 4 files and searched through IndexShards: same answers
+    from gradproj.index import load_or_build_index
+    sharded = load_or_build_index(store, IndexSettings("ivf-pq", nlist=32, m=32, nprobe=8,
+                                                       part_rows=2500))
+    assert len(list((tmp_path / "s").glob("index-ivfpq-32-32.part*.faiss"))) == 4
+    s_raw, i_raw = search(sharded, q, 10)
+    assert recall(i_raw) == recall(raw)
+    _, s_ref = search_refined(sharded, store, q, 10, refine=10)
+    assert recall(s_ref) == recall(refined)
+
 
 def test_blocks_under_a_memory_budget_give_the_same_result(tmp_path):
     store = _synthetic_store(tmp_path / "s", n=2500)
@@ -144,6 +154,7 @@ def test_blocks_under_a_memory_budget_give_the_same_result(tmp_path):
         assert [h["score"] for r in in_memory for h in r[side]] == pytest.approx(
             [h["score"] for r in streamed for h in r[side]], rel=1e-5)
     assert (tmp_path / "s" / "index-flat.json").is_file()          # saved beside the store
+    assert (tmp_path / "s" / "index-flat.faiss").is_file()
 
 
 def test_index_is_rebuilt_only_when_the_store_changes(tmp_path):

@@ -217,6 +217,17 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
                                  config=SMALL)
             results.append(dict(what="top", kind=kind, k=k, batch=batch, precision="auto",
                                 rel=rel(out, refh)))
+        # the tile itself: one-hot inputs (x = I) give out[b, r] = R[r, c0 + b] exactly
+        spec = ProjectorSpec(kind, 37, seed=5)
+        for c0, prec in ((45, "split"), (3 * 32, "bf16"), ((1 << 32) - 70, "split")):
+            eye = torch.eye(70)
+            out = project_triton(eye, _keys(5, "t.w", kind), 37, kind, col_offset=c0,
+                                 scale=1.0, precision=prec, config=SMALL)
+            block = projection_block(spec, "t.w", 1 << 32, c0, c0 + 70)
+            want = block.T if prec == "split" else block.T.bfloat16().float()
+            results.append(dict(what="tile", kind=kind, k=37, batch=70, precision=prec,
+                                max_abs=float((out - want).abs().max()),
+                                rel=rel(out, want)))
     print("RESULTS " + json.dumps(results))
 """)
 
@@ -235,9 +246,27 @@ def _run_interpreter() -> list[dict]:
                     reason="triton is not installed (the kernel's interpreter run needs it)")
 def test_kernel_under_triton_interpreter_matches_hash_projector() -> None:
     results = _run_interpreter()
-    assert len(results) == 2 * 2 * 6
+    assert len(results) == 2 * (2 * 6 + 3)
     for r in results:
+        if r["what"] == "tile":   # rademacher ±1 bit for bit; gaussian to the split's 2^-17,
+            bound = (0.0 if r["kind"] == "rademacher"     # or one bf16 ulp (|entry| < 8)
+                     else 1e-4 if r["precision"] == "split" else 2.0**-5)
+            assert r["max_abs"] <= bound, r
+            continue
         # split: x (and gaussian R) as two bfloat16 parts; the interpreter rounds them less
         # carefully than the GPU does (which gives ~3e-6). bf16: one part, ~2^-9 per entry.
         bound = 1e-2 if r["precision"] in ("bf16", "auto") else 1e-4
         assert r["rel"] < bound, r
+
+
+def test_kernel_config_parses_and_overrides_from_env(monkeypatch) -> None:
+    from gradproj.kernels import CONFIG_ENV, DEFAULT_CONFIG, KernelConfig, default_config
+
+    assert KernelConfig.parse("64,64,4,3,1") == KernelConfig(64, 64, 4, 3, per_element=True)
+    monkeypatch.setenv(CONFIG_ENV, "256,32,8,1")
+    assert default_config() == KernelConfig(256, 32, 8, 1)
+    monkeypatch.setenv(CONFIG_ENV, "")
+    assert default_config() == DEFAULT_CONFIG
+    for bad in ("128,48,8,2", "128,32", "a,b,c,d", "8,32,4,2"):
+        with pytest.raises(GradprojError):
+            KernelConfig.parse(bad)

@@ -8,10 +8,12 @@
 """
 
 from gradproj.kernels.triton_projection import (
+    CONFIG_ENV,
     DEFAULT_CONFIG,
     DISABLE_ENV,
     KernelConfig,
     Segment,
+    default_config,
     emulate_tile,
     plan_work,
     project_pieces_triton,
@@ -22,7 +24,7 @@ from gradproj.kernels.triton_projection import (
 )
 
 __all__ = [
-    "DEFAULT_CONFIG", "DISABLE_ENV", "KernelConfig", "Segment", "emulate_tile", "plan_work",
-    "project_pieces_triton", "project_triton", "triton_available", "triton_disabled",
-    "triton_importable",
+    "CONFIG_ENV", "DEFAULT_CONFIG", "DISABLE_ENV", "KernelConfig", "Segment", "default_config",
+    "emulate_tile", "plan_work", "project_pieces_triton", "project_triton", "triton_available",
+    "triton_disabled", "triton_importable",
 ]

@@ -68,20 +68,54 @@ TWO_PI_2M24 = 2.0 * math.pi * 2.0 ** -24
 MAX_GRID_Y = 65535        # CUDA limit of grid dimensions 1 and 2
 
 
+CONFIG_ENV = "GRADPROJ_TRITON_CONFIG"
+
+
 @dataclass(frozen=True)
 class KernelConfig:
-    """Tile sizes and launch options (BLOCK_N a multiple of 32; all powers of two)."""
+    """Tile sizes and launch options (powers of two; block_n a multiple of 32).
+
+    Compiled for sm_90 without spills at the default (about 175 registers a thread with
+    BLOCK_B = 64); larger block_n spills. ``GRADPROJ_TRITON_CONFIG=block_k,block_n,num_warps,
+    num_stages[,per_element]`` overrides the default (benchmarks/gpu_check.py times a few)."""
 
     block_k: int = 128
-    block_n: int = 64
+    block_n: int = 32
     num_warps: int = 8
     num_stages: int = 2
     per_element: bool = False
     """rademacher: hash one word per *entry* (32× the hashing, no [K, W, 32] → [K, N] reshape)
     instead of one per 32 entries; which is faster depends on how Triton lays out the reshape."""
 
+    def __post_init__(self):
+        for name in ("block_k", "block_n", "num_warps"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and v >= 1 and v & (v - 1) == 0):
+                raise GradprojError(f"kernel config {name} must be a power of two, got {v!r}")
+        if self.block_k < 16 or self.block_n < WORD_BITS or self.num_stages < 1:
+            raise GradprojError(f"kernel config needs block_k >= 16, block_n >= {WORD_BITS}, "
+                                f"num_stages >= 1: {self}")
+
+    @classmethod
+    def parse(cls, text: str) -> KernelConfig:
+        """``"128,32,8,2"`` or ``"128,32,8,2,1"`` (the last: per_element)."""
+        try:
+            v = [int(t) for t in text.split(",")]
+            if len(v) not in (4, 5):
+                raise ValueError(f"{len(v)} values")
+            return cls(*v[:4], per_element=bool(v[4]) if len(v) > 4 else False)
+        except (TypeError, ValueError) as err:
+            raise GradprojError(f"{CONFIG_ENV}={text!r}: expected block_k,block_n,num_warps,"
+                                f"num_stages[,per_element] ({err})") from None
+
 
 DEFAULT_CONFIG = KernelConfig()
+
+
+def default_config() -> KernelConfig:
+    """``GRADPROJ_TRITON_CONFIG`` when set, else :data:`DEFAULT_CONFIG`."""
+    text = os.environ.get(CONFIG_ENV, "").strip()
+    return KernelConfig.parse(text) if text else DEFAULT_CONFIG
 
 
 def triton_importable() -> bool:
@@ -253,7 +287,7 @@ if triton is not None:
             key1 = tl.load(seg_ptr + 6 * s + 5).to(tl.uint32)
             row_hash = _mix32(rows.to(tl.uint32) ^ key0)                    # [BLOCK_K]
             for c in range(c_start, c_end, BLOCK_N):
-                cols = c + tl.arange(0, BLOCK_N)                             # int64
+                cols = tl.arange(0, BLOCK_N).to(tl.int64) + c               # hash columns
                 c_ok = (cols >= c_begin) & (cols < c_end)
                 xp = x_rows[None, :] + (x_col - c_begin + cols)[:, None]
                 xt = tl.load(xp, mask=c_ok[:, None] & b_ok[None, :], other=0.0)
@@ -310,16 +344,14 @@ def _dot_dtype(precision: str, x_dtype: torch.dtype) -> tuple[torch.dtype, bool]
 
 
 def _launch(x: Tensor, segments: Sequence[Segment], k: int, kind: str, out: Tensor,
-            scale: float, precision: str, config: KernelConfig) -> None:
+            scale: float, precision: str, config: KernelConfig | None) -> None:
     if triton is None:
         raise GradprojError("the fused projection kernel needs the triton package")
     batch = x.shape[0]
     if batch == 0:
         return
     dot_dtype, split = _dot_dtype(precision, x.dtype)
-    cfg = config
-    if cfg.block_n % WORD_BITS or cfg.block_n < WORD_BITS:
-        raise GradprojError(f"block_n must be a multiple of {WORD_BITS}")
+    cfg = config or default_config()
     bb = _block_b(batch)
     n_r, n_b = -(-k // cfg.block_k), -(-batch // bb)
     if n_b > MAX_GRID_Y:
@@ -327,6 +359,9 @@ def _launch(x: Tensor, segments: Sequence[Segment], k: int, kind: str, out: Tens
     total = sum(s.c_end - s.c_begin for s in segments)
     chunk = _choose_chunk(total, n_r, n_b, x.device, cfg.block_n)
     seg_np, work_np = plan_work(segments, chunk)
+    while len(work_np) > MAX_GRID_Y:      # many tiny parameters: pack more per program
+        chunk *= 2
+        seg_np, work_np = plan_work(segments, chunk)
     seg_t = torch.from_numpy(seg_np).to(x.device)
     work_t = torch.from_numpy(work_np).to(x.device)
     grid = (n_r, len(work_np), n_b)
@@ -360,7 +395,7 @@ def _check_k_kind(k: int, kind: str) -> None:
 
 def project_triton(x: Tensor, keys: tuple[int, int], k: int, kind: str, col_offset: int = 0,
                    out: Tensor | None = None, *, scale: float | None = None,
-                   precision: str = "auto", config: KernelConfig = DEFAULT_CONFIG) -> Tensor:
+                   precision: str = "auto", config: KernelConfig | None = None) -> Tensor:
     """``out += scale · x R[:, col_offset : col_offset + n]ᵀ`` for one parameter's piece.
 
     ``x``: [B, n] (any float dtype; on CUDA, or on CPU under ``TRITON_INTERPRET=1``), the
@@ -388,7 +423,7 @@ def project_triton(x: Tensor, keys: tuple[int, int], k: int, kind: str, col_offs
 def project_pieces_triton(spec: ProjectorSpec, pieces: Sequence[tuple[str, Tensor]], *,
                           out: Tensor | None = None, precision: str | None = None,
                           max_elements: int = 1 << 27,
-                          config: KernelConfig = DEFAULT_CONFIG) -> Tensor:
+                          config: KernelConfig | None = None) -> Tensor:
     """``Σ_pieces R_name x_name / √k``: [B, k] float32, the fused equivalent of
     ``HashProjector(spec, layout)._project(pieces, ...)`` for rademacher and gaussian specs.
 
@@ -452,7 +487,7 @@ def project_pieces_triton(spec: ProjectorSpec, pieces: Sequence[tuple[str, Tenso
 
 
 __all__ = [
-    "DEFAULT_CONFIG", "KernelConfig", "Segment", "emulate_tile", "plan_work",
+    "CONFIG_ENV", "DEFAULT_CONFIG", "KernelConfig", "default_config", "Segment", "emulate_tile", "plan_work",
     "project_pieces_triton", "project_triton", "reference_keys", "triton_available",
     "triton_disabled", "triton_importable",
 ]
