@@ -360,7 +360,10 @@ class HashProjector(Projector):
     while TF32 matmuls are off (torch's default)."""
 
     def __init__(self, spec: ProjectorSpec, layout: Layout, *, block_cols: int = 4096,
-                 cache_mb: float = 0.0, device: torch.device | str | None = None) -> None:
+                 cache_mb: float = 0.0, device: torch.device | str | None = None,
+                 use_triton: bool = True) -> None:
+        """``use_triton``: on CUDA, use the fused Triton kernel (gradproj.kernels) when triton is
+        importable and GRADPROJ_NO_TRITON is unset; R is then never stored (cache_mb unused)."""
         _require(spec.kind in ("rademacher", "gaussian"),
                  f"HashProjector does rademacher or gaussian, not '{spec.kind}'")
         _require(_is_int(block_cols) and block_cols >= 1, f"bad block_cols {block_cols!r}")
@@ -370,6 +373,7 @@ class HashProjector(Projector):
         self._cache_names = self._cached_names(spec.k * self.dtype.itemsize, cache_mb)
         self._cache: dict[str, Tensor] = {}
         self._workspace: Tensor | None = None
+        self.use_triton = use_triton
 
     def _block(self, name: str, c0: int, c1: int, device: torch.device) -> Tensor:
         k = self.spec.k
@@ -395,6 +399,11 @@ class HashProjector(Projector):
 
     def _project(self, pieces: list[tuple[str, Tensor]], batch: int,
                  device: torch.device) -> Tensor:
+        if self.use_triton and device.type == "cuda" and self.spec.dtype != "float64":
+            from gradproj.kernels import project_pieces_triton, triton_available
+
+            if triton_available():
+                return project_pieces_triton(self.spec, pieces)
         acc_dtype = torch.float64 if self.dtype == torch.float64 else torch.float32
         acc = torch.zeros(batch, self.spec.k, dtype=acc_dtype, device=device)
         for name, x in pieces:

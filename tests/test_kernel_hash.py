@@ -64,7 +64,7 @@ def test_emulated_tile_matches_torch_reference(kind, case) -> None:
 @pytest.mark.parametrize("kind", ["rademacher", "gaussian"])
 def test_emulated_rows_and_entries_match_scalar_reference(kind) -> None:
     rng = np.random.default_rng(0)
-    for seed, name, k, c0, c1, _ in CASES:
+    for seed, name, _, c0, c1, _ in CASES:
         keys = _keys(seed, name, kind)
         r0 = int(rng.integers(0, 1000))
         tile = emulate_tile(keys, kind, r0, r0 + 3, c0, c1)   # a row window, not from 0
@@ -102,7 +102,7 @@ def test_plan_work_cuts_on_chunk_multiples_and_packs_small_segments() -> None:
     for s in segs:
         parts = by_key[s.keys]
         assert parts[0][0] == s.c_begin and parts[-1][1] == s.c_end
-        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:]))
+        assert all(a[1] == b[0] for a, b in zip(parts, parts[1:], strict=False))
         assert all(x == s.x_col + cb - s.c_begin for cb, _, x in parts)
     # work items tile the segment table, in order, about 128 columns each
     assert work[0, 0] == 0 and work[-1, 1] == len(seg)

@@ -44,7 +44,6 @@ from torch import Tensor
 
 from gradproj.errors import GradprojError
 from gradproj.projection import (
-    _COL_TAG,
     _GAUSS_TAG,
     _MUL1,
     _MUL2,
@@ -216,7 +215,7 @@ def plan_work(segments: Sequence[Segment], chunk: int) -> tuple[np.ndarray, np.n
             c = e
     work: list[tuple[int, int]] = []
     lo, cols = 0, 0
-    for i, (_, cb, ce, cs, _, _) in enumerate(rows):
+    for i, (_, _, ce, cs, _, _) in enumerate(rows):
         span = ce - cs
         if i > lo and cols + span > chunk:
             work.append((lo, i))
@@ -487,7 +486,7 @@ def project_pieces_triton(spec: ProjectorSpec, pieces: Sequence[tuple[str, Tenso
 
 
 __all__ = [
-    "CONFIG_ENV", "DEFAULT_CONFIG", "KernelConfig", "default_config", "Segment", "emulate_tile", "plan_work",
-    "project_pieces_triton", "project_triton", "reference_keys", "triton_available",
+    "CONFIG_ENV", "DEFAULT_CONFIG", "KernelConfig", "Segment", "default_config", "emulate_tile",
+    "plan_work", "project_pieces_triton", "project_triton", "reference_keys", "triton_available",
     "triton_disabled", "triton_importable",
 ]
