@@ -447,8 +447,8 @@ def compare(dir_a, dir_b, out):
 
 @main.command()
 @click.option("--model", default="smollm2", show_default=True, help="Model to run the demo on.")
-@click.option("--n-train", default=48, show_default=True, help="Generated training pairs.")
-@click.option("--n-test", default=32, show_default=True, help="Generated held-out pairs.")
+@click.option("--n-train", default=32, show_default=True, help="Generated training pairs.")
+@click.option("--n-test", default=24, show_default=True, help="Generated held-out pairs.")
 @click.option("--flip", default=0.25, show_default=True, help="Share of training pairs flipped.")
 @click.option("--keep", default=0.64, show_default=True, help="Keep fraction of every rule.")
 @click.option("--epochs", default=1.0, show_default=True, help="Epochs of each training stage.")

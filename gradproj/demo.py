@@ -35,8 +35,8 @@ MAX_LENGTH = 96
 @dataclass(frozen=True)
 class DemoSettings:
     model: str = "smollm2"
-    n_train: int = 48
-    n_test: int = 32
+    n_train: int = 32
+    n_test: int = 24
     flip: float = 0.25
     keep: float = 0.64
     epochs: float = 1.0
