@@ -1,0 +1,360 @@
+"""Benchmark: gradient-store build throughput against a plain DPO training step (the floor).
+
+On the embedded SmolLM2-135M-Instruct (LoRA r=8 on q_proj, v_proj; P = 460 800 trainable
+weights), CPU, with generated chat pairs of about 64 tokens per sequence (gradproj.synthetic's
+families, lengthened: see benchmarks/_common.sized_records; the real token counts are printed):
+
+* ``train step``  — a hand-written DPO training pass over the same PairBatch objects the build
+  sees: per batch, a reference forward with the adapter disabled under no_grad, a policy
+  forward with grad, ``DPOLoss(...).mean()``, backward, ``AdamW.step()`` (the floor: a store
+  cannot be much cheaper than one backward pass). The adapter is restored after each pass.
+* ``build <kind>`` — ``gradproj.build.FeatureComputer(loaded, StoreSettings(proj_dim=k,
+  proj_kind=kind, batch_size, proj_batch, max_length)).features(pairs)``, i.e. per-pair
+  gradients by hooks (one backward per batch) then projection of every ``proj_batch`` pairs.
+  Once per repeat the FeatureComputer runs for real with ``rademacher`` (its wall time and its
+  own ``seconds["gradients"]`` / ``seconds["projection"]`` are recorded); the projection calls
+  it makes are captured, and the other kinds' projectors (gaussian, sjlt, rademacher with a
+  ``proj_cache_mb`` budget) are timed on exactly those captured gradient buffers, with the same
+  ``.float().cpu().numpy().astype(float16)`` the FeatureComputer does. A kind's build time is
+  then ``wall(rademacher) − projection(rademacher) + projection(kind)`` — the gradient phase
+  does not depend on the projector. (``--direct`` runs the FeatureComputer for every kind
+  instead: the same quantity measured end to end, at one extra gradient pass per kind.)
+* ``LESS-style`` — what LESS does: a batch-size-1 loop (``gradproj.grads.
+  per_pair_gradients_loop`` on one pair at a time: reference forward, policy forward,
+  ``autograd.grad``) and traker's ``BasicProjector`` (via ``make_projector("trak-basic")``)
+  projecting each gradient on its own. Slow: timed on ``--less-pairs`` pairs per repeat.
+* ``trl DPOTrainer`` (``--trl``) — ``gradproj.train.train_adapter`` for one epoch on the same
+  pairs (TrainResult.seconds = ``trainer.train()`` only), a reference line.
+
+Each repeat runs every variant once, in an order rotated per repeat; ratios are taken inside a
+repeat and the median over repeats is reported. The machine is shared and noisy: read the
+ratios, not the absolute seconds.
+
+    .venv/bin/python benchmarks/bench_build.py            # 64 pairs, k = 8192, 3 repeats
+    .venv/bin/python benchmarks/bench_build.py --quick    # 8 pairs, k = 2048, no gaussian
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+# ------------------------------------------------------------------------------ variants
+
+class _Tee:
+    """Stands in for a FeatureComputer's projector: records the inputs, then projects."""
+
+    def __init__(self, inner):
+        self.inner, self.inputs = inner, []
+
+    def project(self, grads):
+        self.inputs.append(grads)
+        return self.inner.project(grads)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def _lora_params(loaded):
+    return [p for p in loaded.model.parameters() if p.requires_grad]
+
+
+def train_pass(loaded, pairs, settings, lr: float) -> float:
+    """Seconds of one hand-written DPO training pass (collation included, like the build)."""
+    from gradproj.dpo import DPOLoss, PairLogProbs, adapter_disabled, sequence_logprobs
+    from gradproj.tokens import batches
+
+    model, params = loaded.model, _lora_params(loaded)
+    saved = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=lr)
+    loss_fn = DPOLoss(settings.beta)
+    pad = loaded.tokenizer.pad_token_id
+    model.train()
+    t0 = time.perf_counter()
+    for batch in batches(pairs, settings.batch_size, pad):
+        batch = batch.to(loaded.device)
+        n = len(batch)
+        with torch.no_grad(), adapter_disabled(model):
+            ref = sequence_logprobs(model, batch)
+        pol = sequence_logprobs(model, batch)
+        loss = loss_fn(PairLogProbs(pol[:n], pol[n:], ref[:n], ref[n:])).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    seconds = time.perf_counter() - t0
+    model.eval()
+    with torch.no_grad():
+        for p, s in zip(params, saved):
+            p.copy_(s)
+            p.grad = None
+    return seconds
+
+
+def build_pass(loaded, pairs, settings) -> dict:
+    """One real FeatureComputer.features run; returns wall, its seconds and the captured
+    projection inputs."""
+    from gradproj.build import FeatureComputer
+
+    fc = FeatureComputer(loaded, settings)
+    tee = _Tee(fc.projector)
+    fc.projector = tee
+    try:
+        t0 = time.perf_counter()
+        feats, _ = fc.features(pairs)
+        wall = time.perf_counter() - t0
+    finally:
+        fc.close()
+    assert feats.shape == (len(pairs), settings.proj_dim)
+    return {"wall": wall, "gradients": fc.seconds["gradients"],
+            "projection": fc.seconds["projection"], "inputs": tee.inputs}
+
+
+def projection_only(projector, inputs) -> float:
+    """Seconds of what FeatureComputer's flush does with each captured buffer, for one
+    projector (the torch.cat of the per-batch pieces is already done in ``inputs``)."""
+    t0 = time.perf_counter()
+    for merged in inputs:
+        projector.project(merged).float().cpu().numpy().astype(np.float16)
+    return time.perf_counter() - t0
+
+
+def less_pass(loaded, pairs, trak, beta: float) -> dict:
+    """LESS-style: bs=1 autograd loop + traker BasicProjector one gradient at a time."""
+    from gradproj.dpo import make_loss
+    from gradproj.grads import per_pair_gradients_loop
+    from gradproj.tokens import collate
+
+    loss_fn, pad = make_loss("dpo", beta), loaded.tokenizer.pad_token_id
+    names = [n for n, _ in trak.layout]
+    tg = tp = 0.0
+    for p in pairs:
+        t0 = time.perf_counter()
+        g = per_pair_gradients_loop(loaded.model, loss_fn, collate([p], pad).to(loaded.device))
+        t1 = time.perf_counter()
+        flat = torch.cat([g[n] for n in names], dim=1)
+        trak.project(flat).float().cpu().numpy().astype(np.float16)
+        t2 = time.perf_counter()
+        tg, tp = tg + t1 - t0, tp + t2 - t1
+    return {"wall": tg + tp, "gradients": tg, "projection": tp}
+
+
+def trl_pass(loaded, raw_pairs, settings, lr: float) -> float:
+    """Seconds of trainer.train() for one epoch of trl's DPOTrainer (gradproj.train)."""
+    from gradproj.train import TrainSettings, train_adapter
+
+    params = _lora_params(loaded)
+    saved = [p.detach().clone() for p in params]
+    with tempfile.TemporaryDirectory(prefix="gradproj-bench-build-") as tmp:
+        res = train_adapter(loaded, raw_pairs, TrainSettings(
+            epochs=1.0, lr=lr, batch_size=settings.batch_size, beta=settings.beta,
+            max_length=settings.max_length), Path(tmp) / "adapter", progress=False)
+    loaded.model.eval()
+    with torch.no_grad():
+        for p, s in zip(params, saved):
+            p.copy_(s)
+            p.grad = None
+    return res.seconds
+
+
+# ------------------------------------------------------------------------------ main
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="8 pairs, k=2048, proj_batch=8, 1 LESS pair, no gaussian")
+    ap.add_argument("--pairs", type=int, default=64)
+    ap.add_argument("--tokens", type=int, default=64, help="target tokens per sequence")
+    ap.add_argument("--k", type=int, default=8192)
+    ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--proj-batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--kinds", default="rademacher,gaussian,sjlt")
+    ap.add_argument("--cache-mb", type=float, default=2048.0,
+                    help="proj_cache_mb of the 'rademacher cache' variant (0: skip it)")
+    ap.add_argument("--less-pairs", type=int, default=2)
+    ap.add_argument("--direct", action="store_true",
+                    help="run FeatureComputer.features for every kind (one gradient pass each)")
+    ap.add_argument("--trl", action="store_true", help="also time trl's DPOTrainer (1 epoch)")
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--json", type=Path, default=C.ROOT / "docs" / "bench_build.json")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.pairs, args.k, args.proj_batch, args.less_pairs = 8, 2048, 8, 1
+        args.kinds = "rademacher,sjlt"
+        if args.json == C.ROOT / "docs" / "bench_build.json":
+            args.json = C.ROOT / "docs" / "bench_build_quick.json"
+
+    from gradproj.build import StoreSettings
+    from gradproj.data import pairs_from_records
+    from gradproj.grads import lora_layout
+    from gradproj.projection import make_projector
+    from gradproj.tokens import tokenize_pairs
+
+    info = C.machine_info()
+    C.log(f"machine: {C.machine_line(info)}")
+    t0 = time.perf_counter()
+    loaded = C.load_smollm2()
+    C.perturb_lora_b(loaded, std=4e-3)
+    C.log(f"loaded SmolLM2 in {time.perf_counter() - t0:.1f} s")
+    layout = lora_layout(loaded.model)
+    P = sum(n for _, n in layout)
+
+    max_length = 4 * args.tokens
+    records = C.sized_records(args.pairs, 0, "bench", loaded.tokenizer, args.tokens)
+    raw_pairs = pairs_from_records(records, origin="<bench>")
+    tok = tokenize_pairs(raw_pairs, loaded.tokenizer, max_length)
+    assert not tok.excluded and tok.n_truncated == 0
+    pairs = tok.pairs
+    stats = C.token_stats(pairs)
+    C.log(f"{len(pairs)} pairs; tokens per sequence: chosen {stats['chosen_mean']:.1f} "
+          f"[{stats['chosen_min']}, {stats['chosen_max']}], rejected {stats['rejected_mean']:.1f}"
+          f" [{stats['rejected_min']}, {stats['rejected_max']}]; response {stats['response_mean']:.1f}")
+
+    kinds = [k for k in args.kinds.split(",") if k]
+    if kinds[0] != "rademacher" and not args.direct:
+        kinds = ["rademacher"] + [k for k in kinds if k != "rademacher"]
+    settings = {kind: StoreSettings(proj_dim=args.k, proj_kind=kind, batch_size=args.batch_size,
+                                    proj_batch=args.proj_batch, max_length=max_length)
+                for kind in kinds}
+    main_settings = settings[kinds[0]]
+    others = {} if args.direct else {kind: make_projector(kind, args.k, layout)
+                                     for kind in kinds[1:]}
+    cache_note = None
+    if args.cache_mb > 0 and not args.direct:
+        cached = make_projector("rademacher", args.k, layout, cache_mb=args.cache_mb)
+        frac = sum(n for name, n in layout if name in cached._cache_names) / P
+        others["rademacher cache"] = cached
+        cache_note = {"cache_mb": args.cache_mb, "cached_fraction_of_P": frac,
+                      "full_R_mb": P * args.k * 4 / 2**20}
+        C.log(f"rademacher cache: {args.cache_mb:.0f} MB holds {100 * frac:.1f}% of R's "
+              f"columns (all of R at k={args.k}: {cache_note['full_R_mb']:.0f} MB fp32)")
+    trak = make_projector("trak-basic", args.k, layout) if args.less_pairs > 0 else None
+    less_pairs = pairs[:args.less_pairs]
+
+    raw: dict[str, list] = {"train": [], "less": [], "trl": []}
+    raw.update({f"build {k}": [] for k in kinds})
+    raw.update({f"build {k}": [] for k in others})
+    warmed = False
+
+    def run_train():
+        s = train_pass(loaded, pairs, main_settings, args.lr)
+        raw["train"].append({"wall": s})
+        return s
+
+    def run_build():
+        nonlocal warmed
+        if args.direct:
+            walls = []
+            for kind in kinds:
+                r = build_pass(loaded, pairs, settings[kind])
+                r.pop("inputs")
+                raw[f"build {kind}"].append(r)
+                walls.append(r["wall"])
+            return sum(walls)
+        r = build_pass(loaded, pairs, main_settings)
+        inputs = r.pop("inputs")
+        raw[f"build {kinds[0]}"].append(r)
+        grads_s = r["wall"] - r["projection"]
+        for name, proj in others.items():
+            if name == "rademacher cache" and not warmed:
+                projection_only(proj, inputs[:1])   # fill the cache (a one-time cost)
+                warmed = True
+            s = projection_only(proj, inputs)
+            raw[f"build {name}"].append({"wall": grads_s + s, "gradients": r["gradients"],
+                                         "projection": s, "derived": True})
+            C.log(f"      projection only   {name:<20s} {s:9.3f} s")
+        return r["wall"]
+
+    def run_less():
+        r = less_pass(loaded, less_pairs, trak, main_settings.beta)
+        raw["less"].append(r)
+        return r["wall"]
+
+    variants = {"train": run_train, "build": run_build}
+    if trak is not None:
+        variants["less"] = run_less
+    if args.trl:
+        variants["trl"] = lambda: (raw["trl"].append({"wall": trl_pass(
+            loaded, raw_pairs, main_settings, args.lr)}) or raw["trl"][-1]["wall"])
+    C.log(f"{args.repeats} repeats of {list(variants)} (rotated order)")
+    C.interleaved(variants, args.repeats, C.log)
+
+    # ---------------------------------------------------------------- summary
+    n, n_less = len(pairs), len(less_pairs)
+    train_s = [r["wall"] for r in raw["train"]]
+    rows, table = [], []
+
+    def add(name, runs, count, note=""):
+        walls = [r["wall"] for r in runs]
+        ratios = [(count / w) / (n / t) for w, t in zip(walls, train_s)]
+        share = [r["projection"] / r["wall"] for r in runs if "projection" in r]
+        row = {"variant": name, "pairs": count, "median_seconds": C.median(walls),
+               "pairs_per_s": count / C.median(walls), "ratio_to_train_step": C.median(ratios),
+               "ratio_per_repeat": ratios,
+               "projection_share": C.median(share) if share else None,
+               "gradient_seconds": C.median([r["gradients"] for r in runs if "gradients" in r])
+               if share else None,
+               "projection_seconds": C.median([r["projection"] for r in runs])
+               if share else None, "note": note}
+        rows.append(row)
+        table.append([name, count, f"{row['median_seconds']:.1f}", f"{row['pairs_per_s']:.3f}",
+                      f"{row['ratio_to_train_step']:.2f}×",
+                      "—" if row["projection_share"] is None
+                      else f"{100 * row['projection_share']:.1f}%", note])
+
+    add("DPO train step (hand-written, AdamW)", raw["train"], n, "floor")
+    derived = "" if args.direct else "gradients of the rademacher run + this projection"
+    for kind in kinds:
+        add(f"build k={args.k} {kind}", raw[f"build {kind}"], n,
+            "FeatureComputer.features" if kind == kinds[0] or args.direct else derived)
+    if "rademacher cache" in others:
+        add(f"build k={args.k} rademacher, cache {args.cache_mb:.0f} MB",
+            raw["build rademacher cache"], n,
+            f"{100 * cache_note['cached_fraction_of_P']:.0f}% of R cached, warm; " + derived)
+    if raw["less"]:
+        add(f"LESS-style bs=1 loop + traker BasicProjector k={args.k}", raw["less"], n_less,
+            f"{n_less} pair(s) per repeat")
+    if raw["trl"]:
+        add("trl DPOTrainer, 1 epoch (train_adapter)", raw["trl"], n, "reference")
+
+    header = ["variant", "pairs", "median s", "pairs/s", "ratio to train step",
+              "projection share", "note"]
+    md = C.markdown_table(header, table)
+    less_detail = ""
+    if raw["less"]:
+        g = C.median([r["gradients"] for r in raw["less"]]) / n_less
+        p = C.median([r["projection"] for r in raw["less"]]) / n_less
+        b = C.median([r["gradients"] for r in raw[f"build {kinds[0]}"]]) / n
+        less_detail = (f"LESS-style per pair: bs=1 gradients {g:.2f} s, traker projection "
+                       f"{p:.2f} s; batched hook gradients (batch {args.batch_size}) "
+                       f"{b:.2f} s per pair.")
+    C.log("\n" + md + "\n")
+    if less_detail:
+        C.log(less_detail)
+    C.write_json(args.json, {
+        "benchmark": "bench_build", "machine": info, "args": {
+            k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "model": {"name": "smollm2 (SmolLM2-135M-Instruct)", "lora_r": 8,
+                  "targets": ["q_proj", "v_proj"], "P": P,
+                  "adapter": "fresh LoRA, B perturbed with N(0, 0.004^2)"},
+        "tokens": stats, "cache": cache_note, "rows": rows, "raw": raw,
+        "less_detail": less_detail, "markdown": md,
+        "loadavg_at_end": [round(x, 2) for x in __import__("os").getloadavg()],
+    })
+    C.log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

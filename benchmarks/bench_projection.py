@@ -1,0 +1,295 @@
+"""Benchmark: projector speed against traker's BasicProjector and a prebuilt GEMM, and the
+fidelity of projected inner products over real SmolLM2 LoRA gradients.
+
+Part 1, speed (CPU). P = the real SmolLM2-135M LoRA layout (r=8 on q_proj, v_proj; 120
+pieces, P = 460 800), a fixed random batch x [B, P] (B = 64), for k in {512, 2048, 8192}:
+
+* ``rademacher``        — gradproj HashProjector, R generated blockwise on every call;
+* ``rademacher cache``  — the same with ``cache_mb`` = --cache-mb (whole parameters' blocks
+  kept in layout order while they fit; the share of R cached is printed), warm;
+* ``gaussian``, ``sjlt`` — gradproj's other hash kinds (sjlt: s = 4);
+* ``traker Basic``       — ``trak.projectors.BasicProjector`` (rademacher, block_size 100,
+  fp32, CPU) called directly: it regenerates its [P, 100] blocks from torch's generator on
+  every call when k > 100;
+* ``GEMM limit``         — no generation at all: ``acc.addmm_(x[:, c0:c1], R_s.T)`` over the
+  columns with a prebuilt fp32 R_s [k, S] reused for every column block, S chosen so that R_s
+  fits in --gemm-mb (all of P at k = 512). Same FLOPs and the same streaming of a matrix too big
+  for the caches as one prebuilt [k, P] matrix, without holding 15 GB at k = 8192.
+
+Repeats run every variant once in a rotated order; the table gives median seconds and the
+median of the per-repeat ratios to the GEMM limit.
+
+Part 2, fidelity. Per-pair DPO-loss gradients of the LoRA weights (PerPairGradients, exact,
+fp32, unprojected) for --train-pairs pairs of ``gradproj.synthetic.make_task`` (25 % flipped)
+and --val-pairs validation pairs, at a non-trivial adapter: the fresh LoRA with B set to
+N(0, 0.004²) (B = 0 at init makes every lora_A gradient zero). v = the mean validation gradient;
+exact scores g_i·v against projected (P g_i)·(P v) for every kind (rademacher, gaussian, sjlt,
+trak-basic) and k in {512, 2048, 8192}: Spearman (scipy.stats.spearmanr), Pearson and the share
+of pairs whose score keeps its sign, one projection seed (0). The PNG has Spearman vs k per
+kind and the speed table as a plot.
+
+    .venv/bin/python benchmarks/bench_projection.py           # full
+    .venv/bin/python benchmarks/bench_projection.py --quick   # k = 512 only, 40 + 8 pairs
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+KINDS = ("rademacher", "gaussian", "sjlt", "trak-basic")
+
+
+# ------------------------------------------------------------------------------ speed
+
+class GemmLimit:
+    """y = x Rᵀ/√k with a prebuilt [k, S] fp32 block reused over the column blocks of x."""
+
+    def __init__(self, k: int, P: int, budget_mb: float, seed: int = 0):
+        self.k = k
+        self.S = max(1, min(P, int(budget_mb * 2**20 // (4 * k))))
+        g = torch.Generator().manual_seed(seed)
+        self.R = (torch.randint(0, 2, (k, self.S), generator=g, dtype=torch.float32) * 2 - 1)
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        acc = torch.zeros(x.shape[0], self.k)
+        for c0 in range(0, x.shape[1], self.S):
+            c1 = min(c0 + self.S, x.shape[1])
+            acc.addmm_(x[:, c0:c1], self.R[:, :c1 - c0].T)
+        return acc.mul_(1.0 / math.sqrt(self.k))
+
+
+class TrakDirect:
+    def __init__(self, k: int, P: int, seed: int = 0):
+        from trak.projectors import BasicProjector, ProjectionType
+
+        self.proj = BasicProjector(grad_dim=P, proj_dim=k, seed=seed,
+                                   proj_type=ProjectionType.rademacher,
+                                   device=torch.device("cpu"), block_size=100,
+                                   dtype=torch.float32)
+
+    def project(self, x):
+        return self.proj.project(x, model_id=0)
+
+
+def speed_part(layout, ks, batch, repeats, cache_mb, gemm_mb) -> tuple[list, dict]:
+    from gradproj.projection import make_projector
+
+    P = sum(n for _, n in layout)
+    x = torch.randn(batch, P, generator=torch.Generator().manual_seed(1))
+    rows, raw = [], {}
+    for k in ks:
+        C.log(f"speed: k={k}, P={P}, batch={batch}")
+        cached = make_projector("rademacher", k, layout, cache_mb=cache_mb)
+        frac = sum(n for name, n in layout if name in cached._cache_names) / P
+        projs = {
+            "GEMM limit (prebuilt R)": GemmLimit(k, P, gemm_mb),
+            "ours rademacher": make_projector("rademacher", k, layout),
+            f"ours rademacher, cache {cache_mb:.0f} MB": cached,
+            "ours gaussian": make_projector("gaussian", k, layout),
+            "ours sjlt (s=4)": make_projector("sjlt", k, layout),
+            "traker BasicProjector": TrakDirect(k, P),
+        }
+        C.log(f"  rademacher cache {cache_mb:.0f} MB holds {100 * frac:.1f}% of R "
+              f"(all of R: {P * k * 4 / 2**20:.0f} MB); GEMM block S = "
+              f"{projs['GEMM limit (prebuilt R)'].S} columns")
+        t, _ = C.timed(lambda: cached.project(x[:1]))   # fill the cache: one-time cost
+        C.log(f"  cache fill: {t:.1f} s (one time, not in the table)")
+
+        def variant(p):
+            return lambda: C.timed(lambda: p.project(x))[0]
+
+        reps = repeats if k >= 8192 else max(repeats, 5)   # small k is cheap: more repeats
+        times = C.interleaved({n: variant(p) for n, p in projs.items()}, reps, C.log)
+        gemm = times["GEMM limit (prebuilt R)"]
+        for name, ts in times.items():
+            ratios = [a / b for a, b in zip(ts, gemm)]
+            rows.append({"k": k, "variant": name, "median_seconds": C.median(ts),
+                         "ratio_to_gemm": C.median(ratios), "seconds": ts,
+                         "cached_fraction": frac if "cache" in name else None})
+        raw[k] = times
+        del projs, cached
+    return rows, raw
+
+
+# ------------------------------------------------------------------------------ fidelity
+
+def gradients(loaded, pairs, batch_size: int, beta: float) -> torch.Tensor:
+    """[n, P] fp32 exact per-pair gradients (PerPairGradients, one backward per batch)."""
+    from gradproj.dpo import make_loss
+    from gradproj.grads import PerPairGradients
+    from gradproj.tokens import batches
+
+    out = []
+    with PerPairGradients(loaded.model, make_loss("dpo", beta)) as ppg:
+        for b in batches(pairs, batch_size, loaded.tokenizer.pad_token_id):
+            pg = ppg(b.to(loaded.device))
+            assert bool(pg.finite.all())
+            out.append(pg.flat().cpu())
+    return torch.cat(out)
+
+
+def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size) -> tuple[list, dict]:
+    from scipy.stats import pearsonr, spearmanr
+
+    from gradproj.projection import make_projector
+    from gradproj.synthetic import make_task
+    from gradproj.tokens import tokenize_pairs
+
+    task = make_task(n_train=n_train, n_val=n_val, n_test=1, flip=0.25, seed=0)
+    tr = tokenize_pairs(task.train, loaded.tokenizer, 512).pairs
+    va = tokenize_pairs(task.val, loaded.tokenizer, 512).pairs
+    C.log(f"fidelity: gradients of {len(tr)} train + {len(va)} validation pairs")
+    t, G = C.timed(lambda: gradients(loaded, tr, batch_size, 0.1))
+    _, V = C.timed(lambda: gradients(loaded, va, batch_size, 0.1))
+    C.log(f"  gradients: {t:.0f} s for {len(tr)} pairs; |g| median "
+          f"{G.norm(dim=1).median():.3g}")
+    v = V.mean(0)
+    exact = (G.double() @ v.double()).numpy()
+    X = torch.cat([G, v[None]])
+    rows, info = [], {"n_train": len(tr), "n_val": len(va), "tokens": C.token_stats(tr),
+                      "exact_mean": float(exact.mean()), "exact_std": float(exact.std()),
+                      "flipped_share": len(task.flipped) / len(tr)}
+    for k in ks:
+        for kind in KINDS:
+            proj = make_projector(kind, k, layout, seed=0)
+            t, Y = C.timed(lambda: proj.project(X).double())
+            est = (Y[:-1] @ Y[-1]).numpy()
+            rho = float(spearmanr(exact, est).statistic)
+            r = float(pearsonr(exact, est).statistic)
+            rel = float(np.linalg.norm(est - exact) / np.linalg.norm(exact))
+            sign = float(np.mean(np.sign(est) == np.sign(exact)))
+            rows.append({"k": k, "kind": kind, "spearman": rho, "pearson": r,
+                         "rel_error": rel, "sign_agreement": sign, "seconds": t})
+            C.log(f"  k={k:5d} {kind:<11s} spearman {rho:.4f}  pearson {r:.4f}  "
+                  f"rel.err {rel:.3f}  sign agreement {sign:.3f}  ({t:.1f} s)")
+    return rows, info
+
+
+def plot(path: Path, fid_rows, speed_rows, ks) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2 if speed_rows else 1, figsize=(11 if speed_rows else 6, 4.2),
+                             squeeze=False)
+    ax = axes[0][0]
+    for kind in KINDS:
+        pts = sorted((r["k"], r["spearman"]) for r in fid_rows if r["kind"] == kind)
+        if pts:
+            ax.plot(*zip(*pts), marker="o", label=kind)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xlabel("k (projected dimension)")
+    ax.set_ylabel("Spearman(exact g·v, projected)")
+    ax.set_title("Fidelity over SmolLM2 LoRA gradients")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    if speed_rows:
+        ax = axes[0][1]
+        for name in dict.fromkeys(r["variant"] for r in speed_rows):
+            pts = sorted((r["k"], r["median_seconds"]) for r in speed_rows
+                         if r["variant"] == name)
+            ax.plot(*zip(*pts), marker="o", label=name)
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xticks(ks, [str(k) for k in ks])
+        ax.set_xlabel("k")
+        ax.set_ylabel("seconds per call (median)")
+        ax.set_title("Projection of 64 × P=460800 on CPU")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="k=512 only, 40 + 8 pairs")
+    ap.add_argument("--ks", default="512,2048,8192")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--cache-mb", type=float, default=2048.0)
+    ap.add_argument("--gemm-mb", type=float, default=1024.0)
+    ap.add_argument("--train-pairs", type=int, default=200)
+    ap.add_argument("--val-pairs", type=int, default=20)
+    ap.add_argument("--grad-batch", type=int, default=8)
+    ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--skip-fidelity", action="store_true")
+    ap.add_argument("--json", type=Path, default=C.ROOT / "docs" / "bench_projection.json")
+    ap.add_argument("--png", type=Path, default=C.ROOT / "docs" / "bench_projection.png")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.ks, args.train_pairs, args.val_pairs = "512", 40, 8
+        if args.json == C.ROOT / "docs" / "bench_projection.json":
+            args.json = C.ROOT / "docs" / "bench_projection_quick.json"
+        if args.png == C.ROOT / "docs" / "bench_projection.png":
+            args.png = C.ROOT / "docs" / "bench_projection_quick.png"
+    ks = [int(k) for k in args.ks.split(",")]
+
+    from gradproj.grads import lora_layout
+
+    info = C.machine_info()
+    C.log(f"machine: {C.machine_line(info)}")
+    loaded = C.load_smollm2()
+    C.perturb_lora_b(loaded, std=4e-3)
+    layout = lora_layout(loaded.model)
+    P = sum(n for _, n in layout)
+
+    speed_rows, speed_raw, fid_rows, fid_info = [], {}, [], {}
+    if not args.skip_fidelity:
+        fid_rows, fid_info = fidelity_part(loaded, layout, ks, args.train_pairs,
+                                           args.val_pairs, args.grad_batch)
+    if not args.skip_speed:
+        speed_rows, speed_raw = speed_part(layout, ks, args.batch, args.repeats,
+                                           args.cache_mb, args.gemm_mb)
+
+    md_speed = C.markdown_table(
+        ["k", "variant", "median s", "× GEMM limit", "note"],
+        [[r["k"], r["variant"], f"{r['median_seconds']:.3f}", f"{r['ratio_to_gemm']:.2f}",
+          "" if r["cached_fraction"] is None else f"{100 * r['cached_fraction']:.0f}% of R cached"]
+         for r in speed_rows]) if speed_rows else ""
+    md_fid = ""
+    if fid_rows:
+        head = (["kind"] + [f"Spearman k={k}" for k in ks] + [f"Pearson k={k}" for k in ks]
+                + [f"sign agree k={k}" for k in ks])
+        body = []
+        for kind in KINDS:
+            by_k = {r["k"]: r for r in fid_rows if r["kind"] == kind}
+            body.append([kind] + [f"{by_k[k]['spearman']:.4f}" for k in ks]
+                        + [f"{by_k[k]['pearson']:.4f}" for k in ks]
+                        + [f"{by_k[k]['sign_agreement']:.3f}" for k in ks])
+        md_fid = C.markdown_table(head, body)
+    C.log("\n" + md_speed + "\n\n" + md_fid + "\n")
+    if fid_rows:
+        plot(args.png, fid_rows, speed_rows, ks)
+        C.log(f"wrote {args.png}")
+    C.write_json(args.json, {
+        "benchmark": "bench_projection", "machine": info,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "P": P, "layout_pieces": len(layout),
+        "adapter": "fresh LoRA r=8 (q_proj, v_proj), B perturbed with N(0, 0.004^2)",
+        "speed": speed_rows, "speed_raw": {str(k): v for k, v in speed_raw.items()},
+        "fidelity": fid_rows, "fidelity_info": fid_info,
+        "markdown_speed": md_speed, "markdown_fidelity": md_fid,
+        "loadavg_at_end": [round(x, 2) for x in __import__("os").getloadavg()],
+    })
+    C.log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,745 @@
+"""Benchmark: cost of an influence query over a gradient store, against the machine's limits.
+
+Part 1 (synthetic stores, written straight to the store format): for N rows of k = 8192 float16
+features, the time of
+
+* ``mean``   — one influence query: ``mean_influence(store, val)``, val = M = 256 vectors (the
+  mean is taken inside), i.e. one pass over the store times one vector;
+* ``matvec`` — the per-pair query: ``stream_matvec(store, Q.T)``, Q [256, k] → the full
+  [N, 256] score matrix, in blocks;
+* ``topk``   — the per-pair top-10: ``stream_topk(store, Q, 10)``;
+* ``mean_ref`` — a reference that is *not* gradproj code: the same mean query with the
+  float16 → float32 cast done by torch, 256 rows at a time into one reused float32 buffer,
+  instead of numpy's ``block.astype(np.float32)`` of the whole block (shows where the time of
+  ``mean`` goes).
+
+Each query runs in its own subprocess (so its peak memory is its own): the first pass after the
+page cache is dropped (``cold``, when this process may write /proc/sys/vm/drop_caches), then
+``--repeats`` warm passes (median reported). The machine's two limits are measured in the same
+run: memory read bandwidth (sum over a 2 GiB float32 array) and fp32 matmul FLOP/s
+(torch [4096, 8192] @ [8192, 256], and the [256, 8192] @ [16384, 8192]ᵀ shape stream_topk
+multiplies; the higher of the two). Both are measured before and after part 1; the fractions use
+the higher of the two measurements. A mean query is reported as (store bytes / time) / bandwidth;
+a per-pair query as (2·N·k·M / time) / FLOP/s, and its bytes fraction as well.
+
+Part 2 (embedded SmolLM2-135M-Instruct, CPU): a store of ``--pairs`` synthetic training pairs is
+built (= recomputing every training gradient from scratch), then a new 100-pair validation set
+is answered from it (validation gradients + IF + TIF + top-k, ``compute_influence``); the ratio
+of the two is the point of keeping the store.
+
+    .venv/bin/python benchmarks/bench_query.py            # full: N = 10k, 100k, 500k; 2000 pairs
+    .venv/bin/python benchmarks/bench_query.py --quick    # N = 10k, 50k; 200 pairs
+
+The SmolLM2 build is first timed on 64 pairs; when the requested build would take longer than
+--budget-min minutes, --fallback-pairs pairs are built instead (and the cost of 2000 pairs is
+reported as an extrapolation, labelled so).
+
+Stores are written under --tmp (default /tmp/gradproj-bench-query) and deleted at the end.
+Times on a shared machine are noisy: compare the ratios, not the absolute seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+K = 8192
+M = 256
+TOP_K = 10
+SHARD_ROWS = 16384
+QUERIES = ("mean", "matvec", "topk", "mean_ref")
+REF_ROWS = 256
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def median(xs):
+    return float(statistics.median(xs)) if xs else float("nan")
+
+
+def proc_status() -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon, RssFile of this process, in bytes."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
+                out[key] = int(rest.split()[0]) * 1024
+    return out
+
+
+class PeakSampler:
+    """Samples RssAnon / RssFile every ``interval`` s in a thread (VmHWM gives the exact total)."""
+
+    def __init__(self, interval: float = 0.002):
+        self.interval = interval
+        self.peak = {"RssAnon": 0, "RssFile": 0}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            s = proc_status()
+            for key in self.peak:
+                self.peak[key] = max(self.peak[key], s.get(key, 0))
+            time.sleep(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        s = proc_status()
+        for key in self.peak:
+            self.peak[key] = max(self.peak[key], s.get(key, 0))
+
+
+def reset_hwm() -> bool:
+    """Reset VmHWM (peak RSS) of this process: ``echo 5 > /proc/self/clear_refs``."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def drop_caches() -> bool:
+    """Drop the page cache (root only); False when not permitted."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3")
+        return True
+    except OSError:
+        return False
+
+
+def machine_info() -> dict:
+    cpu = "?"
+    with open("/proc/cpuinfo") as f:
+        for line in f:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem = 0
+    with open("/proc/meminfo") as f:
+        for line in f:
+            if line.startswith("MemTotal"):
+                mem = int(line.split()[1]) * 1024
+    import torch
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "gradproj"], cwd=ROOT,
+                                    capture_output=True, text=True).stdout.strip())
+    except (OSError, subprocess.CalledProcessError):
+        commit, dirty = "?", False
+    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem / 2**30, 1),
+            "python": platform.python_version(), "numpy": np.__version__,
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
+            "commit": commit, "gradproj_dirty": dirty,
+            "loadavg_start": os.getloadavg()}
+
+
+# ------------------------------------------------------------------------------ limits
+
+def measure_limits(repeats: int = 5) -> dict:
+    """Memory read bandwidth (bytes/s) and fp32 matmul FLOP/s, medians of ``repeats``."""
+    import torch
+
+    def timed(fn, n):
+        ts = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return ts
+
+    a = np.ones(2**29, np.float32)                  # 2 GiB, every page touched
+    b = np.empty_like(a)
+    b[:] = 0
+    ta = torch.from_numpy(a)
+    nbytes = a.nbytes
+    out = {}
+    out["bw_torch_sum"] = nbytes / median(timed(lambda: ta.sum(), repeats))       # all threads
+    out["bw_numpy_sum"] = nbytes / median(timed(lambda: a.sum(), repeats))        # one thread
+    out["bw_numpy_copy"] = 2 * nbytes / median(timed(lambda: np.copyto(b, a), repeats))
+    del a, b, ta
+    # the cast every streaming query does on each block, float16 → float32 (source bytes/s)
+    h = np.random.default_rng(0).standard_normal((SHARD_ROWS, K), dtype=np.float32).astype(
+        np.float16)
+    out["cast_numpy_f16_f32"] = h.nbytes / median(timed(lambda: h.astype(np.float32), repeats))
+    th = torch.from_numpy(h)
+    out["cast_torch_f16_f32"] = h.nbytes / median(timed(lambda: th.float(), repeats))
+    f = np.zeros(h.shape, np.float32)                    # into memory already mapped: no faults
+    tf = torch.from_numpy(f)
+    out["cast_numpy_into_f16_f32"] = h.nbytes / median(timed(lambda: np.copyto(f, h), repeats))
+    out["cast_torch_into_f16_f32"] = h.nbytes / median(timed(lambda: tf.copy_(th), repeats))
+    del h, th, f, tf
+    x, w = torch.randn(4096, K), torch.randn(K, M)
+    x @ w
+    out["matmul_flops_nn"] = 2 * 4096 * K * M / median(timed(lambda: x @ w, max(repeats, 9)))
+    # the shape stream_topk multiplies: [M, k] @ block.T, block [16384, k]
+    y = torch.randn(SHARD_ROWS, K)
+    out["matmul_flops_nt"] = 2 * M * K * SHARD_ROWS / median(timed(lambda: w.T @ y.T, repeats))
+    del x, w, y
+    out["matmul_flops"] = max(out["matmul_flops_nn"], out["matmul_flops_nt"])
+    out["bandwidth"] = max(out["bw_torch_sum"], out["bw_numpy_sum"])
+    return out
+
+
+def quick_limits() -> dict:
+    """The two limits again, small and fast, measured next to a query in the same process."""
+    import torch
+
+    a = np.ones(2**27, np.float32)                  # 512 MiB
+    ta = torch.from_numpy(a)
+    ts, tn = [], []
+    for _ in range(5):
+        t = time.perf_counter()
+        ta.sum()
+        ts.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        a.sum()
+        tn.append(time.perf_counter() - t)
+    bw = max(a.nbytes / median(ts), a.nbytes / median(tn))
+    del a, ta
+    x, w = torch.randn(4096, K), torch.randn(K, M)
+    tm = []
+    for _ in range(4):
+        t = time.perf_counter()
+        x @ w
+        tm.append(time.perf_counter() - t)
+    return {"bandwidth": bw, "matmul_flops": 2 * 4096 * K * M / median(tm[1:])}
+
+
+def measure_disk_read(store_root: Path) -> float | None:
+    """Sequential read rate (bytes/s) of the store's feature files right after a cache drop."""
+    if not drop_caches():
+        return None
+    buf = bytearray(1 << 24)
+    total, t = 0, time.perf_counter()
+    for path in sorted((store_root / "shards").glob("*.grads.npy")):
+        with open(path, "rb", buffering=0) as f:
+            while n := f.readinto(buf):
+                total += n
+    return total / (time.perf_counter() - t)
+
+
+# ------------------------------------------------------------------------------ stores
+
+def write_store(root: Path, n: int, seed: int = 0) -> dict:
+    """A store of ``n`` random float16 rows (k = 8192) in shards of SHARD_ROWS, via StoreWriter."""
+    from gradproj.projection import ProjectorSpec
+    from gradproj.store import ROW_DTYPE, StoreWriter
+
+    rng = np.random.default_rng(seed)
+    spec = ProjectorSpec(kind="rademacher", k=K)
+    t = time.perf_counter()
+    with StoreWriter(root, {"projector": spec.to_dict()}) as w:
+        for lo in range(0, n, SHARD_ROWS):
+            rows_n = min(SHARD_ROWS, n - lo)
+            f = rng.standard_normal((rows_n, K), dtype=np.float32).astype(np.float16)
+            rows = np.zeros(rows_n, ROW_DTYPE)
+            rows["id"] = [f"r{i}" for i in range(lo, lo + rows_n)]
+            rows["norm"] = np.sqrt(K)        # ~‖row‖ (not used by these queries)
+            w.add_shard(f, rows)
+            del f
+        w.finish()
+    seconds = time.perf_counter() - t
+    return {"seconds": seconds, "bytes": n * K * 2,
+            "disk_bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file())}
+
+
+# ------------------------------------------------------------------------------ worker
+
+def worker(args: dict) -> dict:
+    """Runs in a subprocess: one query type, ``1 + repeats`` passes, its own peak memory."""
+    import torch
+
+    from gradproj.index import stream_matvec, stream_topk
+    from gradproj.influence import ValidationFeatures, mean_influence
+    from gradproj.store import Store
+
+    store = Store(args["store"], verify=False)
+    n, query = len(store), args["query"]
+    rng = np.random.default_rng(1)
+    val = ValidationFeatures([f"v{i}" for i in range(M)],
+                             rng.standard_normal((M, K), dtype=np.float32), {})
+    q = val.features
+
+    def run():
+        if query == "mean":
+            return mean_influence(store, val)
+        if query == "matvec":
+            return stream_matvec(store, q.T)
+        if query == "topk":
+            return stream_topk(store, q, TOP_K)
+        if query == "mean_ref":   # reference, not gradproj: cast by torch into a reused buffer
+            torch.set_num_threads(1)                  # memory-bound: one thread is enough
+            v = torch.from_numpy(val.features.astype(np.float64).mean(0).astype(np.float32))
+            out = torch.empty(n)
+            buf = torch.zeros(REF_ROWS, K)
+            for start, block in store.blocks(65536):
+                block = torch.from_numpy(block)
+                for i in range(0, len(block), REF_ROWS):
+                    part = block[i:i + REF_ROWS]
+                    b = buf[:len(part)]
+                    b.copy_(part)
+                    torch.mv(b, v, out=out[start + i:start + i + len(part)])
+            return out.numpy()
+        raise ValueError(query)
+
+    lim_before = quick_limits()
+    load_before = os.getloadavg()[0]
+    base = proc_status()
+    hwm_reset = reset_hwm()
+    base_hwm = proc_status()["VmHWM"]
+    times, result = [], None
+    with PeakSampler() as sampler:
+        for _ in range(1 + args["repeats"]):
+            result = None                              # the previous result is not held twice
+            t = time.perf_counter()
+            result = run()
+            times.append(time.perf_counter() - t)
+    end = proc_status()
+    load_after = os.getloadavg()[0]
+    lim_after = quick_limits()
+    out_bytes = (result[0].nbytes + result[1].nbytes) if isinstance(result, tuple) \
+        else result.nbytes
+    # spot check against a direct computation on the first 1024 rows
+    first = np.asarray(store.shard_features(store.shards[0])[:1024]).astype(np.float64)
+    if query in ("mean", "mean_ref"):
+        expect = first @ q.astype(np.float64).mean(0)
+        got = result[:1024]
+        err = float(np.max(np.abs(got - expect)) / np.max(np.abs(expect)))
+    elif query == "matvec":
+        expect = first @ q.T.astype(np.float64)
+        err = float(np.max(np.abs(result[:1024] - expect)) / np.max(np.abs(expect)))
+    else:
+        ids = result[1]
+        err = 0.0 if ids.shape == (M, TOP_K) and (ids >= 0).all() and (ids < n).all() else 1.0
+    return {"query": query, "n": n, "times": times,
+            "rss_base": base["VmRSS"], "anon_base": base["RssAnon"], "file_base": base["RssFile"],
+            "hwm_reset": hwm_reset, "hwm_base": base_hwm, "hwm": end["VmHWM"],
+            "peak_anon": sampler.peak["RssAnon"], "peak_file": sampler.peak["RssFile"],
+            "output_bytes": int(out_bytes), "rel_err": err,
+            "local_limits": {k: max(lim_before[k], lim_after[k]) for k in lim_before},
+            "local_limits_before": lim_before, "local_limits_after": lim_after,
+            "loadavg_1min": [load_before, load_after]}
+
+
+def fractions(res: dict, n: int, lim: dict, suffix: str = "") -> None:
+    """Store bytes / time over bandwidth; 2·N·k·M / time over matmul FLOP/s (per-pair)."""
+    b = n * K * 2
+    res["bytes_frac" + suffix] = b / res["warm_median"] / lim["bandwidth"]
+    res["bytes_frac_first" + suffix] = b / res["first"] / lim["bandwidth"]
+    if res["query"] in ("matvec", "topk"):
+        res["flop_frac" + suffix] = 2 * n * K * M / res["warm_median"] / lim["matmul_flops"]
+
+
+def run_worker(store: Path, query: str, repeats: int, cold: bool) -> dict:
+    dropped = drop_caches() if cold else False
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker",
+           json.dumps({"store": str(store), "query": query, "repeats": repeats})]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode:
+        raise RuntimeError(f"worker {query} failed:\n{proc.stderr[-3000:]}")
+    res = json.loads(proc.stdout.strip().splitlines()[-1])
+    res["cold"] = dropped
+    return res
+
+
+# ------------------------------------------------------------------------------ part 1
+
+def synthetic_part(sizes, repeats, tmp: Path, verify_n: int) -> list[dict]:
+    rows = []
+    for n in sizes:
+        root = tmp / f"store-{n}"
+        shutil.rmtree(root, ignore_errors=True)
+        print(f"[N={n}] writing store ({n * K * 2 / 1e9:.2f} GB) ...", flush=True)
+        info = write_store(root, n)
+        print(f"[N={n}]   written in {info['seconds']:.1f} s "
+              f"({info['bytes'] / info['seconds'] / 1e9:.2f} GB/s incl. sha256 + fsync)",
+              flush=True)
+        entry = {"n": n, "store_bytes": info["bytes"], "write_seconds": info["seconds"],
+                 "disk_bytes": info["disk_bytes"], "queries": {}}
+        if n == verify_n:
+            from gradproj.store import Store
+            t = time.perf_counter()
+            Store(root, verify=True)
+            entry["verify_warm_seconds"] = time.perf_counter() - t
+            if drop_caches():
+                t = time.perf_counter()
+                Store(root, verify=True)
+                entry["verify_cold_seconds"] = time.perf_counter() - t
+            entry["disk_read_bps"] = measure_disk_read(root)
+            print(f"[N={n}]   verify (sha256): warm {entry['verify_warm_seconds']:.1f} s, cold "
+                  f"{entry.get('verify_cold_seconds', float('nan')):.1f} s; disk read "
+                  f"{(entry['disk_read_bps'] or float('nan')) / 1e9:.2f} GB/s", flush=True)
+        for query in QUERIES:
+            reference = query == "mean_ref"
+            res = run_worker(root, query, repeats if not reference else max(2, repeats - 1),
+                             cold=not reference)
+            warm = res["times"][1:]
+            res["first"] = res["times"][0]
+            res["warm_median"] = median(warm)
+            fractions(res, n, res["local_limits"])
+            res["peak_rss_increase"] = res["hwm"] - res["hwm_base"] if res["hwm_reset"] else None
+            res["peak_anon_increase"] = res["peak_anon"] - res["anon_base"]
+            res["peak_file_increase"] = res["peak_file"] - res["file_base"]
+            entry["queries"][query] = res
+            print(f"[N={n}]   {query:15s} first {res['first']:7.2f} s "
+                  f"({'cold' if res['cold'] else 'not cold'}), warm median "
+                  f"{res['warm_median']:7.2f} s [{', '.join(f'{x:.2f}' for x in warm)}]  "
+                  f"bw {res['bytes_frac']:.1%}"
+                  + (f"  flop {res['flop_frac']:.1%}" if "flop_frac" in res else "")
+                  + f"  peak +RSS {res['peak_rss_increase'] / 2**20:.0f} MiB "
+                  f"(anon +{res['peak_anon_increase'] / 2**20:.0f}, out "
+                  f"{res['output_bytes'] / 2**20:.0f})  err {res['rel_err']:.1e}", flush=True)
+        shutil.rmtree(root)
+        rows.append(entry)
+    return rows
+
+
+# ------------------------------------------------------------------------------ part 2
+
+def smollm_step(args: dict) -> dict:
+    """Runs in a subprocess (a fresh heap each time: see smollm_part): load SmolLM2, then time
+    either a store build of ``n`` pairs or answering ``n_val`` validation pairs from a store."""
+    from gradproj.build import StoreSettings, build_store
+    from gradproj.data import pairs_from_records
+    from gradproj.influence import InfluenceSettings, compute_influence
+    from gradproj.model import ModelSettings, load_model
+    from gradproj.store import Store
+    from gradproj.synthetic import make_records
+
+    t = time.perf_counter()
+    loaded = load_model(ModelSettings(model="smollm2", device="cpu"))
+    out = {"load_seconds": time.perf_counter() - t, "anon_after_load": proc_status()["RssAnon"],
+           "loadavg_1min": [os.getloadavg()[0]]}
+    if args["step"] == "build":
+        settings = StoreSettings(proj_dim=K, max_length=64, batch_size=8)
+        pairs = pairs_from_records(make_records(args["n"], 0, "train"), origin="<bench train>")
+        t = time.perf_counter()
+        store = build_store(loaded, pairs, settings, args["root"], progress=False)
+        out.update(seconds=time.perf_counter() - t, timing=store.manifest.get("timing"),
+                   rows=len(store))
+    else:
+        val = pairs_from_records(make_records(args["n_val"], 2, "val"), origin="<bench val>")
+        store = Store(args["root"])
+        t = time.perf_counter()
+        res = compute_influence([store], val, InfluenceSettings(top_k=TOP_K), loaded=[loaded])
+        out.update(seconds=time.perf_counter() - t, split=res.seconds, n_val_used=len(res.val_ids))
+    end = proc_status()
+    out.update(peak_rss=end["VmHWM"], anon_end=end["RssAnon"])
+    out["loadavg_1min"].append(os.getloadavg()[0])
+    return out
+
+
+def run_smollm_step(args: dict) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--smollm-step", json.dumps(args)]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+    if proc.returncode:
+        raise RuntimeError(f"SmolLM2 step {args} failed (rc {proc.returncode}):\n"
+                           f"{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def smollm_part(n_train: int, n_val: int, tmp: Path, repeats: int, budget_min: float,
+                fallback: int, estimate: bool = True) -> dict:
+    """Each step runs in its own process, the model loaded anew (load time not counted): on
+    this CPU the resident memory of a process computing gradients grows by ~0.4 GiB per batch
+    of 8 pairs (freed heap that glibc does not give back; see docs/results_query.md), so one
+    process doing the estimate, the build and the answers was OOM-killed at 14 GiB."""
+    out = {"n_train_requested": n_train, "n_val": n_val, "machine": machine_info(),
+           "settings": {"proj_dim": K, "max_length": 64, "batch_size": 8}}
+    n = n_train
+    if estimate:   # time 64 pairs; a build over the budget falls back to ``fallback`` pairs
+        n_est = min(64, n_train)
+        est = run_smollm_step({"step": "build", "n": n_est, "root": str(tmp / "smollm-est")})
+        shutil.rmtree(tmp / "smollm-est")
+        per_pair = est["seconds"] / n_est
+        out["estimate"] = dict(est, n=n_est, seconds_per_pair=per_pair)
+        if per_pair * n_train > budget_min * 60:
+            # ``fallback`` pairs, fewer (in hundreds) if even those would exceed half the budget
+            n = min(fallback, n_train, max(100, int(budget_min * 30 / per_pair) // 100 * 100))
+        print(f"[smollm2] estimate ({n_est} pairs) {per_pair:.3f} s/pair → {n_train} pairs ≈ "
+              f"{per_pair * n_train / 60:.1f} min; building {n}", flush=True)
+    out["n_train"] = n
+    root = tmp / "smollm-store"
+    shutil.rmtree(root, ignore_errors=True)
+    build = run_smollm_step({"step": "build", "n": n, "root": str(root)})
+    out["build"] = build
+    out["build_seconds"] = build["seconds"]
+    out["build_timing"] = build["timing"]
+    out["store_rows"] = build["rows"]
+    print(f"[smollm2] build of {n} pairs: {build['seconds']:.1f} s "
+          f"({build['seconds'] / n:.3f} s/pair) {build['timing']}; peak RSS "
+          f"{build['peak_rss'] / 2**30:.1f} GiB", flush=True)
+
+    answers = []
+    for i in range(repeats):
+        a = run_smollm_step({"step": "answer", "n_val": n_val, "root": str(root)})
+        answers.append(dict(a, **a["split"]))
+        print(f"[smollm2] answer {i}: {a['seconds']:.1f} s {a['split']}; peak RSS "
+              f"{a['peak_rss'] / 2**30:.1f} GiB", flush=True)
+    out["answers"] = answers
+    out["n_val_used"] = answers[-1]["n_val_used"]
+    out["answer_first"] = answers[0]["seconds"]
+    out["answer_median"] = median([a["seconds"] for a in answers])
+    out["ratio_build_over_answer"] = out["build_seconds"] / out["answer_median"]
+    # without a store, answering means computing the training gradients *and* the validation ones
+    out["ratio_scratch_over_answer"] = (out["build_seconds"] + out["answer_median"]) / \
+        out["answer_median"]
+    out["machine"]["loadavg_end"] = os.getloadavg()
+    out["extrapolated_2000"] = n < 2000
+    if n < 2000:
+        out["build_seconds_2000_extrapolated"] = out["build_seconds"] / n * 2000
+        out["ratio_2000_over_answer_extrapolated"] = \
+            out["build_seconds_2000_extrapolated"] / out["answer_median"]
+    shutil.rmtree(root)
+    return out
+
+
+# ------------------------------------------------------------------------------ report
+
+def table(results: dict) -> str:
+    lim = results["limits"]
+    lines = [] if "synthetic" not in results else ["| N | store GB | query | cold first pass (s) | warm median (s) | "
+             "GB/s (warm) | % bandwidth | % matmul FLOP/s | limits alongside (GB/s, GFLOP/s) | "
+             "peak RSS +MiB | peak anon +MiB (of it output) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in results.get("synthetic", []):
+        for qn, r in e["queries"].items():
+            flop = f"{r['flop_frac']:.1%}" if "flop_frac" in r else "–"
+            cold = f"{r['first']:.2f}" + ("" if r["cold"] else " (warm)")
+            label = qn if qn != "mean_ref" else "mean, reference: torch cast, reused buffer"
+            rss = (f"{r['peak_rss_increase'] / 2**20:.0f}"
+                   if r["peak_rss_increase"] is not None else "?")
+            lines.append(
+                f"| {e['n']:,} | {e['store_bytes'] / 1e9:.2f} | {label} | {cold} | "
+                f"{r['warm_median']:.2f} | {e['store_bytes'] / r['warm_median'] / 1e9:.2f} | "
+                f"{r['bytes_frac']:.1%} | {flop} | {r['local_limits']['bandwidth'] / 1e9:.0f}, "
+                f"{r['local_limits']['matmul_flops'] / 1e9:.0f} | {rss} | "
+                f"{r['peak_anon_increase'] / 2**20:.0f} ({r['output_bytes'] / 2**20:.0f}) |")
+    lines.append("")
+    lines.append(f"Limits (same run, outside the queries): memory read bandwidth {lim['bandwidth'] / 1e9:.1f} GB/s "
+                 f"(torch sum {lim['bw_torch_sum'] / 1e9:.1f}, numpy sum "
+                 f"{lim['bw_numpy_sum'] / 1e9:.1f}, numpy copy {lim['bw_numpy_copy'] / 1e9:.1f} "
+                 f"GB/s read+write); fp32 matmul {lim['matmul_flops'] / 1e9:.0f} GFLOP/s "
+                 f"(the higher of [4096, k] @ [k, {M}]: {lim['matmul_flops_nn'] / 1e9:.0f} and "
+                 f"[{M}, k] @ [{SHARD_ROWS}, k]ᵀ: {lim['matmul_flops_nt'] / 1e9:.0f}); "
+                 f"float16→float32 cast of a [{SHARD_ROWS}, k] block, float16 GB/s: numpy astype "
+                 f"{lim['cast_numpy_f16_f32'] / 1e9:.2f}, torch .float() "
+                 f"{lim['cast_torch_f16_f32'] / 1e9:.2f} (both into fresh memory); into a "
+                 f"preallocated buffer: numpy {lim['cast_numpy_into_f16_f32'] / 1e9:.2f}, torch "
+                 f"{lim['cast_torch_into_f16_f32'] / 1e9:.2f}. Percentages in the table are "
+                 "against the limits measured inside each query's process just before and after "
+                 "it (the higher of the two).")
+    for e in results.get("synthetic", []):
+        if "verify_warm_seconds" in e:
+            lines.append(f"One-time verify (sha256 of every shard) of the {e['n']:,}-row store "
+                         f"({e['store_bytes'] / 1e9:.2f} GB): {e['verify_warm_seconds']:.1f} s "
+                         f"warm, {e.get('verify_cold_seconds', float('nan')):.1f} s cold; "
+                         f"cold sequential disk read "
+                         f"{(e.get('disk_read_bps') or float('nan')) / 1e9:.2f} GB/s.")
+    s = results.get("smollm2")
+    if s:
+        lines.append("")
+        lines.append("| SmolLM2-135M, CPU | seconds |")
+        lines.append("|---|---|")
+        lines.append(f"| build store, {s['n_train']} pairs (= recompute training gradients) | "
+                     f"{s['build_seconds']:.1f} ({s['build_seconds'] / s['n_train']:.3f} s/pair) |")
+        if s["extrapolated_2000"]:
+            lines.append(f"| build store, 2000 pairs (EXTRAPOLATED linearly from "
+                         f"{s['n_train']}) | {s['build_seconds_2000_extrapolated']:.0f} |")
+        lines.append(f"| answer {s['n_val']} new validation pairs from the store, median of "
+                     f"{len(s['answers'])} (first: {s['answer_first']:.1f}) | "
+                     f"{s['answer_median']:.1f} |")
+        a = s["answers"][-1]
+        lines.append(f"| … of which validation gradients / lookup (last answer) | "
+                     f"{a['validation_gradients']:.1f} / {a['lookup']:.2f} |")
+        lines.append(f"| ratio recompute / answer | {s['ratio_build_over_answer']:.1f}× |")
+        lines.append(f"| ratio (recompute + validation gradients) / answer | "
+                     f"{s['ratio_scratch_over_answer']:.1f}× |")
+        if s["extrapolated_2000"]:
+            lines.append(f"| ratio recompute 2000 pairs (EXTRAPOLATED) / answer | "
+                         f"{s['ratio_2000_over_answer_extrapolated']:.1f}× |")
+    return "\n".join(lines)
+
+
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lim = results["limits"]
+    syn = results["synthetic"]
+    ns = np.array([e["n"] for e in syn], float)
+    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
+    ax = axes[0]
+    ax.plot(ns, [e["queries"]["mean"]["warm_median"] for e in syn], "o-", color="C0",
+            label="mean_influence (warm median)")
+    ax.plot(ns, [e["queries"]["mean"]["first"] for e in syn], "x", ms=9, color="C0",
+            label="mean_influence, cold first pass")
+    ax.plot(ns, [e["queries"]["mean_ref"]["warm_median"] for e in syn], "s--", color="C2",
+            label="reference (not gradproj): torch cast\ninto a reused buffer, 1 thread")
+    ax.plot(ns, ns * K * 2 / lim["bandwidth"], "k:", label="bandwidth limit (store bytes / BW)")
+    ax.set(xscale="log", yscale="log", xlabel="N rows (k = 8192)", ylabel="seconds",
+           title="one influence query (mean vector)")
+    ax.legend(fontsize=8)
+    ax = axes[1]
+    for qn, color, name in (("matvec", "C0", "stream_matvec"), ("topk", "C1", "stream_topk")):
+        ax.plot(ns, [e["queries"][qn]["warm_median"] for e in syn], "o-", color=color,
+                label=f"{name}, M={M} (warm median)")
+        ax.plot(ns, [e["queries"][qn]["first"] for e in syn], "x", ms=9, color=color,
+                label=f"{name}, cold first pass")
+    ax.plot(ns, 2 * ns * K * M / lim["matmul_flops"], "k:", label="matmul FLOP/s limit")
+    ax.plot(ns, ns * K * 2 / lim["bandwidth"], "k-.", lw=0.8, label="bandwidth limit")
+    ax.set(xscale="log", yscale="log", xlabel="N rows (k = 8192)", ylabel="seconds",
+           title=f"per-pair query (M = {M})")
+    ax.legend(fontsize=8)
+    ax = axes[2]
+    for qn, color in (("mean", "C0"), ("matvec", "C1"), ("topk", "C2"), ("mean_ref", "C3")):
+        r = [e["queries"][qn] for e in syn]
+        name = qn if qn != "mean_ref" else "mean reference"
+        ax.plot(ns, [(x["peak_rss_increase"] or 0) / 2**20 for x in r], "o-", color=color,
+                label=f"{name}: peak RSS increase")
+        ax.plot(ns, [x["peak_anon_increase"] / 2**20 for x in r], "x--", color=color,
+                label=f"{name}: peak anonymous increase")
+    ax.plot(ns, ns * M * 4 / 2**20, "k:", lw=0.8, label=f"[N, {M}] float32 output of matvec")
+    ax.set(xscale="log", xlabel="N rows", ylabel="MiB", ylim=(0, None),
+           title="peak memory during the query")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"gradproj query benchmark — {results['machine']['cpu']}, "
+                 f"{results['machine']['nproc']} cores, commit {results['machine']['commit']}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def save(args, results: dict) -> dict:
+    """Write --json (merged into the existing file's other parts with --update) and --png."""
+    if args.update and args.json.is_file():
+        old = json.loads(args.json.read_text())
+        for part in ("synthetic", "smollm2"):
+            if part not in results and part in old:
+                results = dict(results, **{part: old[part]})
+                if part == "synthetic":
+                    for key in ("limits", "limits_start", "limits_end", "machine", "repeats",
+                                "quick", "total_seconds"):
+                        if key in old:
+                            results[key] = old[key]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=2))
+    if "synthetic" in results:
+        plot(results, args.png)
+    return results
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="N = 10k, 50k; 200 SmolLM2 pairs")
+    p.add_argument("--repeats", type=int, default=3, help="warm passes per query (median)")
+    p.add_argument("--sizes", type=lambda s: [int(x) for x in s.split(",")], default=None)
+    p.add_argument("--pairs", type=int, default=None, help="SmolLM2 training pairs")
+    p.add_argument("--val-pairs", type=int, default=100)
+    p.add_argument("--budget-min", type=float, default=25.0,
+                   help="largest SmolLM2 store build (minutes, estimated on 64 pairs) ...")
+    p.add_argument("--fallback-pairs", type=int, default=500,
+                   help="... else build this many pairs (fewer if they would take over half "
+                   "the budget; the 2000-pair cost is then extrapolated)")
+    p.add_argument("--smollm-repeats", type=int, default=2,
+                   help="times the validation set is answered from the SmolLM2 store (median)")
+    p.add_argument("--skip-synthetic", action="store_true")
+    p.add_argument("--skip-smollm", action="store_true")
+    p.add_argument("--update", action="store_true",
+                   help="keep the parts of an existing --json that this run skips (e.g. rerun "
+                   "only the SmolLM2 part with --skip-synthetic --update)")
+    p.add_argument("--tmp", type=Path, default=Path("/tmp/gradproj-bench-query"))
+    p.add_argument("--json", type=Path, default=ROOT / "docs" / "bench_query.json")
+    p.add_argument("--png", type=Path, default=ROOT / "docs" / "bench_query.png")
+    p.add_argument("--skip-estimate", action="store_true",
+                   help="build --pairs SmolLM2 pairs without the 64-pair estimate first")
+    p.add_argument("--worker", help=argparse.SUPPRESS)
+    p.add_argument("--smollm-step", help=argparse.SUPPRESS)
+    args = p.parse_args()
+
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return
+    if args.smollm_step:
+        print(json.dumps(smollm_step(json.loads(args.smollm_step))))
+        return
+
+    sizes = args.sizes or ([10_000, 50_000] if args.quick else [10_000, 100_000, 500_000])
+    pairs = args.pairs or (200 if args.quick else 2000)
+    verify_n = 100_000 if 100_000 in sizes else max(sizes)
+    args.tmp.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(args.tmp).free
+    if not args.skip_synthetic and free < max(sizes) * K * 2 * 1.2:
+        sys.exit(f"{args.tmp}: {free / 1e9:.1f} GB free, the {max(sizes):,}-row store needs "
+                 f"{max(sizes) * K * 2 / 1e9:.1f} GB")
+
+    t_start = time.perf_counter()
+    results = {"machine": machine_info(), "quick": args.quick, "k": K, "M": M, "top_k": TOP_K,
+               "shard_rows": SHARD_ROWS, "repeats": args.repeats,
+               "drop_caches_permitted": drop_caches()}
+    print(json.dumps(results["machine"]), flush=True)
+    print(f"drop_caches permitted: {results['drop_caches_permitted']}", flush=True)
+    try:
+        lim0 = measure_limits()
+        print(f"limits: {json.dumps({k: f'{v:.3g}' for k, v in lim0.items()})}", flush=True)
+        if not args.skip_synthetic:
+            results["synthetic"] = synthetic_part(sizes, args.repeats, args.tmp, verify_n)
+            lim1 = measure_limits()
+            print(f"limits (end): {json.dumps({k: f'{v:.3g}' for k, v in lim1.items()})}",
+                  flush=True)
+            results["limits_start"], results["limits_end"] = lim0, lim1
+            # the higher of the two measurements (the conservative choice); the fractions in
+            # the table use the limits measured inside each query's own process instead
+            lim = {k: max(lim0[k], lim1[k]) for k in lim0}
+            for e in results["synthetic"]:
+                for r in e["queries"].values():
+                    fractions(r, e["n"], lim, suffix="_global")
+            results["limits"] = lim
+            save(args, results)                         # keep part 1 if part 2 is cut short
+        else:
+            results["limits"] = lim0
+        if not args.skip_smollm:
+            results["smollm2"] = smollm_part(pairs, args.val_pairs, args.tmp,
+                                             args.smollm_repeats, args.budget_min,
+                                             args.fallback_pairs, not args.skip_estimate)
+    finally:
+        shutil.rmtree(args.tmp, ignore_errors=True)
+    results["total_seconds"] = time.perf_counter() - t_start
+    results["machine"]["loadavg_end"] = os.getloadavg()
+    results = save(args, results)
+    print()
+    print(table(results))
+    print(f"\nwrote {args.json}" + (f", {args.png}" if "synthetic" in results else "")
+          + f" in {results['total_seconds'] / 60:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
