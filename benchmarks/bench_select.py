@@ -60,6 +60,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from gradproj.compare import _ranks  # noqa: E402  (after the path insert)
+
 RULES = ("all", "random", "top-if", "tif", "lossdiff", "irm", "lossdiff-irm")
 SCORES = ("lossdiff", "irm", "if")
 PAPER = {"pearson_lossdiff_if": 0.77, "pearson_irm_if": 0.67,
@@ -69,19 +71,8 @@ PAPER = {"pearson_lossdiff_if": 0.77, "pearson_irm_if": 0.67,
 # ------------------------------------------------------------------------------ statistics
 
 def rankdata(x: np.ndarray) -> np.ndarray:
-    """Ranks 1..n, ties get their average rank."""
-    x = np.asarray(x, float)
-    order = np.argsort(x, kind="mergesort")
-    ranks = np.empty(len(x), float)
-    sx = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
+    """Ranks 1..n, ties get their average rank (gradproj.compare's ranks are 0-based)."""
+    return _ranks(np.asarray(x, float)) + 1
 
 
 def pearson(a, b) -> float:
