@@ -194,8 +194,23 @@ def load_smollm2(device: str = "cpu"):
     os.environ.setdefault("TQDM_DISABLE", "1")
     from gradproj.model import LoraSettings, ModelSettings, load_model
 
-    return load_model(ModelSettings(model="smollm2", device=device,
-                                    lora=LoraSettings(r=8, targets=("q_proj", "v_proj"))))
+    loaded = load_model(ModelSettings(model="smollm2", device=device,
+                                      lora=LoraSettings(r=8, targets=("q_proj", "v_proj"))))
+    release_memory()
+    return loaded
+
+
+def release_memory() -> None:
+    """gc, then hand freed heap pages back to the OS (glibc), so that the RSS left over from
+    loading and de-quantizing the GGUF file does not crowd a shared machine."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
 
 
 def perturb_lora_b(loaded, std: float = 1e-3, seed: int = 0) -> None:
