@@ -115,6 +115,20 @@ def interleaved(variants: dict[str, Callable[[], float]], repeats: int,
     return out
 
 
+def rss_gib() -> dict:
+    """Current and peak resident memory of this process (GiB), from /proc/self/status."""
+    out = {}
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("VmRSS", "VmHWM"):
+                    out[key] = round(int(rest.split()[0]) / 2**20, 2)
+    except OSError:
+        pass
+    return out
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

@@ -4,21 +4,26 @@ On the embedded SmolLM2-135M-Instruct (LoRA r=8 on q_proj, v_proj; P = 460 800 t
 weights), CPU, with generated chat pairs of about 64 tokens per sequence (gradproj.synthetic's
 families, lengthened: see benchmarks/_common.sized_records; the real token counts are printed):
 
-* ``train step``  — a hand-written DPO training pass over the same PairBatch objects the build
-  sees: per batch, a reference forward with the adapter disabled under no_grad, a policy
-  forward with grad, ``DPOLoss(...).mean()``, backward, ``AdamW.step()`` (the floor: a store
-  cannot be much cheaper than one backward pass). The adapter is restored after each pass.
+* ``train step``  — a hand-written DPO training step on the same PairBatch objects the build
+  sees: a reference forward with the adapter disabled under no_grad, a policy forward with
+  grad, ``DPOLoss(...).mean()``, backward, ``AdamW.step()`` (the floor: a store cannot be much
+  cheaper than one backward pass). The adapter is restored after every step (untimed).
 * ``build <kind>`` — ``gradproj.build.FeatureComputer(loaded, StoreSettings(proj_dim=k,
   proj_kind=kind, batch_size, proj_batch, max_length)).features(pairs)``, i.e. per-pair
   gradients by hooks (one backward per batch) then projection of every ``proj_batch`` pairs.
-  Once per repeat the FeatureComputer runs for real with ``rademacher`` (its wall time and its
-  own ``seconds["gradients"]`` / ``seconds["projection"]`` are recorded); the projection calls
-  it makes are captured, and the other kinds' projectors (gaussian, sjlt, rademacher with a
-  ``proj_cache_mb`` budget) are timed on exactly those captured gradient buffers, with the same
-  ``.float().cpu().numpy().astype(float16)`` the FeatureComputer does. A kind's build time is
-  then ``wall(rademacher) − projection(rademacher) + projection(kind)`` — the gradient phase
-  does not depend on the projector. (``--direct`` runs the FeatureComputer for every kind
-  instead: the same quantity measured end to end, at one extra gradient pass per kind.)
+  The two are measured side by side *inside one run*: the FeatureComputer's gradient callable
+  is wrapped so that, for every batch it makes, one training step on that very PairBatch runs
+  just before (even batches) or just after (odd batches) its per-pair gradients; the build's
+  time is the features() wall time minus those training steps. On a shared, noisy machine this
+  keeps load changes (which here reach 2× within minutes) out of the ratio.
+  Once per repeat the FeatureComputer runs for real with ``rademacher`` (the default kind);
+  its projection calls are captured, and the other kinds' projectors (gaussian, sjlt,
+  rademacher with a ``proj_cache_mb`` budget, warm) are timed on exactly those captured
+  gradient buffers, with the same ``.float().cpu().numpy().astype(float16)`` the
+  FeatureComputer does. A kind's build time is then ``build(rademacher) −
+  projection(rademacher) + projection(kind)`` — the gradient phase does not depend on the
+  projector. (``--direct`` runs the FeatureComputer for every kind instead, each with its own
+  interleaved training steps: the same quantity end to end, at one more gradient pass per kind.)
 * ``LESS-style`` — what LESS does: a batch-size-1 loop (``gradproj.grads.
   per_pair_gradients_loop`` on one pair at a time: reference forward, policy forward,
   ``autograd.grad``) and traker's ``BasicProjector`` (via ``make_projector("trak-basic")``)
@@ -27,8 +32,8 @@ families, lengthened: see benchmarks/_common.sized_records; the real token count
   pairs (TrainResult.seconds = ``trainer.train()`` only), a reference line.
 
 Each repeat runs every variant once, in an order rotated per repeat; ratios are taken inside a
-repeat and the median over repeats is reported. The machine is shared and noisy: read the
-ratios, not the absolute seconds.
+run (builds) or a repeat (LESS, trl) and the median over repeats is reported. The machine is
+shared and noisy: read the ratios, not the absolute seconds.
 
     .venv/bin/python benchmarks/bench_build.py            # 64 pairs, k = 8192, 3 repeats
     .venv/bin/python benchmarks/bench_build.py --quick    # 8 pairs, k = 2048, no gaussian
@@ -70,45 +75,81 @@ def _lora_params(loaded):
     return [p for p in loaded.model.parameters() if p.requires_grad]
 
 
-def train_pass(loaded, pairs, settings, lr: float) -> float:
-    """Seconds of one hand-written DPO training pass (collation included, like the build)."""
-    from gradproj.dpo import DPOLoss, PairLogProbs, adapter_disabled, sequence_logprobs
-    from gradproj.tokens import batches
+class TrainStep:
+    """The floor: one hand-written DPO training step on a PairBatch — reference forward with
+    the adapter disabled under no_grad, policy forward with grad, DPOLoss mean, backward,
+    AdamW step. The adapter is restored after every step (so every build gradient is taken at
+    the same weights) and .grad is cleared; neither is timed."""
 
-    model, params = loaded.model, _lora_params(loaded)
-    saved = [p.detach().clone() for p in params]
-    opt = torch.optim.AdamW(params, lr=lr)
-    loss_fn = DPOLoss(settings.beta)
-    pad = loaded.tokenizer.pad_token_id
-    model.train()
-    t0 = time.perf_counter()
-    for batch in batches(pairs, settings.batch_size, pad):
-        batch = batch.to(loaded.device)
-        n = len(batch)
+    def __init__(self, loaded, beta: float, lr: float):
+        from gradproj.dpo import DPOLoss
+
+        self.loaded, self.loss_fn = loaded, DPOLoss(beta)
+        self.params = _lora_params(loaded)
+        self.saved = [p.detach().clone() for p in self.params]
+        self.opt = torch.optim.AdamW(self.params, lr=lr)
+
+    def __call__(self, batch) -> float:
+        from gradproj.dpo import PairLogProbs, adapter_disabled, sequence_logprobs
+
+        model, n = self.loaded.model, len(batch)
+        model.train()
+        t0 = time.perf_counter()
+        batch = batch.to(self.loaded.device)
         with torch.no_grad(), adapter_disabled(model):
             ref = sequence_logprobs(model, batch)
         pol = sequence_logprobs(model, batch)
-        loss = loss_fn(PairLogProbs(pol[:n], pol[n:], ref[:n], ref[n:])).mean()
-        opt.zero_grad(set_to_none=True)
+        loss = self.loss_fn(PairLogProbs(pol[:n], pol[n:], ref[:n], ref[n:])).mean()
+        self.opt.zero_grad(set_to_none=True)
         loss.backward()
-        opt.step()
-    seconds = time.perf_counter() - t0
-    model.eval()
-    with torch.no_grad():
-        for p, s in zip(params, saved):
-            p.copy_(s)
-            p.grad = None
-    return seconds
+        self.opt.step()
+        seconds = time.perf_counter() - t0
+        model.eval()
+        with torch.no_grad():
+            for p, s in zip(self.params, self.saved):
+                p.copy_(s)
+                p.grad = None
+        return seconds
 
 
-def build_pass(loaded, pairs, settings) -> dict:
-    """One real FeatureComputer.features run; returns wall, its seconds and the captured
-    projection inputs."""
+class _Interleaved:
+    """Stands in for FeatureComputer.grads: for every batch the FeatureComputer makes, one
+    training step on the very same PairBatch runs just before (even batches) or just after
+    (odd batches) its per-pair gradients, so that load changes hit both alike; both are timed
+    separately."""
+
+    def __init__(self, inner, step: TrainStep):
+        self.inner, self.step = inner, step
+        self.train_s: list[float] = []
+        self.grad_s: list[float] = []
+
+    def __call__(self, batch, *args, **kwargs):
+        train_first = len(self.grad_s) % 2 == 0
+        if train_first:
+            self.train_s.append(self.step(batch))
+        t0 = time.perf_counter()
+        out = self.inner(batch, *args, **kwargs)
+        self.grad_s.append(time.perf_counter() - t0)
+        if not train_first:
+            self.train_s.append(self.step(batch))
+        return out
+
+    def close(self):
+        self.inner.close()
+
+
+def build_pass(loaded, pairs, settings, step: TrainStep) -> dict:
+    """One real FeatureComputer.features run with a training step interleaved per batch.
+
+    ``wall`` = features() wall time minus the training steps; ``train`` = Σ training steps;
+    ``gradients`` = Σ per-pair gradient calls (hooks, one backward per batch); ``projection``
+    = the FeatureComputer's own projection seconds; ``inputs`` = the captured projection
+    inputs."""
     from gradproj.build import FeatureComputer
 
     fc = FeatureComputer(loaded, settings)
-    tee = _Tee(fc.projector)
-    fc.projector = tee
+    tee, inter = _Tee(fc.projector), _Interleaved(fc.grads, step)
+    fc.projector, fc.grads = tee, inter
     try:
         t0 = time.perf_counter()
         feats, _ = fc.features(pairs)
@@ -116,7 +157,8 @@ def build_pass(loaded, pairs, settings) -> dict:
     finally:
         fc.close()
     assert feats.shape == (len(pairs), settings.proj_dim)
-    return {"wall": wall, "gradients": fc.seconds["gradients"],
+    train = sum(inter.train_s)
+    return {"wall": wall - train, "train": train, "gradients": sum(inter.grad_s),
             "projection": fc.seconds["projection"], "inputs": tee.inputs}
 
 
@@ -206,6 +248,7 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     loaded = C.load_smollm2()
     C.perturb_lora_b(loaded, std=4e-3)
+    C.log(f"memory after loading: {C.rss_gib()} GiB")
     C.log(f"loaded SmolLM2 in {time.perf_counter() - t0:.1f} s")
     layout = lora_layout(loaded.model)
     P = sum(n for _, n in layout)
@@ -245,45 +288,48 @@ def main(argv=None) -> int:
     raw: dict[str, list] = {"train": [], "less": [], "trl": []}
     raw.update({f"build {k}": [] for k in kinds})
     raw.update({f"build {k}": [] for k in others})
+    step = TrainStep(loaded, main_settings.beta, args.lr)
     warmed = False
-
-    def run_train():
-        s = train_pass(loaded, pairs, main_settings, args.lr)
-        raw["train"].append({"wall": s})
-        return s
 
     def run_build():
         nonlocal warmed
         if args.direct:
             walls = []
             for kind in kinds:
-                r = build_pass(loaded, pairs, settings[kind])
+                r = build_pass(loaded, pairs, settings[kind], step)
                 r.pop("inputs")
                 raw[f"build {kind}"].append(r)
-                walls.append(r["wall"])
+                if kind == kinds[0]:
+                    raw["train"].append({"wall": r["train"]})
+                walls.append(r["wall"] + r["train"])
+                C.log(f"      {kind}: build {r['wall']:.1f} s (gradients {r['gradients']:.1f}"
+                      f", projection {r['projection']:.1f}), train steps {r['train']:.1f} s")
             return sum(walls)
-        r = build_pass(loaded, pairs, main_settings)
+        r = build_pass(loaded, pairs, main_settings, step)
         inputs = r.pop("inputs")
         raw[f"build {kinds[0]}"].append(r)
-        grads_s = r["wall"] - r["projection"]
+        raw["train"].append({"wall": r["train"]})
+        C.log(f"      {kinds[0]}: build {r['wall']:.1f} s (gradients {r['gradients']:.1f}, "
+              f"projection {r['projection']:.1f}), train steps {r['train']:.1f} s")
         for name, proj in others.items():
             if name == "rademacher cache" and not warmed:
                 projection_only(proj, inputs[:1])   # fill the cache (a one-time cost)
                 warmed = True
             s = projection_only(proj, inputs)
-            raw[f"build {name}"].append({"wall": grads_s + s, "gradients": r["gradients"],
-                                         "projection": s, "derived": True})
+            raw[f"build {name}"].append({
+                "wall": r["wall"] - r["projection"] + s, "train": r["train"],
+                "gradients": r["gradients"], "projection": s, "derived": True})
             C.log(f"      projection only   {name:<20s} {s:9.3f} s")
-        return r["wall"]
+        return r["wall"] + r["train"]
 
     def run_less():
         r = less_pass(loaded, less_pairs, trak, main_settings.beta)
         raw["less"].append(r)
         return r["wall"]
 
-    variants = {"train": run_train, "build": run_build}
+    variants = {"train+build (interleaved per batch)": run_build}
     if trak is not None:
-        variants["less"] = run_less
+        variants["LESS-style"] = run_less
     if args.trl:
         variants["trl"] = lambda: (raw["trl"].append({"wall": trl_pass(
             loaded, raw_pairs, main_settings, args.lr)}) or raw["trl"][-1]["wall"])
@@ -296,8 +342,11 @@ def main(argv=None) -> int:
     rows, table = [], []
 
     def add(name, runs, count, note=""):
+        """Ratio to the train step: against the training steps of the same FeatureComputer run
+        (builds), else against the same repeat's training steps (LESS, trl)."""
         walls = [r["wall"] for r in runs]
-        ratios = [(count / w) / (n / t) for w, t in zip(walls, train_s)]
+        trains = [r.get("train", t) for r, t in zip(runs, train_s)]
+        ratios = [(count / w) / (n / t) for w, t in zip(walls, trains)]
         share = [r["projection"] / r["wall"] for r in runs if "projection" in r]
         row = {"variant": name, "pairs": count, "median_seconds": C.median(walls),
                "pairs_per_s": count / C.median(walls), "ratio_to_train_step": C.median(ratios),
@@ -313,7 +362,8 @@ def main(argv=None) -> int:
                       "—" if row["projection_share"] is None
                       else f"{100 * row['projection_share']:.1f}%", note])
 
-    add("DPO train step (hand-written, AdamW)", raw["train"], n, "floor")
+    add("DPO train step (hand-written, AdamW)", raw["train"], n,
+        "floor; interleaved per batch with the rademacher build")
     derived = "" if args.direct else "gradients of the rademacher run + this projection"
     for kind in kinds:
         add(f"build k={args.k} {kind}", raw[f"build {kind}"], n,
@@ -351,6 +401,7 @@ def main(argv=None) -> int:
         "tokens": stats, "cache": cache_note, "rows": rows, "raw": raw,
         "less_detail": less_detail, "markdown": md,
         "loadavg_at_end": [round(x, 2) for x in __import__("os").getloadavg()],
+        "memory_gib": C.rss_gib(),
     })
     C.log(f"wrote {args.json}")
     return 0

@@ -246,6 +246,7 @@ def main(argv=None) -> int:
     C.log(f"machine: {C.machine_line(info)}")
     loaded = C.load_smollm2()
     C.perturb_lora_b(loaded, std=4e-3)
+    C.log(f"memory after loading: {C.rss_gib()} GiB")
     layout = lora_layout(loaded.model)
     P = sum(n for _, n in layout)
 
@@ -286,6 +287,7 @@ def main(argv=None) -> int:
         "fidelity": fid_rows, "fidelity_info": fid_info,
         "markdown_speed": md_speed, "markdown_fidelity": md_fid,
         "loadavg_at_end": [round(x, 2) for x in __import__("os").getloadavg()],
+        "memory_gib": C.rss_gib(),
     })
     C.log(f"wrote {args.json}")
     return 0

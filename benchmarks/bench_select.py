@@ -572,6 +572,15 @@ def main(argv=None):
     if args.replot:
         res = json.loads(Path(args.replot).read_text())
         res["rules"] = aggregate(res.get("runs", []))
+        if "selections" not in res:       # older files: from the first seed's runs
+            keys = ("kept", "flips_removed", "flipped_in_kept", "overlap_tif", "bands",
+                    "drop_reasons")
+            first = res["settings"]["seeds"][0]
+            res["selections"] = {r["rule"]: {k: r[k] for k in keys} for r in res["runs"]
+                                 if r["seed"] == first}
+        res["reaggregated"] = "rules and selections recomputed from the same runs by --replot"
+        if Path(args.replot).resolve() != Path(args.json).resolve():
+            Path(args.json).write_text(json.dumps(res, indent=2, ensure_ascii=False))
     else:
         import torch
         torch.set_num_threads(args.threads)
