@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -24,12 +25,14 @@ from .data import PreferencePair
 from .dpo import make_loss
 from .errors import GradprojError
 from .grads import PerPairGradients, adam_precondition, lora_layout
+from .memory import release_heap
 from .model import LoadedModel
 from .projection import make_projector
-from .store import (ROW_DTYPE, STATUS, Store, StoreWriter, merge_rank_manifests,
-                    rank_manifest_path)
+from .store import ROW_DTYPE, STATUS, Store, StoreWriter, merge_rank_manifests, rank_manifest_path
 from .tokens import batches, tokenize_pairs
 from .train import data_fingerprint, load_optimizer_state
+
+log = logging.getLogger(__name__)
 
 PROJECTOR_KINDS = ("rademacher", "gaussian", "sjlt", "trak-basic", "trak-cuda")
 
@@ -119,6 +122,8 @@ class FeatureComputer:
                                     "gradproj train (it holds the optimizer state)")
             self.adam = load_optimizer_state(loaded.settings.adapter)
         self.seconds = {"gradients": 0.0, "projection": 0.0}
+        self.overflowed = 0
+        """Rows whose finite gradient projected to a value the storage dtype cannot hold."""
 
     def features(self, pairs, dtype=np.float16) -> tuple[np.ndarray, np.ndarray]:
         """(projected features [n, k] in ``dtype``, ROW_DTYPE [n] records) of tokenized pairs.
@@ -138,7 +143,19 @@ class FeatureComputer:
             t = time.perf_counter()
             merged = {n: torch.cat([b[n] for b in buffer]) for n in buffer[0]}
             proj = self.projector.project(merged).float().cpu().numpy()
-            out[done:done + len(proj)] = proj.astype(dtype)
+            with np.errstate(over="ignore", invalid="ignore"):
+                cast = proj.astype(dtype)
+            # a projected value beyond float16's range (65504) or a non-finite projection: the
+            # row is flagged like a non-finite gradient and stored as zeros, never as inf
+            bad = ~np.isfinite(cast).all(axis=1)
+            if bad.any():
+                cast[bad] = 0
+                rows["status"][done + np.flatnonzero(bad)] = STATUS["non-finite"]
+                self.overflowed += int(bad.sum())
+                log.warning("%d pair(s): projected gradient not finite in %s (|value| > %g?); "
+                            "flagged non-finite", int(bad.sum()), np.dtype(dtype).name,
+                            float(np.finfo(dtype).max))
+            out[done:done + len(proj)] = cast
             done += len(proj)
             buffer.clear()
             self.seconds["projection"] += time.perf_counter() - t
@@ -160,10 +177,13 @@ class FeatureComputer:
                 r["ref_chosen"], r["ref_rejected"] = float(lp.ref_chosen[j]), float(
                     lp.ref_rejected[j])
             buffer.append({n: v.detach() for n, v in g.items()})
+            del pg, g
             i += len(batch)
             if sum(len(next(iter(b.values()))) for b in buffer) >= s.proj_batch:
                 flush()
+            release_heap()
         flush()
+        release_heap()
         rows["norm"] = np.linalg.norm(out.astype(np.float32), axis=1)
         return out, rows
 
@@ -209,7 +229,8 @@ def build_store(loaded: LoadedModel, pairs: list[PreferencePair], settings: Stor
                 writer.add_shard(feats, rows, index=i, start=lo)
                 bar.update(_rows_done_all(root, writer, world_size) - bar.n)
             writer.finish(extra={"timing": dict(computer.seconds,
-                                                total=time.perf_counter() - start)})
+                                                total=time.perf_counter() - start),
+                                 "projection_overflow_rows": computer.overflowed})
         if world_size > 1:
             barrier()
             if rank == 0:

@@ -258,7 +258,7 @@ def inspect(store, no_verify):
     """Print a store's manifest summary, row counts by status, disk size and projector spec."""
     from .store import Store
 
-    st = Store(store, verify=not no_verify)
+    st = Store(store, verify=not no_verify)     # inspect always hashes every file
     m = st.manifest
     click.echo(f"store        {st.root}  ({'complete' if st.complete else 'INCOMPLETE'})")
     click.echo(f"rows         {len(st)} in {len(st.shards)} shards; "
@@ -301,7 +301,10 @@ def _floats(text: str, name: str, n: int | None = None) -> tuple[float, ...]:
 @click.option("--nlist", default=256, show_default=True, help="IVF cells (ivf-pq).")
 @click.option("--m", "pq_m", default=64, show_default=True, help="PQ sub-quantizers (ivf-pq).")
 @click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
-@click.option("--no-verify", is_flag=True, help="Skip the shard checksums when opening.")
+@click.option("--no-verify", is_flag=True,
+              help="Skip the shard checksums. By default a shard file is hashed when it changed "
+                   "since it was last verified (size, mtime, inode); `gradproj inspect` hashes "
+                   "all of them.")
 @handle_errors
 def influence(stores, store_weights, fields, split, val, out, tif_band, top_k, normalize,
               index_kind, nlist, pq_m, device, no_verify):
@@ -314,7 +317,7 @@ def influence(stores, store_weights, fields, split, val, out, tif_band, top_k, n
                                  normalize=normalize,
                                  index=IndexSettings(kind=index_kind, nlist=nlist, m=pq_m))
     weights = list(_floats(store_weights, "--store-weights")) if store_weights else None
-    opened = [Store(s, verify=not no_verify) for s in stores]
+    opened = [Store(s, verify=False if no_verify else "auto") for s in stores]
     pairs = _load_data(val, fields, split)
     result = compute_influence(opened, pairs, settings, weights, device)
     summary = write_influence(result, out, {"stores": list(stores), "val": val,

@@ -3,8 +3,9 @@
 - ``flat``: ``IndexFlatIP`` — exact inner products, the default when the store fits in memory.
 - ``ivf-pq``: ``IndexIVFPQ`` with inner-product metric (``nlist`` cells, ``m`` sub-quantizers of
   8 bits) — compressed, approximate, for stores that do not fit in memory.
-- ``stream_topk``: exact top-k by reading the memory-mapped shards block by block (memory bounded
-  by ``max_rows · k`` whatever N is); ``stream_matvec`` likewise for the mean-gradient query.
+- ``stream_extremes`` / ``stream_topk``: exact top-k (most helpful and most harmful in one pass)
+  by reading the memory-mapped shards in cache-sized chunks (memory bounded whatever N is);
+  ``stream_matvec`` likewise for the mean-gradient query.
 
 An index is saved beside the store as ``index-<kind>[-<params>]`` files (IVF-PQ split into parts
 of ``part_rows`` rows that share one trained quantizer, searched together via ``IndexShards`` with
@@ -97,7 +98,7 @@ def _add_rows(index, store: Store, lo: int, hi: int, block_rows: int) -> None:
 
 
 def build_index(store: Store, settings: IndexSettings = IndexSettings(), *,
-                block_rows: int = 65536, seed: int = 0):
+                block_rows: int = 4096, seed: int = 0):
     """A FAISS index over every row of ``store`` (row i of the store = FAISS id i)."""
     faiss = _faiss()
     if settings.kind == "flat":
@@ -111,7 +112,7 @@ def build_index(store: Store, settings: IndexSettings = IndexSettings(), *,
 
 
 def build_index_parts(store: Store, settings: IndexSettings, directory: Path, *,
-                      block_rows: int = 65536, seed: int = 0) -> list[Path]:
+                      block_rows: int = 4096, seed: int = 0) -> list[Path]:
     """IVF-PQ over the store split into files of ``settings.part_rows`` rows, all sharing one
     trained quantizer; returns the part files (``<name>.partNNN.faiss``)."""
     faiss = _faiss()
@@ -209,43 +210,87 @@ def search_refined(index, store: Store, queries: np.ndarray, top_k: int,
     return scores, ids
 
 
-def _float_blocks(store: Store, block_rows: int):
-    """(first row, float32 torch [rows, k]) over the store; the fp16 → fp32 conversion goes into
-    one reused buffer (torch's copy_ into a preallocated tensor is ~7× faster than astype)."""
-    buf = None
-    for start, block in store.blocks(block_rows):
-        if buf is None or buf.shape[0] < len(block):
-            buf = torch.empty((len(block), store.k), dtype=torch.float32)
+CHUNK_BYTES = 8 << 20
+"""float32 bytes converted at a time by the streaming path: small enough to stay in the CPU's
+cache between the fp16 → fp32 conversion and the matmul that reads it (a 512 MiB buffer made the
+mean query DRAM-bound at 3–9 % of the read bandwidth; docs/results_query.md)."""
+
+
+def chunk_rows(k: int, block_rows: int | None = None) -> int:
+    """Rows per streamed chunk: ``block_rows`` if given, else as many as fit in CHUNK_BYTES."""
+    return max(1, int(block_rows) if block_rows else CHUNK_BYTES // (4 * k))
+
+
+def _float_chunks(store: Store, rows: int):
+    """(first row, float32 torch [≤ rows, k]) over the store; the fp16 → fp32 conversion goes
+    into one reused buffer (torch's copy_ into a preallocated tensor is ~7× faster than astype).
+    Store.blocks yields views of the memory maps, so the copy is the only read."""
+    buf = torch.empty((rows, store.k), dtype=torch.float32)
+    for start, block in store.blocks(rows):
         out = buf[:len(block)]
-        out.copy_(torch.from_numpy(np.ascontiguousarray(block)))
+        out.copy_(torch.from_numpy(block))
         yield start, out
 
 
-def stream_matvec(store: Store, vectors: np.ndarray, block_rows: int = 65536) -> np.ndarray:
-    """features @ vectors for the whole store, block by block: [N, k] @ [k, c] → [N, c] fp32.
+def stream_matvec(store: Store, vectors: np.ndarray, block_rows: int | None = None,
+                  row_scale: np.ndarray | None = None) -> np.ndarray:
+    """features @ vectors for the whole store, chunk by chunk: [N, k] @ [k, c] → [N, c] fp32,
+    each row multiplied by ``row_scale`` when given.
 
-    Peak memory is one block of rows (``block_rows · k`` values) plus the output.
+    Peak memory is one chunk (``chunk_rows`` float32 rows, 8 MiB by default) plus the output.
     """
     v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
     out = np.empty((len(store), v.shape[1]), np.float32)
-    for start, block in _float_blocks(store, block_rows):
-        out[start:start + len(block)] = (block @ v).numpy()
+    res = torch.from_numpy(out)
+    for start, block in _float_chunks(store, chunk_rows(store.k, block_rows)):
+        torch.mm(block, v, out=res[start:start + len(block)])
+    if row_scale is not None:
+        out *= np.asarray(row_scale, np.float32)[:, None]
     return out
 
 
-def stream_topk(store: Store, queries: np.ndarray, top_k: int, block_rows: int = 65536,
-                largest: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k (scores [M, top_k], row ids [M, top_k]) of features @ queries.T, streaming
-    the store in blocks; ``largest=False`` gives the smallest inner products."""
+def stream_extremes(store: Store, queries: np.ndarray, top_k: int,
+                    block_rows: int | None = None, *, valid: np.ndarray | None = None,
+                    row_scale: np.ndarray | None = None, sides=("high", "low")) -> dict:
+    """Exact top-k of features @ queries.T in one pass over the store, for each requested side:
+    ``{"high": (scores [M, top_k], rows [M, top_k]), "low": (...)}`` — the largest and the
+    smallest inner products. Rows with ``valid`` False never appear; each row's scores are
+    multiplied by ``row_scale`` (e.g. 1/‖g_d‖ for cosine) when given. Fewer than top_k valid rows:
+    the missing entries have score NaN and row -1."""
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     m = q.shape[0]
-    best_s = torch.full((m, 0), float("nan"))
-    best_i = torch.zeros((m, 0), dtype=torch.long)
-    for start, block in _float_blocks(store, block_rows):
+    scale = None if row_scale is None else torch.from_numpy(
+        np.ascontiguousarray(row_scale, dtype=np.float32))
+    mask = None if valid is None else torch.from_numpy(np.asarray(valid, dtype=bool))
+    best = {side: (torch.empty((m, 0)), torch.empty((m, 0), dtype=torch.long)) for side in sides}
+    for start, block in _float_chunks(store, chunk_rows(store.k, block_rows)):
+        stop = start + len(block)
         scores = q @ block.T                                        # [M, rows]
-        ids = torch.arange(start, start + len(block)).expand(m, -1)
-        cand_s, cand_i = torch.cat([best_s, scores], 1), torch.cat([best_i, ids], 1)
-        kk = min(top_k, cand_s.shape[1])
-        best_s, pos = torch.topk(cand_s, kk, dim=1, largest=largest)
-        best_i = torch.gather(cand_i, 1, pos)
-    return best_s.numpy(), best_i.numpy()
+        if scale is not None:
+            scores *= scale[start:stop]
+        bad = None if mask is None else ~mask[start:stop]
+        ids = torch.arange(start, stop).expand(m, -1)
+        for side in sides:
+            s = scores
+            if bad is not None and bad.any():
+                s = scores.masked_fill(bad, float("-inf") if side == "high" else float("inf"))
+            cand_s, cand_i = torch.cat([best[side][0], s], 1), torch.cat([best[side][1], ids], 1)
+            kk = min(top_k, cand_s.shape[1])
+            top, pos = torch.topk(cand_s, kk, dim=1, largest=side == "high")
+            best[side] = (top, torch.gather(cand_i, 1, pos))
+    out = {}
+    for side, (s, i) in best.items():
+        s, i = s.numpy().copy(), i.numpy().copy()
+        gone = ~np.isfinite(s)
+        s[gone], i[gone] = np.nan, -1
+        out[side] = (s, i)
+    return out
+
+
+def stream_topk(store: Store, queries: np.ndarray, top_k: int, block_rows: int | None = None,
+                largest: bool = True, valid: np.ndarray | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (scores [M, top_k], row ids [M, top_k]) of features @ queries.T, streaming
+    the store in chunks; ``largest=False`` gives the smallest inner products."""
+    side = "high" if largest else "low"
+    return stream_extremes(store, queries, top_k, block_rows, valid=valid, sides=(side,))[side]

@@ -26,9 +26,15 @@ import numpy as np
 from .build import FeatureComputer, StoreSettings, store_header
 from .data import PreferencePair
 from .errors import GradprojError
-from .index import (IndexSettings, load_or_build_index, search, search_refined, stream_matvec,
-                    stream_topk)
-from .model import LoraSettings, LoadedModel, ModelSettings, load_model
+from .index import (
+    IndexSettings,
+    load_or_build_index,
+    search,
+    search_refined,
+    stream_extremes,
+    stream_matvec,
+)
+from .model import LoadedModel, LoraSettings, ModelSettings, load_model
 from .projection import ProjectorSpec
 from .store import STATUS, Store
 from .tokens import tokenize_pairs
@@ -46,8 +52,9 @@ class InfluenceSettings:
     normalize: bool = False
     """Cosine instead of the raw inner product."""
     index: IndexSettings = field(default_factory=IndexSettings)
-    block_rows: int = 65536
-    """Rows of the store read at a time by the streaming (exact, bounded-memory) path."""
+    block_rows: int | None = None
+    """Rows of the store converted to float32 at a time by the streaming (exact, bounded-memory)
+    path; None: as many as fit in 8 MiB (256 rows at k = 8192), which stays in cache."""
     memory_budget_mb: float = 4096.0
     """A flat FAISS index is used for top-k only when the store's fp32 features fit in this."""
 
@@ -155,14 +162,16 @@ def validation_features(store: Store, loaded: LoadedModel,
 
 
 def mean_influence(store: Store, val: ValidationFeatures, normalize: bool = False,
-                   block_rows: int = 65536) -> np.ndarray:
+                   block_rows: int | None = None) -> np.ndarray:
     """IF(d) = ⟨g_d, ḡ_V⟩ for every row (or the cosine), [N] fp32; NaN where non-finite."""
     gbar = val.features.astype(np.float64).mean(0).astype(np.float32)
-    scores = stream_matvec(store, gbar[:, None], block_rows)[:, 0]
+    scale = None
     if normalize:
-        denom = store.rows["norm"] * np.linalg.norm(gbar)
-        scores = np.divide(scores, denom, out=np.zeros_like(scores), where=denom > 0)
-    scores[store.rows["status"] != STATUS["ok"]] = np.nan
+        norm, gnorm = store.column("norm"), float(np.linalg.norm(gbar))
+        denom = norm * gnorm
+        scale = np.divide(1.0, denom, out=np.zeros_like(norm), where=denom > 0)
+    scores = stream_matvec(store, gbar[:, None], block_rows, row_scale=scale)[:, 0]
+    scores[store.column("status") != STATUS["ok"]] = np.nan
     return scores
 
 
@@ -177,42 +186,45 @@ def tif_mask(scores: np.ndarray, band=(0.20, 0.84)) -> tuple[np.ndarray, tuple[f
 
 
 def top_influences(store: Store, val: ValidationFeatures, settings: InfluenceSettings) -> list:
-    """For each validation pair: its ``top_k`` most helpful and most harmful training rows."""
-    k = min(settings.top_k, len(store))
+    """For each validation pair: its ``top_k`` most helpful and most harmful training rows.
+
+    Rows whose gradient was non-finite (stored as zeros) are never listed. The exact streaming
+    path reads the store once for both lists; it is used for cosine scores and for a flat index
+    whose float32 copy would not fit ``memory_budget_mb``.
+    """
+    valid = store.column("status") == STATUS["ok"]
+    k = min(settings.top_k, int(valid.sum()))
     if k == 0:
         return []
     q = val.features
     fits = len(store) * store.k * 4 <= settings.memory_budget_mb * 2**20
     if settings.normalize or (settings.index.kind == "flat" and not fits):
-        qn = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30) \
-            if settings.normalize else q
-        # cosine needs per-row norms: exact streaming path on normalised queries, rescaled
-        hs, hi = _stream_scaled(store, qn, k, settings, largest=True)
-        ls, li = _stream_scaled(store, qn, k, settings, largest=False)
+        scale = None
+        if settings.normalize:   # cosine: unit queries, rows scaled by 1/‖g_d‖ (0 for ‖g_d‖ = 0)
+            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-30)
+            norm = store.column("norm")
+            scale = np.divide(1.0, norm, out=np.zeros_like(norm), where=norm > 0)
+        found = stream_extremes(store, q, k, settings.block_rows, valid=valid, row_scale=scale)
+        (hs, hi), (ls, li) = found["high"], found["low"]
     else:
         index = load_or_build_index(store, settings.index)
+        kk = min(k + int((~valid).sum()), len(store))   # room for invalid rows, dropped below
         if settings.index.kind == "ivf-pq" and settings.index.refine > 1:
-            hs, hi = search_refined(index, store, q, k, settings.index.refine)
-            ls, li = search_refined(index, store, -q, k, settings.index.refine)
+            hs, hi = search_refined(index, store, q, kk, settings.index.refine)
+            ls, li = search_refined(index, store, -q, kk, settings.index.refine)
         else:
-            hs, hi = search(index, q, k)
-            ls, li = search(index, -q, k)
+            hs, hi = search(index, q, kk)
+            ls, li = search(index, -q, kk)
         ls = -ls
     ids = store.ids()
-    return [{"val_id": vid,
-             "helpful": [{"id": ids[j], "score": float(s)} for s, j in zip(hs[m], hi[m])],
-             "harmful": [{"id": ids[j], "score": float(s)} for s, j in zip(ls[m], li[m])]}
+
+    def listed(scores, rows):
+        keep = [(float(s), int(j)) for s, j in zip(scores, rows)
+                if j >= 0 and valid[j] and np.isfinite(s)][:k]
+        return [{"id": ids[j], "score": s} for s, j in keep]
+
+    return [{"val_id": vid, "helpful": listed(hs[m], hi[m]), "harmful": listed(ls[m], li[m])}
             for m, vid in enumerate(val.ids)]
-
-
-def _stream_scaled(store, q, k, settings, largest):
-    if not settings.normalize:
-        return stream_topk(store, q, k, settings.block_rows, largest)
-    # divide each row by its norm: score rows of unit length; rows with norm 0 score 0
-    norms = np.where(store.rows["norm"] > 0, store.rows["norm"], np.inf).astype(np.float32)
-    full = stream_matvec(store, q.T, settings.block_rows) / norms[:, None]   # [N, M]
-    order = np.argsort(-full if largest else full, axis=0, kind="stable")[:k].T
-    return np.take_along_axis(full.T, order, 1), order
 
 
 def compute_influence(stores: list[Store], val_pairs: list[PreferencePair],

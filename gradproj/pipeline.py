@@ -164,7 +164,7 @@ class Pipeline:
         store_dir = self.out / "store"
         s = replace(self.inputs.store, beta=self.inputs.training.beta,
                     max_length=self.inputs.training.max_length)
-        if not (store_dir / "manifest.json").is_file() or not Store(store_dir).complete:
+        if not (store_dir / "manifest.json").is_file() or not Store(store_dir, verify=False).complete:
             build_store(self._model(theta), self.train, s, store_dir,
                         resume=store_dir.exists(), progress=self.progress)
             self.stages.append("store")

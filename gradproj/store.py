@@ -12,6 +12,13 @@ manifest (itself replaced atomically), so a build killed at any point leaves a v
 shards committed so far, and ``resume`` continues from there. The manifest records each file's
 sha256; opening a store checks them and refuses a missing or corrupt shard by name. No pickle:
 ``numpy.load(allow_pickle=False)`` and JSON.
+
+Hashing a large store costs about as long as a query reads it, so a successful check is
+remembered in ``verified.json`` (per file: size, mtime, inode and the checksum it matched); with
+``verify="auto"`` (the default) a file is hashed again only when any of these changed. A file
+modified less than two seconds before it was hashed is not remembered (mtime granularity: the
+"racy git" problem), so a change right after a check is still caught. ``verify=True`` hashes
+every file, ``False`` only checks that the files exist.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import fcntl
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +38,8 @@ from .errors import GradprojError
 from .projection import ProjectorSpec
 
 SCHEMA_VERSION = 1
+VERIFIED_FILE = "verified.json"
+RACY_NS = 2_000_000_000
 STATUS = {"ok": 0, "non-finite": 1}
 STATUS_NAMES = {v: k for k, v in STATUS.items()}
 ROW_DTYPE = np.dtype([
@@ -143,7 +153,7 @@ class StoreWriter:
     def __enter__(self) -> StoreWriter:
         if self.root.exists() and not self.root.is_dir():
             raise GradprojError(f"{self.root}: exists and is not a directory")
-        ours = ("lock", "shards", "ranks", "manifest.json", "index-")
+        ours = ("lock", "shards", "ranks", "manifest.json", "index-", VERIFIED_FILE)
         if self.root.exists() and any(not p.name.startswith(ours) for p in self.root.iterdir()):
             raise GradprojError(f"{self.root}: folder exists and is not a gradproj store")
         self.lock.__enter__()
@@ -252,7 +262,7 @@ def merge_rank_manifests(root, world_size: int, extra: dict | None = None) -> No
 class Store:
     """A built store, opened read-only. Features are memory-mapped float16 [N, k]."""
 
-    def __init__(self, root, verify: bool = True):
+    def __init__(self, root, verify: bool | str = "auto"):
         self.root = Path(root)
         path = self.root / "manifest.json"
         if not path.is_file():
@@ -265,15 +275,43 @@ class Store:
             raise GradprojError(f"{path}: schema version {self.manifest.get('schema_version')} "
                                 f"is not {SCHEMA_VERSION}")
         self.shards = [ShardInfo(**s) for s in self.manifest["shards"]]
+        if verify not in (True, False, "auto"):
+            raise ValueError(f"verify must be True, False or 'auto', got {verify!r}")
+        self.hashed_files = 0
+        """Files whose checksum this open computed (the others were unchanged since a check)."""
+        self._check_files(verify)
+        self._rows: np.ndarray | None = None
+
+    def _check_files(self, verify: bool | str) -> None:
+        stamps_path = self.root / VERIFIED_FILE
+        old = {}
+        if verify == "auto" and stamps_path.is_file():
+            try:
+                old = json.loads(stamps_path.read_text())
+            except (OSError, ValueError):
+                old = {}
+        stamps, now = {}, time.time_ns()
         for shard in self.shards:
             for kind, digest in (("grads", shard.grads_sha256), ("rows", shard.rows_sha256)):
                 file = self.root / "shards" / f"{shard.name}.{kind}.npy"
                 if not file.is_file():
                     raise GradprojError(f"{self.root}: shard {shard.name} is missing ({file.name})")
-                if verify and sha256_file(file) != digest:
-                    raise GradprojError(f"{self.root}: shard {shard.name} is corrupt "
-                                        f"({file.name}: checksum mismatch)")
-        self._rows: np.ndarray | None = None
+                if not verify:
+                    continue
+                st = file.stat()
+                stamp = [st.st_size, st.st_mtime_ns, st.st_ino, digest]
+                if old.get(file.name) != stamp:
+                    self.hashed_files += 1
+                    if sha256_file(file) != digest:
+                        raise GradprojError(f"{self.root}: shard {shard.name} is corrupt "
+                                            f"({file.name}: checksum mismatch)")
+                if st.st_mtime_ns < now - RACY_NS:
+                    stamps[file.name] = stamp
+        if verify and stamps != old:
+            try:
+                write_json_atomic(stamps_path, stamps)
+            except OSError:
+                pass           # a read-only store: verified again next time
 
     @property
     def spec(self) -> ProjectorSpec:
@@ -305,6 +343,15 @@ class Store:
             self._rows = np.concatenate(parts) if parts else np.zeros(0, ROW_DTYPE)
         return self._rows
 
+    def column(self, name: str) -> np.ndarray:
+        """One field of the row records ([N], store order) without holding the others (the
+        ids are 256 B a row) in memory: the row files are memory-mapped."""
+        if self._rows is not None:
+            return self._rows[name]
+        parts = [np.array(np.load(self.root / "shards" / f"{s.name}.rows.npy", mmap_mode="r",
+                                  allow_pickle=False)[name]) for s in self.shards]
+        return np.concatenate(parts) if parts else np.zeros(0, ROW_DTYPE[name])
+
     def ids(self) -> list[str]:
         return self.rows["id"].tolist()
 
@@ -322,7 +369,7 @@ class Store:
         return np.concatenate(parts) if parts else np.zeros((0, self.k), np.float16)
 
     def status_counts(self) -> dict[str, int]:
-        codes, counts = np.unique(self.rows["status"], return_counts=True)
+        codes, counts = np.unique(self.column("status"), return_counts=True)
         return {STATUS_NAMES.get(int(c), str(c)): int(n) for c, n in zip(codes, counts)}
 
     def disk_bytes(self) -> int:

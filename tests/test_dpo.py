@@ -9,8 +9,14 @@ import torch
 from conftest import SAMPLE
 
 from gradproj.data import pairs_from_records
-from gradproj.dpo import (DPOLoss, PairLogProbs, SLiCLoss, make_loss, pair_logprobs,
-                          sequence_logprobs)
+from gradproj.dpo import (
+    DPOLoss,
+    PairLogProbs,
+    SLiCLoss,
+    make_loss,
+    pair_logprobs,
+    sequence_logprobs,
+)
 from gradproj.errors import GradprojError
 from gradproj.model import LoraSettings, ModelSettings, load_model
 from gradproj.tokens import collate, tokenize_pairs

@@ -10,8 +10,7 @@ from test_dpo import _perturb_lora
 from gradproj.data import pairs_from_records
 from gradproj.dpo import DPOLoss, PairLogProbs, SLiCLoss, pair_logprobs, sequence_logprobs
 from gradproj.errors import GradprojError
-from gradproj.grads import (PerPairGradients, adam_precondition, lora_layout,
-                            per_pair_gradients_loop)
+from gradproj.grads import PerPairGradients, adam_precondition, lora_layout, per_pair_gradients_loop
 from gradproj.model import LoraSettings, ModelSettings, load_model
 from gradproj.tokens import collate, tokenize_pairs
 

@@ -14,15 +14,29 @@ from test_store import _rows
 
 from gradproj.build import StoreSettings, build_store
 from gradproj.cli import main
-from gradproj.data import load_pairs, pairs_from_records
+from gradproj.data import load_pairs
 from gradproj.dpo import DPOLoss, pair_logprobs, sequence_logprobs
 from gradproj.errors import GradprojError
-from gradproj.index import IndexSettings, build_index, search, search_refined, stream_topk
-from gradproj.influence import (InfluenceSettings, ValidationFeatures, compute_influence,
-                                mean_influence, tif_mask, top_influences, validation_features)
+from gradproj.index import (
+    IndexSettings,
+    build_index,
+    search,
+    search_refined,
+    stream_extremes,
+    stream_topk,
+)
+from gradproj.influence import (
+    InfluenceSettings,
+    ValidationFeatures,
+    compute_influence,
+    mean_influence,
+    tif_mask,
+    top_influences,
+    validation_features,
+)
 from gradproj.model import ModelSettings, load_model
 from gradproj.projection import ProjectorSpec
-from gradproj.store import ROW_DTYPE, Store, StoreWriter
+from gradproj.store import ROW_DTYPE, STATUS, Store, StoreWriter
 from gradproj.tokens import collate, tokenize_pairs
 
 
@@ -91,11 +105,16 @@ def test_flat_faiss_equals_plain_matmul(built):
     assert np.array_equal(i3, np.argsort(full, axis=0, kind="stable")[:10].T)
 
 
-def _synthetic_store(path, n=3000, k=64, seed=0):
-    """A store written directly: clustered low-rank features (like real gradients)."""
+def _synthetic_store(path, n=3000, k=64, seed=0, bad=(), feats=None):
+    """A store written directly: clustered low-rank features (like real gradients); rows in
+    ``bad`` are stored as a build stores a non-finite gradient (zeros, status non-finite)."""
     rng = np.random.default_rng(seed)
-    centers = rng.standard_normal((20, k))
-    feats = centers[rng.integers(0, 20, n)] + 0.3 * rng.standard_normal((n, k))
+    if feats is None:
+        centers = rng.standard_normal((20, k))
+        feats = centers[rng.integers(0, 20, n)] + 0.3 * rng.standard_normal((n, k))
+    feats = np.array(feats, dtype=np.float64)
+    status = np.zeros(n, np.uint8)
+    feats[list(bad)], status[list(bad)] = 0.0, STATUS["non-finite"]
     spec = ProjectorSpec(kind="rademacher", k=k)
     with StoreWriter(path, {"projector": spec.to_dict()}) as w:
         for lo in range(0, n, 1000):
@@ -103,9 +122,59 @@ def _synthetic_store(path, n=3000, k=64, seed=0):
             rows = np.zeros(len(f), ROW_DTYPE)
             rows["id"] = [f"r{i}" for i in range(lo, lo + len(f))]
             rows["norm"] = np.linalg.norm(f.astype(np.float32), axis=1)
+            rows["status"] = status[lo:lo + 1000]
             w.add_shard(f, rows)
         w.finish()
     return Store(path)
+
+
+@pytest.mark.parametrize("block_rows", [7, None])
+def test_stream_extremes_match_a_brute_force_sort(tmp_path, block_rows):
+    bad = [3, 500, 2999]
+    store = _synthetic_store(tmp_path / "s", n=3000, bad=bad)
+    rng = np.random.default_rng(3)
+    q = rng.standard_normal((6, store.k)).astype(np.float32)
+    scale = rng.uniform(0.5, 2.0, len(store)).astype(np.float32)
+    valid = store.column("status") == 0
+    assert valid.sum() == 3000 - len(bad)
+    got = stream_extremes(store, q, 12, block_rows, valid=valid, row_scale=scale)
+    full = (store.features().astype(np.float64) @ q.T.astype(np.float64)) * scale[:, None]
+    for side, sign in (("high", -1), ("low", 1)):
+        masked = np.where(valid[:, None], full, np.inf * sign)
+        expected = np.argsort(sign * masked, axis=0, kind="stable")[:12].T
+        scores, rows = got[side]
+        assert np.array_equal(rows, expected)
+        assert np.allclose(scores, np.take_along_axis(masked.T, expected, 1), rtol=1e-4)
+    # fewer valid rows than top_k: the missing entries are (NaN, -1)
+    small = _synthetic_store(tmp_path / "t", n=5, bad=[1, 2])
+    s, i = stream_topk(small, q, 4, valid=small.column("status") == 0)
+    assert (i[:, 3] == -1).all() and np.isnan(s[:, 3]).all()
+    assert set(i[0, :3]) == {0, 3, 4}
+
+
+@pytest.mark.parametrize("settings", [
+    InfluenceSettings(top_k=5),                                          # FAISS flat
+    InfluenceSettings(top_k=5, memory_budget_mb=0.01),                  # exact streaming
+    InfluenceSettings(top_k=5, normalize=True),                          # cosine, streaming
+    InfluenceSettings(top_k=5, index=IndexSettings("ivf-pq", nlist=8, m=16, nprobe=8)),
+], ids=["flat", "stream", "cosine", "ivf-pq"])
+def test_top_influences_never_list_nonfinite_rows(tmp_path, settings):
+    # every finite row has a positive score: the zero rows of non-finite gradients would be the
+    # "most harmful" if they were not skipped
+    rng = np.random.default_rng(4)
+    n, bad = 2000, list(range(0, 2000, 97))
+    feats = np.abs(rng.standard_normal((n, 64))) + 0.1
+    store = _synthetic_store(tmp_path / "s", n=n, bad=bad, feats=feats)
+    val = ValidationFeatures(["v0", "v1"], np.abs(rng.standard_normal((2, 64))).astype(np.float32)
+                             + 0.1, {})
+    out = top_influences(store, val, settings)
+    banned = {f"r{i}" for i in bad}
+    for row in out:
+        for side in ("helpful", "harmful"):
+            assert len(row[side]) == 5
+            assert not banned & {h["id"] for h in row[side]}
+            assert all(h["score"] > 0 for h in row[side])
+    assert np.isnan(mean_influence(store, val)[bad]).all()
 
 
 def test_ivf_pq_recall_at_10(tmp_path):

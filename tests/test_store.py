@@ -93,6 +93,56 @@ def test_corrupt_or_missing_shard_is_refused(tiny_llama, pairs_file, tmp_path):
         Store(tmp_path / "s")
 
 
+def test_unchanged_shards_are_not_hashed_again(tiny_llama, pairs_file, tmp_path):
+    _build(tiny_llama, pairs_file, tmp_path / "s")
+    files = sorted((tmp_path / "s" / "shards").glob("*.npy"))
+    assert len(files) == 10
+    # just-written files are never remembered as verified (mtime granularity), so ...
+    assert Store(tmp_path / "s").hashed_files == 10
+    old = time.time() - 60
+    for f in files:
+        os.utime(f, (old, old))
+    assert Store(tmp_path / "s").hashed_files == 10          # ... the first open of old files
+    assert Store(tmp_path / "s").hashed_files == 0           # remembered
+    assert Store(tmp_path / "s", verify=True).hashed_files == 10
+    assert Store(tmp_path / "s", verify=False).hashed_files == 0
+    # a file changed since (new mtime) is hashed again and the corruption is found
+    data = bytearray(files[4].read_bytes())
+    data[-1] ^= 0x01
+    files[4].write_bytes(bytes(data))
+    with pytest.raises(GradprojError, match=f"shard {files[4].name[:5]} is corrupt"):
+        Store(tmp_path / "s")
+    # a file replaced by another (new inode), even with the old size and mtime
+    data[-1] ^= 0x01
+    tmp = files[4].with_name("x.tmp")
+    tmp.write_bytes(bytes(data))
+    os.utime(tmp, (old, old))
+    os.replace(tmp, files[4])
+    assert Store(tmp_path / "s").hashed_files == 1
+
+
+def test_projection_overflowing_float16_is_flagged_not_stored_as_inf(tiny_llama, pairs_file):
+    from gradproj.build import FeatureComputer
+    from gradproj.tokens import tokenize_pairs
+
+    loaded = load_model(ModelSettings(model=tiny_llama, device="cpu"))
+    fc = FeatureComputer(loaded, SETTINGS)
+    project = fc.projector.project
+
+    def huge_row_1(merged):
+        out = project(merged)
+        out[1] = 1e6           # beyond float16's 65504
+        return out
+
+    fc.projector.project = huge_row_1
+    tok = tokenize_pairs(load_pairs(pairs_file), loaded.tokenizer, 32).pairs[:6]
+    feats, rows = fc.features(tok)        # one projection call (proj_batch 4 < 2 batches of 3)
+    fc.close()
+    assert np.isfinite(feats).all() and fc.overflowed == 1
+    assert rows["status"].tolist() == [0, 1, 0, 0, 0, 0]
+    assert (feats[1] == 0).all() and rows["norm"][1] == 0
+
+
 def test_second_builder_is_refused(tmp_path):
     with StoreLock(tmp_path / "s"):
         with pytest.raises(GradprojError, match="another build is writing this store"):
