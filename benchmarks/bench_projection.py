@@ -139,16 +139,32 @@ def gradients(loaded, pairs, batch_size: int, beta: float) -> torch.Tensor:
     return torch.cat(out)
 
 
-def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size) -> tuple[list, dict]:
+def fidelity_pairs(data: str, n_train: int, n_val: int, cache=None):
+    """(train pairs, validation pairs, flipped share): the generated task (25 % flipped) or
+    BIG-bench multiple-choice pairs (benchmarks/bigbench_pairs.py, clean)."""
+    from gradproj.data import pairs_from_records
+    from gradproj.synthetic import make_task
+
+    if data == "synthetic":
+        task = make_task(n_train=n_train, n_val=n_val, n_test=1, flip=0.25, seed=0)
+        return task.train, task.val, len(task.flipped) / n_train
+    from bigbench_pairs import bigbench_pairs
+    splits = bigbench_pairs(seed=0, max_train=n_train, max_val=n_val, max_test=1,
+                            cache_dir=cache)
+    return (pairs_from_records(splits["train"], origin="<bigbench train>"),
+            pairs_from_records(splits["val"], origin="<bigbench val>"), 0.0)
+
+
+def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size, data="synthetic",
+                  seeds=(0,), cache=None, max_length=512) -> tuple[list, dict]:
     from scipy.stats import pearsonr, spearmanr
 
     from gradproj.projection import make_projector
-    from gradproj.synthetic import make_task
     from gradproj.tokens import tokenize_pairs
 
-    task = make_task(n_train=n_train, n_val=n_val, n_test=1, flip=0.25, seed=0)
-    tr = tokenize_pairs(task.train, loaded.tokenizer, 512).pairs
-    va = tokenize_pairs(task.val, loaded.tokenizer, 512).pairs
+    train, val, flipped_share = fidelity_pairs(data, n_train, n_val, cache)
+    tr = tokenize_pairs(train, loaded.tokenizer, max_length).pairs
+    va = tokenize_pairs(val, loaded.tokenizer, max_length).pairs
     C.log(f"fidelity: gradients of {len(tr)} train + {len(va)} validation pairs")
     t, G = C.timed(lambda: gradients(loaded, tr, batch_size, 0.1))
     _, V = C.timed(lambda: gradients(loaded, va, batch_size, 0.1))
@@ -159,24 +175,34 @@ def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size) -> tuple[list,
     X = torch.cat([G, v[None]])
     rows, info = [], {"n_train": len(tr), "n_val": len(va), "tokens": C.token_stats(tr),
                       "exact_mean": float(exact.mean()), "exact_std": float(exact.std()),
-                      "flipped_share": len(task.flipped) / len(tr)}
+                      "flipped_share": flipped_share, "data": data, "seeds": list(seeds)}
     for k in ks:
         for kind in KINDS:
-            proj = make_projector(kind, k, layout, seed=0)
-            t, Y = C.timed(lambda: proj.project(X).double())
-            est = (Y[:-1] @ Y[-1]).numpy()
-            rho = float(spearmanr(exact, est).statistic)
-            r = float(pearsonr(exact, est).statistic)
-            rel = float(np.linalg.norm(est - exact) / np.linalg.norm(exact))
-            sign = float(np.mean(np.sign(est) == np.sign(exact)))
-            rows.append({"k": k, "kind": kind, "spearman": rho, "pearson": r,
-                         "rel_error": rel, "sign_agreement": sign, "seconds": t})
-            C.log(f"  k={k:5d} {kind:<11s} spearman {rho:.4f}  pearson {r:.4f}  "
-                  f"rel.err {rel:.3f}  sign agreement {sign:.3f}  ({t:.1f} s)")
+            per_seed = []
+            for seed in seeds:
+                proj = make_projector(kind, k, layout, seed=seed)
+                t, Y = C.timed(lambda: proj.project(X).double())
+                est = (Y[:-1] @ Y[-1]).numpy()
+                per_seed.append({
+                    "seed": seed, "spearman": float(spearmanr(exact, est).statistic),
+                    "pearson": float(pearsonr(exact, est).statistic),
+                    "rel_error": float(np.linalg.norm(est - exact) / np.linalg.norm(exact)),
+                    "sign_agreement": float(np.mean(np.sign(est) == np.sign(exact))),
+                    "seconds": t})
+            row = {"k": k, "kind": kind, "per_seed": per_seed}
+            for key in ("spearman", "pearson", "rel_error", "sign_agreement", "seconds"):
+                vals = [r[key] for r in per_seed]
+                row[key] = float(np.mean(vals))
+                row[key + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+            rows.append(row)
+            C.log(f"  k={k:5d} {kind:<11s} spearman {row['spearman']:.4f}±"
+                  f"{row['spearman_std']:.4f}  pearson {row['pearson']:.4f}±"
+                  f"{row['pearson_std']:.4f}  rel.err {row['rel_error']:.3f}  sign agreement "
+                  f"{row['sign_agreement']:.3f}  ({row['seconds']:.1f} s per seed)")
     return rows, info
 
 
-def plot(path: Path, fid_rows, speed_rows, ks) -> None:
+def plot(path: Path, fid_rows, speed_rows, fid_ks, ks) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -186,11 +212,13 @@ def plot(path: Path, fid_rows, speed_rows, ks) -> None:
                              squeeze=False)
     ax = axes[0][0]
     for kind in KINDS:
-        pts = sorted((r["k"], r["spearman"]) for r in fid_rows if r["kind"] == kind)
+        pts = sorted((r["k"], r["spearman"], r.get("spearman_std", 0.0)) for r in fid_rows
+                     if r["kind"] == kind)
         if pts:
-            ax.plot(*zip(*pts), marker="o", label=kind)
+            xs, ys, es = zip(*pts)
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=kind)
     ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.set_xticks(fid_ks, [str(k) for k in fid_ks])
     ax.set_xlabel("k (projected dimension)")
     ax.set_ylabel("Spearman(exact g·v, projected)")
     ax.set_title("Fidelity over SmolLM2 LoRA gradients")
@@ -227,6 +255,13 @@ def main(argv=None) -> int:
     ap.add_argument("--train-pairs", type=int, default=200)
     ap.add_argument("--val-pairs", type=int, default=20)
     ap.add_argument("--grad-batch", type=int, default=8)
+    ap.add_argument("--fid-ks", default="512,1024,2048,4096,8192",
+                    help="k values of the fidelity part")
+    ap.add_argument("--fid-seeds", default="0,1,2", help="projection seeds (mean ± std)")
+    ap.add_argument("--data", choices=("synthetic", "bigbench"), default="synthetic",
+                    help="pairs of the fidelity part (bigbench: benchmarks/bigbench_pairs.py)")
+    ap.add_argument("--bigbench-cache", default=None)
+    ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-fidelity", action="store_true")
     ap.add_argument("--json", type=Path, default=C.ROOT / "docs" / "bench_projection.json")
@@ -234,11 +269,14 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.ks, args.train_pairs, args.val_pairs = "512", 40, 8
+        args.fid_ks, args.fid_seeds = "512,2048", "0"
         if args.json == C.ROOT / "docs" / "bench_projection.json":
             args.json = C.ROOT / "docs" / "bench_projection_quick.json"
         if args.png == C.ROOT / "docs" / "bench_projection.png":
             args.png = C.ROOT / "docs" / "bench_projection_quick.png"
     ks = [int(k) for k in args.ks.split(",")]
+    fid_ks = [int(k) for k in args.fid_ks.split(",")]
+    seeds = [int(x) for x in args.fid_seeds.split(",")]
 
     from gradproj.grads import lora_layout
 
@@ -252,8 +290,9 @@ def main(argv=None) -> int:
 
     speed_rows, speed_raw, fid_rows, fid_info = [], {}, [], {}
     if not args.skip_fidelity:
-        fid_rows, fid_info = fidelity_part(loaded, layout, ks, args.train_pairs,
-                                           args.val_pairs, args.grad_batch)
+        fid_rows, fid_info = fidelity_part(loaded, layout, fid_ks, args.train_pairs,
+                                           args.val_pairs, args.grad_batch, args.data, seeds,
+                                           args.bigbench_cache, args.max_length)
     if not args.skip_speed:
         speed_rows, speed_raw = speed_part(layout, ks, args.batch, args.repeats,
                                            args.cache_mb, args.gemm_mb)
@@ -265,18 +304,18 @@ def main(argv=None) -> int:
          for r in speed_rows]) if speed_rows else ""
     md_fid = ""
     if fid_rows:
-        head = (["kind"] + [f"Spearman k={k}" for k in ks] + [f"Pearson k={k}" for k in ks]
-                + [f"sign agree k={k}" for k in ks])
+        head = ["kind", "metric"] + [f"k={k}" for k in fid_ks]
         body = []
         for kind in KINDS:
             by_k = {r["k"]: r for r in fid_rows if r["kind"] == kind}
-            body.append([kind] + [f"{by_k[k]['spearman']:.4f}" for k in ks]
-                        + [f"{by_k[k]['pearson']:.4f}" for k in ks]
-                        + [f"{by_k[k]['sign_agreement']:.3f}" for k in ks])
+            for metric in ("spearman", "pearson", "sign_agreement"):
+                body.append([kind, metric] + [
+                    f"{by_k[k][metric]:.4f}" + (f" ± {by_k[k][metric + '_std']:.4f}"
+                                                if len(seeds) > 1 else "") for k in fid_ks])
         md_fid = C.markdown_table(head, body)
     C.log("\n" + md_speed + "\n\n" + md_fid + "\n")
     if fid_rows:
-        plot(args.png, fid_rows, speed_rows, ks)
+        plot(args.png, fid_rows, speed_rows, fid_ks, ks)
         C.log(f"wrote {args.png}")
     C.write_json(args.json, {
         "benchmark": "bench_projection", "machine": info,

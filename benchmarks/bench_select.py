@@ -52,13 +52,14 @@ import subprocess
 import sys
 import time
 import warnings
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from gradproj.compare import _ranks  # noqa: E402  (after the path insert)
 
@@ -161,21 +162,196 @@ def machine_info() -> dict:
 
 # ------------------------------------------------------------------------------ run
 
-def run(args) -> dict:
-    import torch  # noqa: F401  (import cost outside the timed stages)
+@dataclass
+class Task:
+    """Train pairs (``flipped`` of them with chosen and rejected swapped), a clean validation set,
+    a second clean validation set (the "new query" of the cost comparison) and clean test pairs."""
+    train: list
+    val: list
+    val2: list
+    test: list
+    flipped: frozenset
+    source: str
+
+
+def load_task(args, flip: float) -> Task:
+    """The generated task (``--data synthetic``) or BIG-bench pairs (``--data bigbench``), with
+    ``flip`` of the training pairs swapped (seeded by ``--task-seed``)."""
+    from gradproj.data import pairs_from_records
+    from gradproj.synthetic import flip_records, make_records
+
+    seed = args.task_seed
+    if args.data == "synthetic":
+        train = make_records(args.n_train, seed, "train")
+        val = make_records(args.n_val, seed + 2, "val")
+        val2 = make_records(args.n_val, seed + 4, "val2")
+        test = make_records(args.n_test, seed + 3, "test")
+        source = "gradproj.synthetic (arithmetic, comparison, counting, parity)"
+    else:
+        from bigbench_pairs import bigbench_pairs
+        splits = bigbench_pairs(seed=seed, max_train=args.n_train, max_val=2 * args.n_val,
+                                max_test=args.n_test, cache_dir=args.bigbench_cache)
+        train, test = splits["train"], splits["test"]
+        val, val2 = splits["val"][0::2], splits["val"][1::2]
+        source = "BIG-bench 1.0.0 multiple-choice tasks (benchmarks/bigbench_pairs.py)"
+        if min(len(train), len(val), len(val2), len(test)) == 0:
+            raise SystemExit("bench_select: BIG-bench gave an empty split")
+    train, flipped = flip_records(train, flip, seed + 1)
+    return Task(*(pairs_from_records(r, origin=f"<{args.data} {name}>") for name, r in
+                  (("train", train), ("val", val), ("val2", val2), ("test", test))),
+                frozenset(flipped), source)
+
+
+def say(msg):
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def score_stage(args, loaded, task: Task, work: Path, stages: dict, label: str) -> dict:
+    """θ, θ_V, IRM + LossDiff, the store and IF for one task; score statistics and every rule's
+    selection. Stage times go into ``stages`` (prefixed by ``label`` unless it is empty)."""
     from gradproj.build import StoreSettings, build_store
     from gradproj.data import write_pairs_jsonl
+    from gradproj.model import reattach
+    from gradproj.pipeline import Pipeline, RunInputs
+    from gradproj.selection import overlap_coefficient, select
+    from gradproj.train import TrainSettings, train_adapter
+
+    work.mkdir(parents=True, exist_ok=True)
+    for name in ("train", "val"):
+        write_pairs_jsonl(getattr(task, name), work / f"{name}.jsonl")
+
+    def timed(name, fn):
+        t = time.perf_counter()
+        out = fn()
+        stages[f"{label}{name}"] = time.perf_counter() - t
+        say(f"{label}{name}: {stages[f'{label}{name}']:.0f}s")
+        return out
+
+    training = TrainSettings(epochs=args.warm_epochs, lr=args.lr, batch_size=args.batch,
+                             seed=args.task_seed, max_length=args.max_length)
+    store_settings = StoreSettings(proj_dim=args.proj_dim, max_length=args.max_length,
+                                   batch_size=args.batch)
+    inputs = RunInputs(model=loaded.settings, train=str(work / "train.jsonl"),
+                       val=str(work / "val.jsonl"), training=training, store=store_settings)
+    pipe = Pipeline(inputs, work / "select", force=True, progress=False, loaded=loaded)
+    theta = timed("warm-up θ", pipe.theta)
+
+    def aux():
+        if args.aux_epochs == args.warm_epochs:
+            return pipe.theta_v()
+        # θ_V's epochs differ from θ's: train it here; the pipeline reuses it as aux_adapter
+        aux_dir = work / "theta_v_aux"
+        m = reattach(pipe.loaded, theta)
+        train_adapter(m, task.val, replace(training, epochs=args.aux_epochs), aux_dir,
+                      overwrite=True, progress=False)
+        m.settings = replace(m.settings, adapter=str(aux_dir))   # its weights are θ_V now
+        pipe.loaded = m
+        pipe.inputs = replace(pipe.inputs, aux_adapter=str(aux_dir))
+        return str(aux_dir)
+
+    theta_v = timed("auxiliary θ_V", aux)
+    timed("scores (IRM + LossDiff)", lambda: pipe.scores(need_if=False))
+    # The store as Pipeline.influence builds it (same settings), timed on its own; the pipeline
+    # then finds it complete and only computes IF.
+    s = replace(inputs.store, beta=training.beta, max_length=training.max_length)
+    timed("store build", lambda: build_store(pipe._model(theta), pipe.train, s,
+                                             pipe.out / "store", progress=False))
+    table = timed("IF (val gradients + query)", lambda: pipe.scores(need_if=True))
+    assert "store" not in pipe.stages, "the pipeline rebuilt the store"
+
+    ids = table.ids
+    flipped = set(task.flipped)
+    is_flip = np.array([i in flipped for i in ids])
+    cols = {c: np.asarray(table[c], float) for c in SCORES}
+    n = int(np.isfinite(cols["if"]).sum())
+    corr = {}
+    for c in ("lossdiff", "irm"):
+        r = pearson(cols[c], cols["if"])
+        corr[c] = {"pearson_if": r, "pearson_if_ci95": fisher_ci(r, n),
+                   "spearman_if": spearman(cols[c], cols["if"])}
+    corr["lossdiff_irm"] = {"pearson": pearson(cols["lossdiff"], cols["irm"]),
+                            "spearman": spearman(cols["lossdiff"], cols["irm"])}
+    aurocs = {c: auroc(cols[c], ~is_flip) for c in SCORES}
+
+    tif_kept = select(table, "tif", args.keep).kept
+    selections = {}
+    for seed in args.seeds:
+        for rule in RULES:
+            if rule != "random" and rule in selections:
+                continue
+            sel = select(table, rule, args.keep, seed=seed)
+            selections[rule if rule != "random" else ("random", seed)] = sel
+
+    def sel_stats(sel):
+        kept = set(sel.kept)
+        return {"kept": len(kept),
+                "flips_removed": len(flipped - kept) / max(1, len(flipped)),
+                "flipped_in_kept": len(flipped & kept) / max(1, len(kept)),
+                "overlap_tif": overlap_coefficient(sel.kept, tif_kept),
+                # the keep decision as a binary score: AUROC = (TPR + TNR) / 2 for clean pairs
+                "keep_auroc": auroc([i in kept for i in ids], ~is_flip),
+                "bands": {k: list(v) for k, v in sel.bands.items()},
+                "drop_reasons": sel.reason_counts()}
+
+    say(f"{label}Pearson with IF: lossdiff {corr['lossdiff']['pearson_if']:.3f}, irm "
+        f"{corr['irm']['pearson_if']:.3f}; AUROC clean>flipped: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()))
+    return {"pipe": pipe, "theta": theta, "theta_v": theta_v, "table": table,
+            "training": training, "store_settings": store_settings, "is_flip": is_flip,
+            "cols": cols, "correlations": corr, "auroc_clean_vs_flipped": aurocs,
+            "selections": selections, "sel_stats": sel_stats,
+            "selection_summary": {rule: sel_stats(selections[
+                rule if rule != "random" else ("random", args.seeds[0])]) for rule in RULES}}
+
+
+def second_query_cost(args, loaded, stage: dict, task: Task, work: Path) -> dict:
+    """Cost of answering a second, new validation set (val2) once θ exists: from the store
+    (val2 gradients + lookup) vs LossDiff (a new θ_V from θ on val2 + forward passes over every
+    training pair) vs IF without a store (the store build + the store answer)."""
+    from gradproj.influence import InfluenceSettings, compute_influence
+    from gradproj.model import reattach
+    from gradproj.scores import score_pairs
+    from gradproj.store import Store
+    from gradproj.train import train_adapter
+
+    theta, training = stage["theta"], stage["training"]
+    model = reattach(loaded, theta)
+    store = Store(stage["pipe"].out / "store")
+    t = time.perf_counter()
+    inf = compute_influence([store], task.val2, InfluenceSettings(top_k=0), loaded=[model])
+    store_s = time.perf_counter() - t
+    t = time.perf_counter()
+    aux2 = work / "theta_v2"
+    train_adapter(model, task.val2, replace(training, epochs=args.aux_epochs), aux2,
+                  overwrite=True, progress=False)
+    aux_s = time.perf_counter() - t
+    model = reattach(model, theta)
+    t = time.perf_counter()
+    table = score_pairs(model, stage["pipe"].train, str(aux2), beta=training.beta,
+                        max_length=training.max_length, batch_size=training.batch_size)
+    fwd_s = time.perf_counter() - t
+    build_s = stage["stages"]["store build"]
+    agree = spearman(inf.scores, table["lossdiff"])
+    out = {"n_train": len(stage["pipe"].train), "n_val2": len(task.val2),
+           "store_answer_s": store_s, "store_answer_split_s": inf.seconds,
+           "lossdiff_answer_s": aux_s + fwd_s, "lossdiff_aux_training_s": aux_s,
+           "lossdiff_forward_s": fwd_s, "if_without_store_s": build_s + store_s,
+           "ratio_lossdiff_to_store": (aux_s + fwd_s) / store_s,
+           "ratio_if_without_store_to_lossdiff": (build_s + store_s) / (aux_s + fwd_s),
+           "ratio_if_without_store_to_store": (build_s + store_s) / store_s,
+           "spearman_if_val2_lossdiff_val2": agree}
+    say("second query: store {:.1f}s, LossDiff {:.1f}s (θ_V {:.1f} + forward {:.1f}), IF "
+        "without a store {:.1f}s".format(store_s, aux_s + fwd_s, aux_s, fwd_s, build_s + store_s))
+    return out
+
+
+def run(args) -> dict:
+    import torch  # noqa: F401  (import cost outside the timed stages)
     from gradproj.dpo import response_logprobs
     from gradproj.evaluate import evaluate
     from gradproj.model import ModelSettings, load_model, reattach
-    from gradproj.pipeline import Pipeline, RunInputs
-    from gradproj.selection import overlap_coefficient, select
-    from gradproj.synthetic import make_task
     from gradproj.tokens import tokenize_pairs
-    from gradproj.train import TrainSettings, train_adapter
-
-    def say(msg):
-        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+    from gradproj.train import train_adapter
 
     work = Path(args.work)
     if work.exists():
@@ -185,20 +361,17 @@ def run(args) -> dict:
     stages: dict[str, float] = {}
     info = machine_info()
     say(f"machine: {info['nproc']} cpu ({info['cpu']}), {info['ram_gib']} GiB, "
-        f"load {info['loadavg_start'][0]:.1f}, commit {info['commit']}")
+        f"load {info['loadavg_start'][0]:.1f}, commit {info['commit']}, device {args.device}")
 
-    task = make_task(n_train=args.n_train, n_val=args.n_val, n_test=args.n_test,
-                     flip=args.flip, seed=args.task_seed)
-    for name in ("train", "val", "test"):
-        write_pairs_jsonl(getattr(task, name), work / f"{name}.jsonl")
+    task = load_task(args, args.flip)
     flipped = set(task.flipped)
-    say(f"task: {len(task.train)} train ({len(flipped)} flipped), {len(task.val)} val, "
-        f"{len(task.test)} test")
+    say(f"task ({args.data}): {len(task.train)} train ({len(flipped)} flipped), "
+        f"{len(task.val)} val, {len(task.val2)} second val, {len(task.test)} test")
 
     t = time.perf_counter()
-    loaded = load_model(ModelSettings(model="smollm2", device="cpu"))
+    loaded = load_model(ModelSettings(model="smollm2", device=args.device))
     stages["model load"] = time.perf_counter() - t
-    say(f"model loaded in {stages['model load']:.1f}s")
+    say(f"model loaded in {stages['model load']:.1f}s on {loaded.device}")
 
     def ev(model, ref):
         t = time.perf_counter()
@@ -218,52 +391,34 @@ def run(args) -> dict:
                                        args.max_length).n_truncated
     say(f"base: policy acc {base['policy_accuracy']:.3f}, loss {base['mean_loss']:.4f}")
 
-    training = TrainSettings(epochs=args.warm_epochs, lr=args.lr, batch_size=args.batch,
-                             seed=args.task_seed, max_length=args.max_length)
-    store_settings = StoreSettings(proj_dim=args.proj_dim, max_length=args.max_length,
-                                   batch_size=args.batch)
-    inputs = RunInputs(model=loaded.settings, train=str(work / "train.jsonl"),
-                       val=str(work / "val.jsonl"), training=training, store=store_settings)
-    pipe = Pipeline(inputs, work / "select", force=True, progress=False, loaded=loaded)
+    # ---- label-noise detection at every --noise rate (each: its own θ, θ_V, store, scores)
+    noise = {}
+    main_stage = None
+    for rate in sorted(set(args.noise) | {args.flip}):
+        t_task = task if rate == args.flip else load_task(args, rate)
+        label = "" if rate == args.flip else f"[flip {rate:.0%}] "
+        st_stages = stages if rate == args.flip else {}
+        stage = score_stage(args, loaded, t_task, work / f"flip-{rate:.2f}", st_stages, label)
+        stage["stages"] = {k.removeprefix(label): v for k, v in st_stages.items()}
+        noise[f"{rate:.2f}"] = {
+            "flip": rate, "n_flipped": len(t_task.flipped),
+            "auroc_clean_vs_flipped": stage["auroc_clean_vs_flipped"],
+            "correlations": stage["correlations"],
+            "rules": {rule: {k: v for k, v in r.items() if k in
+                             ("kept", "flips_removed", "flipped_in_kept", "keep_auroc")}
+                      for rule, r in stage["selection_summary"].items()},
+            "stages_seconds": stage["stages"]}
+        if rate == args.flip:
+            main_stage = stage
+        else:
+            shutil.rmtree(work / f"flip-{rate:.2f}", ignore_errors=True)
+    stage = main_stage
+    pipe, theta, theta_v, table = stage["pipe"], stage["theta"], stage["theta_v"], stage["table"]
+    training, is_flip, cols = stage["training"], stage["is_flip"], stage["cols"]
 
-    t = time.perf_counter()
-    theta = pipe.theta()
-    stages["warm-up θ"] = time.perf_counter() - t
-    say(f"warm-up θ: {stages['warm-up θ']:.0f}s")
-    if args.aux_epochs != args.warm_epochs:
-        # θ_V's epochs differ from θ's: train it here, then the pipeline reuses it as aux_adapter.
-        t = time.perf_counter()
-        aux_dir = work / "theta_v_aux"
-        m = reattach(pipe.loaded, theta)
-        train_adapter(m, task.val, replace(training, epochs=args.aux_epochs), aux_dir,
-                      overwrite=True, progress=False)
-        m.settings = replace(m.settings, adapter=str(aux_dir))   # its weights are θ_V now
-        pipe.loaded = m
-        pipe.inputs = replace(pipe.inputs, aux_adapter=str(aux_dir))
-        theta_v = str(aux_dir)
-    else:
-        t = time.perf_counter()
-        theta_v = pipe.theta_v()
-    stages["auxiliary θ_V"] = time.perf_counter() - t
-    say(f"auxiliary θ_V: {stages['auxiliary θ_V']:.0f}s")
-
-    t = time.perf_counter()
-    pipe.scores(need_if=False)
-    stages["scores (IRM + LossDiff)"] = time.perf_counter() - t
-    say(f"scores: {stages['scores (IRM + LossDiff)']:.0f}s")
-
-    # The store as Pipeline.influence builds it (same settings), timed on its own; the pipeline
-    # then finds it complete and only computes IF.
-    t = time.perf_counter()
-    s = replace(inputs.store, beta=training.beta, max_length=training.max_length)
-    build_store(pipe._model(theta), pipe.train, s, pipe.out / "store", progress=False)
-    stages["store build"] = time.perf_counter() - t
-    say(f"store: {stages['store build']:.0f}s")
-    t = time.perf_counter()
-    table = pipe.scores(need_if=True)
-    stages["IF (val gradients + query)"] = time.perf_counter() - t
-    say(f"IF: {stages['IF (val gradients + query)']:.0f}s")
-    assert "store" not in pipe.stages, "the pipeline rebuilt the store"
+    cost = None
+    if args.cost:
+        cost = second_query_cost(args, loaded, stage, task, work)
 
     loaded = reattach(pipe.loaded, theta)
     warm, _ = ev(loaded, ref)
@@ -271,63 +426,31 @@ def run(args) -> dict:
     aux, _ = ev(loaded, ref)
     say(f"θ: policy acc {warm['policy_accuracy']:.3f}; θ_V: {aux['policy_accuracy']:.3f}")
 
-    # ---- score statistics
     ids = table.ids
-    is_flip = np.array([i in flipped for i in ids])
-    cols = {c: np.asarray(table[c], float) for c in SCORES}
-    n = int(np.isfinite(cols["if"]).sum())
-    corr = {}
-    for c in ("lossdiff", "irm"):
-        r = pearson(cols[c], cols["if"])
-        corr[c] = {"pearson_if": r, "pearson_if_ci95": fisher_ci(r, n),
-                   "spearman_if": spearman(cols[c], cols["if"])}
-    corr["lossdiff_irm"] = {"pearson": pearson(cols["lossdiff"], cols["irm"]),
-                            "spearman": spearman(cols["lossdiff"], cols["irm"])}
-    aurocs = {c: auroc(cols[c], ~is_flip) for c in SCORES}
-    say("Pearson with IF: lossdiff {:.3f}, irm {:.3f}; AUROC clean>flipped: {}".format(
-        corr["lossdiff"]["pearson_if"], corr["irm"]["pearson_if"],
-        ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items())))
-
-    # ---- selections (deterministic rules once; random per seed)
-    t = time.perf_counter()
-    tif_kept = select(table, "tif", args.keep).kept
-    selections = {}
-    for seed in args.seeds:
-        for rule in RULES:
-            if rule != "random" and rule in selections:
-                continue
-            sel = select(table, rule, args.keep, seed=seed)
-            selections[rule if rule != "random" else ("random", seed)] = sel
-    stages["selection (all rules)"] = time.perf_counter() - t
-
-    def sel_stats(sel):
-        kept = set(sel.kept)
-        return {"kept": len(kept),
-                "flips_removed": len(flipped - kept) / max(1, len(flipped)),
-                "flipped_in_kept": len(flipped & kept) / max(1, len(kept)),
-                "overlap_tif": overlap_coefficient(sel.kept, tif_kept),
-                "bands": {k: list(v) for k, v in sel.bands.items()},
-                "drop_reasons": sel.reason_counts()}
-
+    selections, sel_stats = stage["selections"], stage["sel_stats"]
     p = warm["policy_accuracy"]
     res = {
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
                      if k not in ("json", "png", "work", "replot")},
-        "training": asdict(training), "store": asdict(store_settings),
+        "training": asdict(training), "store": asdict(stage["store_settings"]),
         "design": "one task, one θ, one θ_V and one score table (task seed "
                   f"{args.task_seed}); seeds {list(args.seeds)} change only the continued "
                   "training's shuffling and the random rule's draw",
+        "data": task.source,
         "machine": info, "n_truncated": n_trunc,
         "task": {"n_train": len(task.train), "n_flipped": len(flipped), "n_val": len(task.val),
-                 "n_test": len(task.test)},
+                 "n_val2": len(task.val2), "n_test": len(task.test)},
         "test_se_at_theta": math.sqrt(p * (1 - p) / len(task.test)),
         "base": base, "theta": warm, "theta_v": aux,
         "train_losses": {name: json.loads((Path(path) / "train.json").read_text())["losses"]
                          for name, path in (("theta", theta), ("theta_v", theta_v))},
         "score_means": {c: {"clean": float(np.nanmean(cols[c][~is_flip])),
-                            "flipped": float(np.nanmean(cols[c][is_flip])),
+                            "flipped": float(np.nanmean(cols[c][is_flip]))
+                            if is_flip.any() else None,
                             "std": float(np.nanstd(cols[c]))} for c in SCORES},
-        "correlations": corr, "auroc_clean_vs_flipped": aurocs, "paper": PAPER,
+        "correlations": stage["correlations"],
+        "auroc_clean_vs_flipped": stage["auroc_clean_vs_flipped"], "paper": PAPER,
+        "noise": noise, "cost": cost,
         "score_table": {"ids": ids, "flipped": is_flip.tolist(),
                         **{c: [None if not math.isfinite(v) else float(v) for v in cols[c]]
                            for c in SCORES}},
@@ -341,18 +464,16 @@ def run(args) -> dict:
     by_id = {p.id: p for p in task.train}
     runs = []
     save_partial()
-    res["selections"] = {rule: sel_stats(selections[rule if rule != "random"
-                                                     else ("random", args.seeds[0])])
-                         for rule in RULES}
+    res["selections"] = stage["selection_summary"]
     for seed in args.seeds:
         for rule in args.rules:
             sel = selections[("random", seed) if rule == "random" else rule]
             loaded = reattach(loaded, theta)
             t = time.perf_counter()
             tr = train_adapter(loaded, [by_id[i] for i in sel.kept],
-                                replace(training, epochs=args.cont_epochs, seed=seed),
-                                work / "continued" / f"{rule}-s{seed}", overwrite=True,
-                                progress=False)
+                               replace(training, epochs=args.cont_epochs, seed=seed),
+                               work / "continued" / f"{rule}-s{seed}", overwrite=True,
+                               progress=False)
             t_train = time.perf_counter() - t
             result, t_eval = ev(loaded, ref)
             row = {"rule": rule, "seed": seed, **sel_stats(sel), **result, "steps": tr.steps,
@@ -445,6 +566,50 @@ def score_lines(res: dict) -> list[str]:
     return lines
 
 
+def noise_lines(res: dict) -> list[str]:
+    """Label-noise detection: AUROC of each score and of each rule's keep decision for telling
+    clean from flipped pairs, and the share of flips each rule removes, per noise rate."""
+    noise = res.get("noise") or {}
+    if not noise:
+        return []
+    rules = [r for r in RULES if r != "all"]
+    lines = ["| flip rate | flipped | AUROC IF | AUROC LossDiff | AUROC IRM | "
+             + " | ".join(f"{r}: removed (keep AUROC)" for r in rules) + " |",
+             "|---|---:|---:|---:|---:|" + "---:|" * len(rules)]
+    for key in sorted(noise):
+        n = noise[key]
+        a = n["auroc_clean_vs_flipped"]
+        cells = [f"{n['rules'][r]['flips_removed']:.0%} ({n['rules'][r]['keep_auroc']:.2f})"
+                 for r in rules]
+        lines.append(f"| {n['flip']:.0%} | {n['n_flipped']} | {a['if']:.3f} | "
+                     f"{a['lossdiff']:.3f} | {a['irm']:.3f} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("AUROC = P(score of a clean pair > score of a flipped pair); a keep decision's "
+                 "AUROC is (TPR + TNR)/2 of keeping clean pairs. The random rule is its first "
+                 f"seed's draw. Chance: AUROC 0.5, flips removed 1 − keep = "
+                 f"{1 - res['settings']['keep']:.0%}.")
+    return lines
+
+
+def cost_lines(res: dict) -> list[str]:
+    c = res.get("cost")
+    if not c:
+        return []
+    return [
+        f"Answering a second validation set ({c['n_val2']} pairs) for {c['n_train']} training "
+        "pairs, once θ exists:", "",
+        "| method | seconds | ratio to the store |", "|---|---:|---:|",
+        f"| store: val gradients + lookup | {c['store_answer_s']:.1f} | 1× |",
+        f"| LossDiff: new θ_V ({c['lossdiff_aux_training_s']:.1f}s) + forward passes "
+        f"({c['lossdiff_forward_s']:.1f}s) | {c['lossdiff_answer_s']:.1f} | "
+        f"{c['ratio_lossdiff_to_store']:.1f}× |",
+        f"| IF without a store: build + answer | {c['if_without_store_s']:.1f} | "
+        f"{c['ratio_if_without_store_to_store']:.1f}× |", "",
+        f"IF without a store / LossDiff = {c['ratio_if_without_store_to_lossdiff']:.1f}× "
+        "(the paper: IF ≈ 120× slower than LossDiff-IRM). Spearman between the second set's IF "
+        f"and its LossDiff: {c['spearman_if_val2_lossdiff_val2']:.3f}."]
+
+
 def selection_lines(res: dict) -> list[str]:
     """Every rule's selection (the random rule's for the first seed), trained on or not."""
     keep = res["settings"]["keep"]
@@ -479,7 +644,22 @@ def plot(res: dict, path: Path) -> None:
     rules = res["rules"]
     names = [r["rule"] for r in rules]
     x = np.arange(len(names))
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 4.6))
+    noise = res.get("noise") or {}
+    fig, axes = plt.subplots(1, 3 if noise else 2, figsize=(19 if noise else 13, 4.6))
+    ax1, ax2 = axes[0], axes[1]
+    if noise:
+        ax3, keys = axes[2], sorted(noise)
+        xs, w3 = np.arange(len(SCORES)), 0.8 / len(keys)
+        for j, key in enumerate(keys):
+            vals = [noise[key]["auroc_clean_vs_flipped"][c] for c in SCORES]
+            ax3.bar(xs + (j - (len(keys) - 1) / 2) * w3, vals, w3,
+                    label=f"{noise[key]['flip']:.0%} flipped")
+        ax3.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
+        ax3.set_xticks(xs, [{"if": "IF", "lossdiff": "LossDiff", "irm": "IRM"}[c]
+                            for c in SCORES])
+        ax3.set_ylim(0, 1.05)
+        ax3.set_title("AUROC of each score, clean vs flipped training pairs", fontsize=10)
+        ax3.legend(fontsize=8)
     w = 0.38
     ax1.bar(x - w / 2, [r["policy_accuracy"] for r in rules], w,
             yerr=[r["policy_accuracy_std"] for r in rules], capsize=3,
@@ -511,7 +691,8 @@ def plot(res: dict, path: Path) -> None:
                   f"(keep {res['settings']['keep']:.2f})", fontsize=10)
     ax2.legend(fontsize=8)
     m = res["machine"]
-    fig.suptitle(f"bench_select: SmolLM2-135M, {res['task']['n_train']} train pairs, "
+    fig.suptitle(f"bench_select: SmolLM2-135M, {res.get('settings', {}).get('data', 'synthetic')}"
+                 f" data, {res['task']['n_train']} train pairs, "
                  f"commit {m['commit']}, {m['date'][:10]}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -526,7 +707,20 @@ def main(argv=None):
     ap.add_argument("--n-train", type=int, default=96)
     ap.add_argument("--n-val", type=int, default=24)
     ap.add_argument("--n-test", type=int, default=48)
-    ap.add_argument("--flip", type=float, default=0.25)
+    ap.add_argument("--data", choices=("synthetic", "bigbench"), default="synthetic",
+                    help="generated task, or BIG-bench multiple-choice pairs "
+                         "(benchmarks/bigbench_pairs.py; downloads the 358 MB archive once)")
+    ap.add_argument("--bigbench-cache", default=None,
+                    help="cache folder of bigbench_pairs (default $GRADPROJ_CACHE or "
+                         "~/.cache/gradproj)")
+    ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
+    ap.add_argument("--flip", type=float, default=0.25,
+                    help="label-noise rate of the main run (downstream rules, cost)")
+    ap.add_argument("--noise", type=float, nargs="*", default=[0.10, 0.25, 0.40],
+                    help="label-noise rates for the detection table (each its own θ, θ_V, "
+                         "store and scores)")
+    ap.add_argument("--no-cost", dest="cost", action="store_false",
+                    help="skip answering the second validation set (store vs LossDiff)")
     ap.add_argument("--keep", type=float, default=0.64)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--task-seed", type=int, default=0,
@@ -554,6 +748,9 @@ def main(argv=None):
     if args.quick:
         args.n_train, args.n_val, args.n_test = 32, 8, 16
         args.seeds, args.proj_dim = [0], 1024
+    if args.device == "auto":
+        import torch
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
     args.seeds = tuple(args.seeds)
 
     logging.basicConfig(level=logging.WARNING)
@@ -588,7 +785,8 @@ def main(argv=None):
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(res, indent=2, ensure_ascii=False))
     print()
-    lines = score_lines(res) + [""] + selection_lines(res) + [""] + stage_lines(res)
+    lines = (score_lines(res) + [""] + noise_lines(res) + [""] + selection_lines(res) + [""]
+             + cost_lines(res) + [""] + stage_lines(res))
     if res["rules"]:
         plot(res, Path(args.png))
         lines = table_lines(res) + [""] + lines
