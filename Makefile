@@ -1,10 +1,11 @@
 # make test: set up .venv and run the tests.  make demo: set up .venv and run `gradproj demo`.
+# make bench / make bench-quick: the evidence suite (benchmarks/run_suite.py).
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: test demo setup clean
+.PHONY: test demo bench bench-quick setup clean
 
 setup: $(VENV)/.installed
 
@@ -26,6 +27,14 @@ test: $(VENV)/.installed $(VENV)/.smollm2
 
 demo: $(VENV)/.installed $(VENV)/.smollm2
 	$(BIN)/gradproj demo
+
+# The evidence suite (benchmarks/run_suite.py): under 2 h on a 2-core CPU; results into docs/.
+bench: $(VENV)/.installed $(VENV)/.smollm2
+	$(BIN)/python benchmarks/run_suite.py
+
+# The same at small sizes (under 15 min), into runs/bench-quick/.
+bench-quick: $(VENV)/.installed $(VENV)/.smollm2
+	$(BIN)/python benchmarks/run_suite.py --quick
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

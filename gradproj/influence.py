@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -141,9 +141,17 @@ def load_store_model(store: Store, device: str = "auto") -> LoadedModel:
 def validation_features(store: Store, loaded: LoadedModel,
                         val_pairs: list[PreferencePair]) -> ValidationFeatures:
     """Projected gradients of each validation pair's loss, with the store's own settings and
-    spec; refused (naming the field) when the model or settings differ from the store's."""
+    spec; refused (naming the field) when the model or settings differ from the store's.
+
+    Validation gradients are always plain gradients, also for a ``grad_type="adam"`` store: as
+    in LESS, only the training side is Adam-preconditioned, ⟨Γ(g_d), g_v⟩. Preconditioning the
+    query too would add the warm-up's momentum term β1·m/(√v' + ε) — the same for every
+    validation pair — to each of them, and ḡ_V would point along θ's own last update instead of
+    the validation gradient (measured on a tiny model: LDS 0.17 against 0.59 for the LESS form;
+    docs/results_evidence.md).
+    """
     settings = StoreSettings(**store.manifest["settings"])
-    computer = FeatureComputer(loaded, settings)
+    computer = FeatureComputer(loaded, replace(settings, grad_type="sgd"))
     try:
         check_compatible(store, store_header(loaded, settings, computer.projector.spec.to_dict(),
                                              ""))

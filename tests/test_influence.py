@@ -302,3 +302,23 @@ def test_influence_cli_writes_outputs(built, tmp_path):
     res = CliRunner().invoke(main, ["influence", "--store", str(built["store"].root), "--val",
                                     built["val"], "--out", str(out), "--tif-band", "0.9,0.1"])
     assert res.exit_code == 2 and "--tif-band" in res.stderr
+
+
+def test_adam_store_is_queried_with_plain_validation_gradients(tiny_llama, tmp_path):
+    """LESS form: training rows Adam-preconditioned, the validation side plain gradients."""
+    from gradproj.train import TrainSettings, train_adapter
+
+    train = load_pairs(write_jsonl(tmp_path / "train.jsonl", _rows(12, seed=3)))
+    val = load_pairs(write_jsonl(tmp_path / "val.jsonl", _rows(4, seed=4)))
+    loaded = load_model(ModelSettings(model=tiny_llama, device="cpu"))
+    train_adapter(loaded, train, TrainSettings(epochs=1, lr=1e-2, batch_size=4, max_length=32),
+                  tmp_path / "theta", progress=False)
+    loaded = load_model(ModelSettings(model=tiny_llama, adapter=str(tmp_path / "theta"),
+                                      device="cpu"))
+    stores = {g: build_store(loaded, train, StoreSettings(proj_dim=256, batch_size=4,
+                                                          max_length=32, grad_type=g),
+                             tmp_path / g, progress=False) for g in ("sgd", "adam")}
+    assert not np.allclose(stores["sgd"].features(), stores["adam"].features())
+    v_sgd = validation_features(stores["sgd"], loaded, val)
+    v_adam = validation_features(stores["adam"], loaded, val)
+    assert np.array_equal(v_sgd.features, v_adam.features)

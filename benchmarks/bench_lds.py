@@ -1,0 +1,747 @@
+"""Benchmark: linear datamodeling score (LDS, TRAK) of gradproj's influence on a tiny model.
+
+Does Σ IF over a subset of the training pairs predict the validation loss of a model retrained
+on that subset? On a model where retraining is cheap:
+
+1. A tiny random Llama (hidden 64, 2 layers, 4 heads, built from a config here; nothing is
+   downloaded) with a character-level chat tokenizer, saved to a temporary folder and loaded with
+   ``gradproj.model.load_model`` (fresh LoRA, r = 8 on --lora-targets). Data: the generated task
+   of ``gradproj.synthetic.make_task`` (--train-pairs with 25 % flipped labels, --val-pairs clean).
+2. θ: ``gradproj.train.train_adapter`` (trl's DPOTrainer, AdamW, --lr with the --scheduler
+   schedule, batch --batch-size) on all training pairs for one epoch, from the fresh adapter
+   (B = 0). LoRA B is non-zero afterwards (checked).
+3. IF(d) = ⟨g_d, ḡ_V⟩ at θ (g = ∇ DPO loss over the LoRA weights, ḡ_V the mean validation
+   gradient), in these variants:
+   * ``exact``: unprojected per-pair gradients (``gradproj.grads.PerPairGradients``, fp32),
+     flattened, float64 dot products;
+   * ``store <kind>``: ``build_store`` + ``validation_features`` / ``mean_influence`` (the
+     float16 store path a user runs) for rademacher at every --ks (k ≤ P), and sjlt / gaussian at
+     --extra-k, each over --proj-seeds projection seeds;
+   * ``adam``: the store with grad_type adam at --extra-k (LESS: Adam-preconditioned training
+     rows, plain validation gradients), and two exact references: ``exact adam·sgd`` (the LESS
+     form, what the adam store approximates) and ``exact adam·adam`` (the validation side
+     preconditioned too — what gradproj did before this benchmark found it; LDS 0.17-0.19 vs
+     0.59 at the full size);
+   * ``−#flipped``: minus the number of flipped pairs in the subset — not an influence method but
+     an oracle-ish reference for how much of the val-loss spread is label noise.
+4. S = --subsets random halves of the training pairs (seeded). For each, the adapter is reset to
+   θ and trained with ``train_adapter`` for one epoch on the subset only (fresh AdamW, same lr,
+   batch size and data-order seed as θ); then the validation set's mean DPO loss is measured
+   (``gradproj.evaluate``, reference = adapter off, as everywhere in gradproj).
+5. LDS = Spearman(Σ_{d∈subset} IF(d), −val loss) over the subsets (IF > 0 means helpful, so a
+   larger sum should mean a lower loss), with a 95 % bootstrap CI over subsets.
+
+The LDS is measured against AdamW training through trl, the optimizer gradproj trains with: on
+this model one ``train_adapter`` run of a few steps costs about 0.5 s, of which about 0.4 s is
+trl's fixed cost (a hand-written step takes ~50 ms; both are printed and kept in the JSON as
+``per_run``), so no hand-written loop is needed. AdamW is not linear in the gradients, so
+first-order influence is not expected to be perfect even without training noise.
+
+The schedule is ``constant`` by default: with a linearly decaying lr the position of a batch in
+the data order sets its step size, which turns data-order randomness into first-order noise of
+the same size as the subset effect (at the quick size: subset × seed noise 0.71 of the spread
+across subsets with ``linear`` vs 0.58 with ``constant`` at lr 3e-3, and LDS 0.57 with ``linear``
+at lr 1e-2).
+
+Noise floor: the first --noise-subsets subsets (default all) are retrained with --noise-seeds
+other data-order seeds (a run with the same seed twice gives the same loss to the last bit on
+CPU). From the [subsets × seeds] table: the pooled within-subset SD, the per-seed offsets (a
+shift common to all subsets, harmless to a ranking), the subset × seed residual SD (the noise
+that reorders subsets) against the SD across subsets, ``ceiling`` = √(1 − residual² / across²)
+(roughly the best correlation any prediction can reach with one seed's losses), the rank
+agreement between seeds, and every variant's LDS against the loss averaged over seeds.
+
+The tiny random model cannot learn the task's rules (arithmetic, parity ...) from a few DPO
+steps: it learns token-level preferences, so flipped pairs are not systematically harmful here
+(the ``−#flipped`` row is near 0) and the LDS measures how well first-order influence predicts
+retraining, not whether it finds the label noise.
+
+    .venv/bin/python benchmarks/bench_lds.py           # full: 96 train pairs, 100 subsets
+    .venv/bin/python benchmarks/bench_lds.py --quick   # 48 train pairs, 30 subsets, 2 ks
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import string
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import asdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>", "<user>", "<assistant>", "<system>"]
+CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
+                 "{% if add_generation_prompt %}<assistant>{% endif %}")
+
+
+# ------------------------------------------------------------------------------ model and data
+
+def char_tokenizer():
+    """One token per printable ASCII character plus the chat specials (as tests/conftest.py)."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(SPECIALS + list(string.printable))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("<[a-z]+>|."), behavior="isolated")
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
+                                   bos_token="<bos>", eos_token="<eos>")
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def save_tiny_llama(folder: Path, seed: int) -> str:
+    """A random Llama (hidden 64, 2 layers, 4 heads) and its tokenizer, saved to ``folder``."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    tok = char_tokenizer()
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+                      max_position_embeddings=256, pad_token_id=tok.pad_token_id,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+def lora_b_max(loaded) -> float:
+    return max(float(p.detach().abs().max()) for n, p in loaded.lora_parameters().items()
+               if ".lora_B." in n)
+
+
+# ------------------------------------------------------------------------------ influence
+
+def exact_gradients(loaded, pairs, batch_size: int, beta: float) -> torch.Tensor:
+    """[n, P] fp32 per-pair gradients on the model's device, flattened in layout order."""
+    from gradproj.dpo import make_loss
+    from gradproj.grads import PerPairGradients
+    from gradproj.tokens import batches
+
+    out = []
+    with PerPairGradients(loaded.model, make_loss("dpo", beta)) as ppg:
+        for b in batches(pairs, batch_size, loaded.tokenizer.pad_token_id):
+            pg = ppg(b.to(loaded.device))
+            if not bool(pg.finite.all()):
+                raise RuntimeError("non-finite per-pair gradient at θ")
+            out.append(pg.flat())
+    return torch.cat(out)
+
+
+def exact_influences(loaded, train_tok, val_tok, theta_dir: Path, args) -> dict[str, np.ndarray]:
+    """IF per training pair from unprojected gradients: sgd·sgd, adam·sgd (LESS), adam·adam."""
+    from gradproj.grads import adam_precondition, lora_layout
+    from gradproj.train import load_optimizer_state
+
+    G = exact_gradients(loaded, train_tok, args.grad_batch, args.beta)
+    V = exact_gradients(loaded, val_tok, args.grad_batch, args.beta)
+    out = {"exact": (G.double() @ V.double().mean(0)).cpu().numpy()}
+    state, meta = load_optimizer_state(theta_dir)
+    layout = lora_layout(loaded.model)
+
+    def precondition(X):
+        parts, start = {}, 0
+        for name, numel in layout:
+            parts[name] = X[:, start:start + numel]
+            start += numel
+        return torch.cat(list(adam_precondition(parts, state, meta).values()), dim=1)
+
+    GA, VA = precondition(G), precondition(V)
+    out["exact adam·sgd"] = (GA.double() @ V.double().mean(0)).cpu().numpy()
+    out["exact adam·adam"] = (GA.double() @ VA.double().mean(0)).cpu().numpy()
+    return out
+
+
+def store_influence(loaded, train, val, kind: str, k: int, seed: int, grad_type: str,
+                    args, tmp: Path) -> tuple[np.ndarray, float]:
+    """(IF per training pair in ``train`` order from a freshly built store, seconds)."""
+    from gradproj.build import StoreSettings, build_store
+    from gradproj.influence import mean_influence, validation_features
+
+    t = time.perf_counter()
+    settings = StoreSettings(proj_dim=k, proj_kind=kind, seed=seed, grad_type=grad_type,
+                             beta=args.beta, max_length=args.max_length,
+                             batch_size=args.grad_batch)
+    folder = Path(tempfile.mkdtemp(prefix=f"store-{kind}-{k}-", dir=tmp))
+    store = build_store(loaded, train, settings, folder, progress=False)
+    vf = validation_features(store, loaded, val)
+    scores = mean_influence(store, vf).astype(np.float64)
+    pos = {pid: i for i, pid in enumerate(store.ids())}
+    ordered = np.array([scores[pos[p.id]] if p.id in pos else np.nan for p in train])
+    return ordered, time.perf_counter() - t
+
+
+# ------------------------------------------------------------------------------ retraining
+
+class Retrainer:
+    """Reset the adapter to θ, train on some pairs with ``train_adapter``, measure val loss."""
+
+    def __init__(self, loaded, theta_state: dict, val, ref, train_settings, tmp: Path):
+        self.loaded, self.theta_state, self.val, self.ref = loaded, theta_state, val, ref
+        self.settings, self.tmp = train_settings, tmp
+        self.timings: list[dict] = []
+
+    def reset(self) -> None:
+        with torch.no_grad():
+            for name, p in self.loaded.lora_parameters().items():
+                p.copy_(self.theta_state[name])
+
+    def val_metrics(self):
+        from gradproj.evaluate import evaluate
+
+        return evaluate(self.loaded, self.val, beta=self.settings.beta,
+                        max_length=self.settings.max_length, reference=self.ref)
+
+    def __call__(self, pairs, seed: int) -> dict:
+        from dataclasses import replace
+
+        from gradproj.train import train_adapter
+
+        self.reset()
+        t = time.perf_counter()
+        res = train_adapter(self.loaded, pairs, replace(self.settings, seed=seed),
+                            self.tmp / "run", overwrite=True, progress=False)
+        wall = time.perf_counter() - t
+        ev = self.val_metrics()
+        self.timings.append({"wall": wall, "train": res.seconds, "steps": res.steps})
+        return {"val_loss": ev.mean_loss, "val_accuracy": ev.accuracy,
+                "train_loss_last": res.losses[-1] if res.losses else float("nan")}
+
+
+def bare_step_seconds(loaded, pairs, settings, repeats: int = 5) -> float:
+    """Median seconds of one hand-written DPO step (policy forward + backward, reference
+    forward, AdamW step) on ``settings.batch_size`` pairs: the work of a trl step without trl.
+    Changes the adapter: reset it afterwards."""
+    from gradproj.dpo import PairLogProbs, adapter_disabled, make_loss, sequence_logprobs
+    from gradproj.tokens import collate, tokenize_pairs
+
+    tok = tokenize_pairs(pairs[:settings.batch_size], loaded.tokenizer, settings.max_length)
+    batch = collate(tok.pairs, loaded.tokenizer.pad_token_id).to(loaded.device)
+    b, loss_fn = len(batch), make_loss("dpo", settings.beta)
+    params = list(loaded.lora_parameters().values())
+    opt = torch.optim.AdamW(params, lr=settings.lr)
+    times = []
+    for _ in range(repeats + 1):
+        _sync(loaded.device)
+        t = time.perf_counter()
+        with torch.no_grad(), adapter_disabled(loaded.model):
+            ref = sequence_logprobs(loaded.model, batch)
+        pol = sequence_logprobs(loaded.model, batch)
+        loss = loss_fn(PairLogProbs(pol[:b], pol[b:], ref[:b], ref[b:])).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _sync(loaded.device)
+        times.append(time.perf_counter() - t)
+    for p in params:
+        p.grad = None
+    return C.median(times[1:])
+
+
+def _sync(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------ statistics
+
+def _rank(a: np.ndarray) -> np.ndarray:
+    from scipy.stats import rankdata
+
+    return rankdata(a, axis=-1)
+
+
+def spearman(x, y) -> float:
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    if np.std(x) == 0 or np.std(y) == 0:
+        return float("nan")
+    return float(np.corrcoef(_rank(x), _rank(y))[0, 1])
+
+
+def bootstrap_ci(x, y, reps: int, seed: int) -> tuple[float, float]:
+    """95 % percentile interval of Spearman(x, y) over subsets resampled with replacement."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    idx = np.random.default_rng(seed).integers(0, len(x), (reps, len(x)))
+    rx, ry = _rank(x[idx]), _rank(y[idx])
+    rx -= rx.mean(1, keepdims=True)
+    ry -= ry.mean(1, keepdims=True)
+    den = np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
+    rho = np.divide((rx * ry).sum(1), den, out=np.full(reps, np.nan), where=den > 0)
+    rho = rho[np.isfinite(rho)]
+    if not len(rho):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(rho, [0.025, 0.975])
+    return float(lo), float(hi)
+
+
+def noise_floor(losses: np.ndarray, repeats: dict[int, list[float]], pred: np.ndarray) -> dict:
+    """How much of the val-loss spread across subsets is training noise.
+
+    ``losses`` [S]: val loss of every subset at the seed of record; ``repeats``: subset index →
+    val losses at the other data-order seeds; ``pred`` [S]: Σ IF (exact) per subset. With A the
+    [m, seeds] table of the repeated subsets:
+
+    * ``sd_within_subset_seeds``: pooled SD over seeds of the same subset (all training noise);
+    * ``seed_offsets``: mean loss of each seed minus the seed of record's (a shift common to all
+      subsets, which cannot change a ranking at one seed);
+    * ``sd_residual``: the subset × seed interaction (two-way residual): the noise that reorders
+      subsets; ``ceiling`` = √(1 − sd_residual² / sd_across²) bounds the correlation of any
+      prediction with the loss at one seed;
+    * ``seed_rank_agreement``: Spearman of the losses at the seed of record and at each other
+      seed, over the repeated subsets;
+    * ``lds_repeated_subsets``: LDS of ``pred`` over the repeated subsets against each seed's
+      losses and against their mean over seeds.
+    """
+    across = float(np.std(losses, ddof=1))
+    out: dict = {"sd_across_subsets": across}
+    idx = sorted(i for i, v in repeats.items() if v)
+    if len(idx) < 2:
+        return out
+    A = np.array([[losses[i]] + list(repeats[i]) for i in idx])
+    m, s = A.shape
+    within_var = float(np.mean(np.var(A, axis=1, ddof=1)))
+    resid = A - A.mean(1, keepdims=True) - A.mean(0, keepdims=True) + A.mean()
+    resid_var = float((resid ** 2).sum() / ((m - 1) * (s - 1)))
+    p = pred[idx]
+    out.update({
+        "n_subsets": m, "seeds_per_subset": s,
+        "sd_within_subset_seeds": math.sqrt(within_var),
+        "seed_offsets": (A.mean(0) - A.mean(0)[0]).tolist(),
+        "sd_residual": math.sqrt(resid_var),
+        "ratio_residual_over_across": math.sqrt(resid_var) / across if across else float("nan"),
+        "ceiling": math.sqrt(max(0.0, 1.0 - resid_var / across ** 2)) if across else float("nan"),
+        "seed_rank_agreement": [spearman(A[:, 0], A[:, j]) for j in range(1, s)],
+        "lds_repeated_subsets": {"per_seed": [spearman(p, -A[:, j]) for j in range(s)],
+                                 "seed_mean": spearman(p, -A.mean(1))},
+    })
+    return out
+
+
+# ------------------------------------------------------------------------------ plot
+
+def plot(path: Path, rows: list[dict], sums: np.ndarray, losses: np.ndarray, flips: np.ndarray,
+         repeats: dict[int, list[float]], exact_row: dict, floor: dict, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6))
+    ex = exact_row
+    ax.axhline(ex["lds"], color="k", lw=1.5, label=f"exact (unprojected) {ex['lds']:.3f}")
+    ax.axhspan(ex["ci_low"], ex["ci_high"], color="k", alpha=0.08)
+    if "lds_seed_mean" in ex:
+        ax.axhline(ex["lds_seed_mean"], color="k", ls="--", lw=1,
+                   label=f"exact vs loss averaged over {floor.get('seeds_per_subset', '?')} "
+                         f"data-order seeds {ex['lds_seed_mean']:.3f}")
+    if "ceiling" in floor:
+        ax.axhline(floor["ceiling"], color="gray", ls=":", label=f"noise ceiling "
+                                                                 f"{floor['ceiling']:.2f}")
+    markers = {"rademacher": "o", "sjlt": "s", "gaussian": "^"}
+    for (variant, gt), group in _groups(rows).items():
+        pts = sorted((r["k"], r["lds"], r["ci_low"], r["ci_high"]) for r in group
+                     if r["proj_seed"] == group[0]["proj_seed"])
+        ks, lds, lo, hi = (np.array(v) for v in zip(*pts, strict=True))
+        kind = variant.split()[-1]
+        ks = ks * {"sjlt": 1.08, "gaussian": 0.93}.get(kind, 1.0)   # side by side at one k
+        style = "-" if gt == "sgd" else "--"
+        label = f"store {kind}" + (" (adam)" if gt == "adam" else "")
+        line = ax.errorbar(ks, lds, yerr=[lds - lo, hi - lds], marker=markers.get(kind, "o"),
+                           ls=style if len(ks) > 1 else "none", capsize=3, label=label)
+        others = [(r["k"], r["lds"]) for r in group if r["proj_seed"] != group[0]["proj_seed"]]
+        if others:
+            ax.scatter(*zip(*others, strict=True), s=12, color=line[0].get_color(), alpha=0.5)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("k (projected dimension); small dots: other projection seeds")
+    ax.set_ylabel("LDS = Spearman(Σ IF, −val loss)")
+    ax.set_title("LDS vs k (95 % bootstrap CI over subsets)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+    for s, v in repeats.items():
+        if v:
+            vals = [losses[s]] + list(v)
+            bx.plot([sums[s]] * 2, [min(vals), max(vals)], color="r", lw=1, alpha=0.35,
+                    zorder=1)
+    sc = bx.scatter(sums, losses, c=flips, cmap="viridis", s=22, zorder=2)
+    fig.colorbar(sc, ax=bx, label="flipped pairs in subset")
+    bx.set_xlabel("Σ_subset IF (exact gradients)")
+    bx.set_ylabel("validation DPO loss after retraining")
+    bx.set_title(f"exact: LDS {ex['lds']:.3f}; red bars: min–max over data-order seeds",
+                 fontsize=10)
+    bx.grid(alpha=0.3)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def _groups(rows):
+    out: dict = {}
+    for r in rows:
+        if r["variant"].startswith("store"):
+            out.setdefault((r["variant"], r["grad_type"]), []).append(r)
+    return out
+
+
+# ------------------------------------------------------------------------------ main
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true",
+                    help="48 train / 16 val pairs, 30 subsets, ks 64,1024, 1 projection seed")
+    ap.add_argument("--subsets", type=int, default=100, help="random 50%% subsets (S)")
+    ap.add_argument("--train-pairs", type=int, default=96)
+    ap.add_argument("--val-pairs", type=int, default=24)
+    ap.add_argument("--flip", type=float, default=0.25, help="share of flipped training pairs")
+    ap.add_argument("--ks", default="64,256,1024,4096,16384",
+                    help="rademacher store dims (those > P are dropped)")
+    ap.add_argument("--extra-k", type=int, default=1024,
+                    help="k of the sjlt, gaussian and adam stores (0: skip them)")
+    ap.add_argument("--proj-seeds", type=int, default=3, help="projection seeds per store")
+    ap.add_argument("--noise-subsets", type=int, default=-1,
+                    help="subsets retrained with other data-order seeds (noise floor; -1: all)")
+    ap.add_argument("--noise-seeds", type=int, default=2, help="extra data-order seeds each")
+    ap.add_argument("--lr", type=float, default=3e-3, help="AdamW lr (θ and every rerun)")
+    ap.add_argument("--batch-size", type=int, default=8, help="pairs per optimizer step")
+    ap.add_argument("--scheduler", default="constant",
+                    help="lr schedule of θ and every rerun (transformers name)")
+    ap.add_argument("--beta", type=float, default=0.1)
+    ap.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
+                                              "down_proj")
+    ap.add_argument("--max-length", type=int, default=192)
+    ap.add_argument("--grad-batch", type=int, default=16, help="pairs per gradient pass")
+    ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (0: none)")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="task, model, LoRA init, subsets and data-order seed")
+    ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
+    ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    ap.add_argument("--json", type=Path, default=C.ROOT / "docs" / "bench_lds.json")
+    ap.add_argument("--png", type=Path, default=C.ROOT / "docs" / "bench_lds.png")
+    args = ap.parse_args(argv)
+    if args.quick:
+        given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
+        quick = {"--subsets": ("subsets", 30), "--train-pairs": ("train_pairs", 48),
+                 "--val-pairs": ("val_pairs", 16), "--ks": ("ks", "64,1024"),
+                 "--proj-seeds": ("proj_seeds", 1)}
+        for opt, (name, value) in quick.items():
+            if opt not in given:
+                setattr(args, name, value)
+        if "--json" not in given:
+            args.json = C.ROOT / "docs" / "bench_lds_quick.json"
+        if "--png" not in given:
+            args.png = C.ROOT / "docs" / "bench_lds_quick.png"
+    if args.subsets < 4:
+        ap.error("--subsets must be >= 4")
+    if args.train_pairs < 4:
+        ap.error("--train-pairs must be >= 4")
+    return args
+
+
+@contextlib.contextmanager
+def quiet(threads: int):
+    """torch threads, no progress bars or warnings from transformers; all restored afterwards
+    (main is also called in-process by the smoke test)."""
+    from transformers.utils import logging as hf_logging
+
+    old_threads, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
+    tf_log = logging.getLogger("transformers")
+    old_level = tf_log.level
+    torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()
+    tf_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.set_num_threads(old_threads)
+        tf_log.setLevel(old_level)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    with quiet(args.threads):
+        run(args)
+    return 0
+
+
+def run(args) -> None:
+    """The benchmark (see the module docstring); writes args.json and args.png."""
+    from gradproj.dpo import response_logprobs
+    from gradproj.grads import lora_layout
+    from gradproj.model import LoraSettings, ModelSettings, load_model, reattach
+    from gradproj.synthetic import make_task
+    from gradproj.tokens import tokenize_pairs
+    from gradproj.train import TrainSettings, train_adapter
+
+    start = time.perf_counter()
+    info = C.machine_info()
+    C.log(f"machine: {C.machine_line(info)}")
+    if args.subsets < 30:
+        C.log(f"note: {args.subsets} subsets (< 30): LDS will be noisy")
+    tmp_ctx = tempfile.TemporaryDirectory(prefix="bench_lds-")
+    tmp = Path(tmp_ctx.name)
+    try:
+        # ---------------------------------------------------------------- model, data, θ
+        folder = save_tiny_llama(tmp / "model", args.seed)
+        targets = tuple(t for t in args.lora_targets.split(",") if t)
+        loaded = load_model(ModelSettings(model=folder, device=args.device,
+                                          lora=LoraSettings(r=8, targets=targets,
+                                                            seed=args.seed)))
+        P = sum(n for _, n in lora_layout(loaded.model))
+        ks = [k for k in (int(x) for x in args.ks.split(",") if x) if k <= P]
+        dropped = [x for x in args.ks.split(",") if x and int(x) > P]
+        if dropped:
+            C.log(f"ks {','.join(dropped)} exceed P = {P}: dropped")
+        task = make_task(n_train=args.train_pairs, n_val=args.val_pairs, n_test=1,
+                         flip=args.flip, seed=args.seed)
+        train, val = task.train, task.val
+        train_tok = tokenize_pairs(train, loaded.tokenizer, args.max_length)
+        val_tok = tokenize_pairs(val, loaded.tokenizer, args.max_length)
+        if train_tok.excluded or val_tok.excluded:
+            raise RuntimeError(f"pairs excluded at max_length {args.max_length}: "
+                               f"{train_tok.excluded} {val_tok.excluded}")
+        flipped = np.array([p.id in task.flipped for p in train])
+        C.log(f"tiny llama on {loaded.device}: LoRA r=8 on {','.join(targets)}, P = {P}; "
+              f"{len(train)} train pairs ({int(flipped.sum())} flipped), {len(val)} val; "
+              f"tokens per chosen sequence: {C.token_stats(train_tok.pairs)['chosen_mean']:.0f}")
+
+        settings = TrainSettings(epochs=1.0, lr=args.lr, batch_size=args.batch_size,
+                                 scheduler=args.scheduler,
+                                 beta=args.beta, seed=args.seed, max_length=args.max_length)
+        ref = response_logprobs(loaded.model, val_tok.pairs, loaded.tokenizer.pad_token_id,
+                                reference=True)
+        theta_dir = tmp / "theta"
+        t = time.perf_counter()
+        warm = train_adapter(loaded, train, settings, theta_dir, progress=False)
+        warm_wall = time.perf_counter() - t
+        loaded = reattach(loaded, str(theta_dir))   # settings.adapter = θ (adam stores need it)
+        theta_state = {n: p.detach().clone() for n, p in loaded.lora_parameters().items()}
+        b_max = lora_b_max(loaded)
+        C.log(f"θ: {warm.steps} steps in {warm_wall:.2f} s (train() {warm.seconds:.2f} s), "
+              f"loss {warm.losses[0]:.4f} → {warm.losses[-1]:.4f}, max|LoRA B| = {b_max:.3g}")
+        if b_max == 0:
+            raise RuntimeError("θ has LoRA B = 0: the warm-up did not move the adapter")
+        retrain = Retrainer(loaded, theta_state, val, ref, settings, tmp)
+        theta_eval = retrain.val_metrics()
+        C.log(f"val at θ: loss {theta_eval.mean_loss:.5f}, accuracy {theta_eval.accuracy:.3f}")
+
+        # ---------------------------------------------------------------- influence at θ
+        t = time.perf_counter()
+        scores = exact_influences(loaded, train_tok.pairs, val_tok.pairs, theta_dir, args)
+        exact_seconds = time.perf_counter() - t
+        ex_if = scores["exact"]
+        C.log(f"exact gradients: {exact_seconds:.1f} s; IF of flipped pairs mean "
+              f"{ex_if[flipped].mean():.3g}, of clean pairs {ex_if[~flipped].mean():.3g}")
+        stores = []   # (variant, kind, k, seed, grad_type)
+        for k in ks:
+            stores += [("store rademacher", "rademacher", k, s, "sgd")
+                       for s in range(args.proj_seeds)]
+        if args.extra_k and args.extra_k <= P:
+            for kind in ("sjlt", "gaussian"):
+                stores += [(f"store {kind}", kind, args.extra_k, s, "sgd")
+                           for s in range(args.proj_seeds)]
+            stores += [("store rademacher", "rademacher", args.extra_k, s, "adam")
+                       for s in range(args.proj_seeds)]
+        store_meta = []
+        for variant, kind, k, s, gt in stores:
+            sc, secs = store_influence(loaded, train, val, kind, k, s, gt, args, tmp)
+            ref_if = scores["exact" if gt == "sgd" else "exact adam·sgd"]
+            fid = spearman(sc, ref_if)
+            store_meta.append({"variant": variant, "kind": kind, "k": k, "proj_seed": s,
+                               "grad_type": gt, "seconds": secs, "if_spearman_vs_exact": fid,
+                               "scores": sc})
+            C.log(f"  {variant:<17s} k={k:<5d} seed {s} {gt:<4s}: {secs:5.1f} s, "
+                  f"Spearman with exact IF {fid:.4f}")
+        if not all(torch.equal(p, theta_state[n]) for n, p in loaded.lora_parameters().items()):
+            raise RuntimeError("the adapter changed while influence was computed")
+
+        # ---------------------------------------------------------------- retraining
+        rng = np.random.default_rng(args.seed)
+        n, half = len(train), len(train) // 2
+        subsets = [np.sort(rng.choice(n, half, replace=False)) for _ in range(args.subsets)]
+        results = []
+        t0 = time.perf_counter()
+        for i, sub in enumerate(subsets):
+            r = retrain([train[j] for j in sub], args.seed)
+            results.append(r)
+            if i == 0 or (i + 1) % 10 == 0 or i + 1 == len(subsets):
+                C.log(f"  subset {i + 1}/{len(subsets)}: val loss {r['val_loss']:.5f} "
+                      f"({time.perf_counter() - t0:.0f} s)")
+        repeats: dict[int, list[float]] = {}
+        n_noise = len(subsets) if args.noise_subsets < 0 else min(args.noise_subsets,
+                                                                  len(subsets))
+        for i in range(n_noise):
+            repeats[i] = [retrain([train[j] for j in subsets[i]], args.seed + 1 + s)["val_loss"]
+                          for s in range(args.noise_seeds)]
+        # determinism: the seed of record once more on subset 0
+        again = retrain([train[j] for j in subsets[0]], args.seed)["val_loss"]
+        retrain.reset()
+        losses = np.array([r["val_loss"] for r in results])
+        flips = np.array([int(flipped[s].sum()) for s in subsets])
+        exact_sums = np.array([scores["exact"][s].sum() for s in subsets])
+        floor = noise_floor(losses, repeats, exact_sums)
+        tm = retrain.timings
+        per_run = {"runs": len(tm), "steps_per_run": tm[0]["steps"],
+                   "wall_median": C.median([x["wall"] for x in tm]),
+                   "train_median": C.median([x["train"] for x in tm]),
+                   "overhead_median": C.median([x["wall"] - x["train"] for x in tm])}
+        per_run["step_median"] = per_run["train_median"] / max(per_run["steps_per_run"], 1)
+        per_run["bare_step"] = bare_step_seconds(loaded, train, settings)
+        retrain.reset()
+        per_run["trl_overhead_estimate"] = (per_run["wall_median"] - per_run["steps_per_run"]
+                                            * per_run["bare_step"])
+        C.log(f"per-run: {per_run['wall_median']:.2f} s wall for {per_run['steps_per_run']} "
+              f"steps (trainer.train {per_run['train_median']:.2f} s, "
+              f"{per_run['step_median'] * 1e3:.0f} ms/step; setup + save overhead "
+              f"{per_run['overhead_median']:.2f} s), {len(tm)} runs; a hand-written step "
+              f"takes {per_run['bare_step'] * 1e3:.0f} ms, so trl's per-run overhead is about "
+              f"{per_run['trl_overhead_estimate']:.2f} s")
+        C.log(f"val loss over subsets: mean {losses.mean():.5f} (θ: {theta_eval.mean_loss:.5f}), "
+              f"SD across subsets {floor['sd_across_subsets']:.2e}; same seed twice: "
+              f"|Δ| = {abs(again - losses[0]):.1e}")
+        if "sd_residual" in floor:
+            f = floor
+            C.log(f"noise floor ({f['n_subsets']} subsets × {f['seeds_per_subset']} data-order "
+                  f"seeds): SD within a subset {f['sd_within_subset_seeds']:.2e}, of which "
+                  f"seed offsets {np.round(f['seed_offsets'], 4).tolist()}; subset × seed "
+                  f"residual SD {f['sd_residual']:.2e} = {f['ratio_residual_over_across']:.2f} "
+                  f"× the SD across subsets → ceiling {f['ceiling']:.3f}; rank agreement "
+                  f"between seeds {np.round(f['seed_rank_agreement'], 3).tolist()}; exact LDS "
+                  f"on these subsets per seed "
+                  f"{np.round(f['lds_repeated_subsets']['per_seed'], 3).tolist()}, vs the seed "
+                  f"mean {f['lds_repeated_subsets']['seed_mean']:.3f}")
+        # ---------------------------------------------------------------- LDS
+        target = -losses
+
+        rep_idx = [i for i in sorted(repeats) if repeats[i]]
+        rep_target = -np.array([np.mean([losses[i]] + repeats[i]) for i in rep_idx])
+
+        def ci(x, y):
+            return (bootstrap_ci(x, y, args.bootstrap, args.seed) if args.bootstrap
+                    else (float("nan"), float("nan")))
+
+        def lds_row(variant, k, seed, gt, if_scores, extra=None):
+            sums = np.array([np.nansum(if_scores[s]) for s in subsets])
+            lo, hi = ci(sums, target)
+            row = {"variant": variant, "k": k, "proj_seed": seed, "grad_type": gt,
+                   "lds": spearman(sums, target), "ci_low": lo, "ci_high": hi,
+                   "pearson": float(np.corrcoef(sums, target)[0, 1]),
+                   "subset_sums": sums.tolist(), **(extra or {})}
+            if len(rep_idx) >= 4:
+                lo, hi = ci(sums[rep_idx], rep_target)
+                row.update({"lds_seed_mean": spearman(sums[rep_idx], rep_target),
+                            "seed_mean_ci_low": lo, "seed_mean_ci_high": hi,
+                            "seed_mean_subsets": len(rep_idx)})
+            return row
+
+        rows = [lds_row("exact", P, None, "sgd", scores["exact"]),
+                lds_row("exact adam·sgd", P, None, "adam", scores["exact adam·sgd"]),
+                lds_row("exact adam·adam", P, None, "adam", scores["exact adam·adam"])]
+        for m in store_meta:
+            rows.append(lds_row(m["variant"], m["k"], m["proj_seed"], m["grad_type"],
+                                m["scores"], {"if_spearman_vs_exact": m["if_spearman_vs_exact"],
+                                              "store_seconds": m["seconds"]}))
+        rows.append(lds_row("−#flipped (reference)", None, None, None,
+                            -flipped.astype(float)))
+
+        table = summary_table(rows)
+        C.log("\n" + table + "\n")
+        wall = time.perf_counter() - start
+        C.log(f"wall time: {wall:.0f} s")
+
+        title = (f"tiny Llama (P={P}), {n} train pairs ({int(flipped.sum())} flipped), "
+                 f"{len(val)} val, S={len(subsets)} half-subsets, AdamW lr {args.lr} via trl, "
+                 f"commit {info['commit']}")
+        plot(args.png, rows, np.array(rows[0]["subset_sums"]), losses, flips, repeats, rows[0],
+             floor, title)
+        C.log(f"wrote {args.png}")
+        C.write_json(args.json, {
+            "benchmark": "bench_lds", "machine": info,
+            "args": {a: (str(v) if isinstance(v, Path) else v) for a, v in vars(args).items()},
+            "settings": {"P": P, "lora": {"r": 8, "alpha": 16.0, "targets": list(targets)},
+                         "model": "random LlamaConfig hidden 64, intermediate 128, 2 layers, "
+                                  "4 heads, char tokenizer",
+                         "ks": ks, "optimizer": "AdamW via trl DPOTrainer (gradproj.train), "
+                                                 "linear decay, 1 epoch",
+                         "train": {"steps_theta": warm.steps, "theta_losses": warm.losses},
+                         "train_settings": asdict(settings),
+                         "lds": "Spearman(sum_subset IF, -val_loss)"},
+            "theta": {"val_loss": theta_eval.mean_loss, "val_accuracy": theta_eval.accuracy,
+                      "lora_b_max": b_max, "warmup_seconds": warm_wall},
+            "per_run": per_run, "noise_floor": floor,
+            "determinism_same_seed_abs_diff": abs(again - float(losses[0])),
+            "lds": [{k: v for k, v in r.items() if k != "subset_sums"} for r in rows],
+            "table": table,
+            "subsets": [{"index": i, "pairs": s.tolist(), "n_flipped": int(f),
+                         "val_loss": r["val_loss"], "val_accuracy": r["val_accuracy"],
+                         "train_loss_last": r["train_loss_last"],
+                         "val_loss_other_seeds": repeats.get(i),
+                         "sum_if": {_row_name(row): row["subset_sums"][i] for row in rows}}
+                        for i, (s, f, r) in enumerate(zip(subsets, flips, results, strict=True))],
+            "pairs": {"ids": [p.id for p in train], "flipped": flipped.tolist(),
+                      "if": {name: v.tolist() for name, v in scores.items()}},
+            "seconds": {"total": wall, "exact_influence": exact_seconds,
+                        "stores": sum(m["seconds"] for m in store_meta),
+                        "retraining": sum(x["wall"] for x in tm)},
+            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
+            "memory_gib": C.rss_gib(),
+        })
+        C.log(f"wrote {args.json}")
+    finally:
+        tmp_ctx.cleanup()
+
+
+def _row_name(row: dict) -> str:
+    parts = [row["variant"]]
+    if row["variant"].startswith("store"):
+        parts += [f"k={row['k']}", f"seed={row['proj_seed']}", row["grad_type"]]
+    return " ".join(parts)
+
+
+def summary_table(rows: list[dict]) -> str:
+    """One line per (variant, k, grad type): LDS and CI of the first projection seed against the
+    loss at the seed of record and against the mean loss over data-order seeds, and the mean ± SD
+    of the LDS over projection seeds when there are several."""
+    def interval(lo, hi):
+        return "" if lo != lo else f"[{lo:.3f}, {hi:.3f}]"
+
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["k"], r["grad_type"]), []).append(r)
+    body = []
+    for (variant, k, gt), rs in groups.items():
+        first = rs[0]
+        many = (f"{np.mean([r['lds'] for r in rs]):.3f} ± {np.std([r['lds'] for r in rs]):.3f}"
+                f" ({len(rs)})" if len(rs) > 1 else "")
+        fid = first.get("if_spearman_vs_exact")
+        mean = first.get("lds_seed_mean")
+        body.append([variant, "" if k is None else k, gt or "", f"{first['lds']:.3f}",
+                     interval(first["ci_low"], first["ci_high"]), many,
+                     "" if mean is None else f"{mean:.3f}",
+                     "" if mean is None else interval(first["seed_mean_ci_low"],
+                                                      first["seed_mean_ci_high"]),
+                     "" if fid is None else f"{fid:.3f}"])
+    return C.markdown_table(["variant", "k", "grad", "LDS", "95% CI", "LDS over proj. seeds",
+                             "LDS vs seed-mean loss", "95% CI", "IF Spearman vs exact"], body)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,149 @@
+"""The evidence suite (``make bench``, ``make bench-quick``): does gradproj's influence track
+reality, and does its selection help? On the embedded SmolLM2-135M-Instruct and BIG-bench pairs.
+
+Steps, each a script that also runs alone:
+
+1. ``bigbench_pairs.py``   — BIG-bench multiple-choice tasks → preference pairs (cached outside
+   the repository; the 358 MB source archive is fetched once with pip).
+2. ``bench_projection.py --skip-speed --data bigbench`` — projection fidelity: Spearman and
+   Pearson of store IF against IF from exact unprojected gradients, k = 512 … 8192, every kind.
+3. ``bench_lds.py``        — linear datamodeling score on a tiny model (retraining is cheap).
+4. ``bench_select.py --data bigbench`` — label-noise detection at 10/25/40 % flips (AUROC of
+   IF, LossDiff, IRM and of each rule's keep decision), downstream DPO from θ on each rule's
+   selection (3 seeds), stage costs and the cost of answering a second validation set.
+
+Full run: JSON and PNG into docs/, the tables into docs/results_evidence.md. ``--quick``: small
+sizes, into runs/bench-quick/ (docs/ is left alone). A failed step is reported and the suite
+goes on; the exit code is 1 if any step failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+
+# bench_select on BIG-bench: sizes of the full run (the quick run uses bench_select --quick)
+SELECT_FULL = ["--n-train", "160", "--n-val", "32", "--n-test", "96", "--max-length", "128"]
+SELECT_QUICK = ["--quick", "--noise", "0.40", "--max-length", "128"]
+
+
+def steps(out: Path, quick: bool) -> list[tuple[str, list[str], str | None]]:
+    """(name, argv, JSON written or None) of every step."""
+    q = ["--quick"] if quick else []
+
+    def io(name):
+        return ["--json", str(out / f"{name}.json"), "--png", str(out / f"{name}.png")]
+
+    return [
+        ("BIG-bench pairs", ["bigbench_pairs.py"], None),
+        ("projection fidelity", ["bench_projection.py", "--skip-speed", "--data", "bigbench",
+                                 "--max-length", "128", *q, *io("bench_fidelity")],
+         "bench_fidelity"),
+        ("linear datamodeling score", ["bench_lds.py", *q, *io("bench_lds")], "bench_lds"),
+        ("selection, label noise, downstream, cost",
+         ["bench_select.py", "--data", "bigbench", *(SELECT_QUICK if quick else SELECT_FULL),
+          "--work", "/tmp/gradproj-bench-suite-select", *io("bench_select_bigbench")],
+         "bench_select_bigbench"),
+    ]
+
+
+def run_step(name: str, argv: list[str]) -> dict:
+    C.log(f"== {name}: {' '.join(argv)}")
+    t = time.perf_counter()
+    rc = subprocess.run([sys.executable, str(HERE / argv[0]), *argv[1:]], cwd=C.ROOT).returncode
+    seconds = time.perf_counter() - t
+    C.log(f"== {name}: rc {rc}, {seconds / 60:.1f} min")
+    return {"step": name, "argv": argv, "rc": rc, "seconds": seconds}
+
+
+def section(title: str, path: Path, render) -> list[str]:
+    if not path.is_file():
+        return [f"## {title}", "", f"(no results: {path.name} was not written)", ""]
+    res = json.loads(path.read_text())
+    return [f"## {title}", "", *render(res), "", f"![{path.stem}]({path.stem}.png)", ""]
+
+
+def render_fidelity(res: dict) -> list[str]:
+    info = res.get("fidelity_info", {})
+    return [f"{info.get('n_train')} train and {info.get('n_val')} validation pairs "
+            f"({info.get('data')}), exact per-pair gradients over the LoRA weights at a "
+            f"perturbed fresh adapter; projection seeds {info.get('seeds')} (mean ± std). "
+            "Score = inner product with the mean validation gradient.", "",
+            res.get("markdown_fidelity", "")]
+
+
+def render_lds(res: dict) -> list[str]:
+    if "markdown" in res:
+        return [res["markdown"]]
+    return ["```", json.dumps({k: v for k, v in res.items() if k in ("lds", "rows", "summary")},
+                              indent=1)[:3000], "```"]
+
+
+def render_select(res: dict) -> list[str]:
+    import bench_select as S
+
+    lines = [f"{res['data']}: {res['task']['n_train']} train pairs ({res['task']['n_flipped']} "
+             f"flipped), {res['task']['n_val']} val, {res['task']['n_val2']} second val, "
+             f"{res['task']['n_test']} test; keep {res['settings']['keep']}; seeds "
+             f"{res['settings']['seeds']}.", ""]
+    for part in (S.table_lines, S.score_lines, S.noise_lines, S.selection_lines, S.cost_lines,
+                 S.stage_lines):
+        if part is S.table_lines and not res.get("rules"):
+            continue
+        lines += part(res) + [""]
+    return lines
+
+
+def write_report(out: Path, runs: list[dict], quick: bool, info: dict) -> Path:
+    path = out / "results_evidence.md"
+    total = sum(r["seconds"] for r in runs)
+    lines = ["# Evidence suite (benchmarks/run_suite.py)" + (" — quick" if quick else ""), "",
+             f"Machine: {C.machine_line(info)}. Total {total / 60:.1f} min.", "",
+             "| step | exit | minutes |", "|---|---:|---:|",
+             *[f"| {r['step']} | {r['rc']} | {r['seconds'] / 60:.1f} |" for r in runs], ""]
+    lines += section("Projection fidelity", out / "bench_fidelity.json", render_fidelity)
+    lines += section("Linear datamodeling score", out / "bench_lds.json", render_lds)
+    lines += section("Label noise, downstream alignment and cost (BIG-bench)",
+                     out / "bench_select_bigbench.json", render_select)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small sizes (< 15 min), into "
+                    "runs/bench-quick/")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="folder for JSON, PNG and the report (default docs/, or "
+                         "runs/bench-quick/ with --quick)")
+    ap.add_argument("--only", default=None,
+                    help="comma-separated step numbers to run (1-4); the report uses whatever "
+                         "JSON is in --out")
+    args = ap.parse_args(argv)
+    out = args.out or (C.ROOT / ("runs/bench-quick" if args.quick else "docs"))
+    out.mkdir(parents=True, exist_ok=True)
+    info = C.machine_info()
+    todo = steps(out, args.quick)
+    if args.only:
+        keep = {int(x) for x in args.only.split(",")}
+        todo = [s for i, s in enumerate(todo, 1) if i in keep]
+    runs = [run_step(name, argv) for name, argv, _ in todo]
+    report = write_report(out, runs, args.quick, info)
+    C.log(f"suite: {sum(r['seconds'] for r in runs) / 60:.1f} min; report {report}")
+    for r in runs:
+        print(f"  {r['step']:<45s} rc {r['rc']}  {r['seconds'] / 60:6.1f} min")
+    return 0 if all(r["rc"] == 0 for r in runs) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
