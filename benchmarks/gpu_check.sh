@@ -7,7 +7,8 @@
 # 1. wheels carried in .whl/ (traker; pytest + pluggy + iniconfig + packaging + pygments) are
 #    installed with --no-deps into /tmp/site and put on PYTHONPATH (gradproj itself is not
 #    installed: PYTHONPATH=. );
-# 2. the CUDA tests (tests/gpu) and the CPU hash tests run when pytest is importable;
+# 2. the CUDA tests (tests/gpu: the Triton kernel, a CUDA store == the CPU store) and the CPU
+#    hash tests run when pytest is importable;
 # 3. benchmarks/gpu_check.py: (a) kernel vs torch reference, (b) timings against cuBLAS with a
 #    prebuilt R, the torch reference and TRAK's BasicProjector, (c) store features for 500 pairs
 #    on SmolLM2-135M's architecture vs a DPO training step. Its table is printed last; JSON goes
