@@ -164,7 +164,10 @@ class FeatureComputer:
         for batch in batches(pairs, s.batch_size, pad):
             t = time.perf_counter()
             pg = self.grads(batch.to(self.loaded.device))
-            g = pg.grads if self.adam is None else adam_precondition(pg.grads, *self.adam)
+            g = pg.grads
+            if self.adam is not None:   # a zeroed pair would become β1·m/(√v' + ε): zero it again
+                g = {n: torch.where(pg.finite[:, None].to(v.device), v, 0.0)
+                     for n, v in adam_precondition(pg.grads, *self.adam).items()}
             self.seconds["gradients"] += time.perf_counter() - t
             lp = pg.logprobs
             for j in range(len(batch)):
@@ -228,9 +231,11 @@ def build_store(loaded: LoadedModel, pairs: list[PreferencePair], settings: Stor
                 feats, rows = computer.features(tok.pairs[lo:lo + settings.shard_size])
                 writer.add_shard(feats, rows, index=i, start=lo)
                 bar.update(_rows_done_all(root, writer, world_size) - bar.n)
+            overflowed = computer.overflowed + int(
+                writer.previous.get("projection_overflow_rows", 0))   # + before a resume
             writer.finish(extra={"timing": dict(computer.seconds,
                                                 total=time.perf_counter() - start),
-                                 "projection_overflow_rows": computer.overflowed})
+                                 "projection_overflow_rows": overflowed})
         if world_size > 1:
             barrier()
             if rank == 0:

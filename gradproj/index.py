@@ -51,6 +51,10 @@ class IndexSettings:
         return "index-flat" if self.kind == "flat" else f"index-ivfpq-{self.nlist}-{self.m}"
 
 
+INDEX_FORMAT = 2
+"""Saved indexes of another format are rebuilt (2: valid rows only, ids = store rows)."""
+
+
 def store_key(store: Store) -> str:
     """A hash of the store's content (its shard checksums)."""
     h = hashlib.sha256()
@@ -81,32 +85,40 @@ def _train_ivfpq(store: Store, settings: IndexSettings, seed: int = 0):
     index = faiss.IndexIVFPQ(faiss.IndexFlatIP(k), k, nlist, settings.m, 8,
                              faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(n, size=min(n, max(39 * max(nlist, 256), 10000)),
+    rows = np.flatnonzero(valid_rows(store))
+    sample = np.sort(rng.choice(rows, size=min(len(rows), max(39 * max(nlist, 256), 10000)),
                                 replace=False))
     index.train(gather_rows(store, sample))
     index.nprobe = settings.nprobe
     return index
 
 
+def valid_rows(store: Store) -> np.ndarray:
+    """[N] bool: rows with status ok and a finite norm (the only rows an index holds)."""
+    from .store import STATUS
+    return (store.column("status") == STATUS["ok"]) & np.isfinite(store.column("norm"))
+
+
 def _add_rows(index, store: Store, lo: int, hi: int, block_rows: int) -> None:
-    """Add store rows [lo, hi) with their row numbers as FAISS ids."""
+    """Add the valid store rows of [lo, hi) with their row numbers as FAISS ids."""
+    valid = valid_rows(store)
     for start, block in store.blocks(block_rows):
         a, b = max(lo, start), min(hi, start + len(block))
         if a < b:
-            index.add_with_ids(np.ascontiguousarray(block[a - start:b - start], np.float32),
-                               np.arange(a, b, dtype=np.int64))
+            keep = np.flatnonzero(valid[a:b])
+            index.add_with_ids(np.ascontiguousarray(block[a - start + keep], np.float32),
+                               (a + keep).astype(np.int64))
 
 
 def build_index(store: Store, settings: IndexSettings = IndexSettings(), *,
                 block_rows: int = 4096, seed: int = 0):
-    """A FAISS index over every row of ``store`` (row i of the store = FAISS id i)."""
+    """A FAISS index over the valid rows of ``store`` (FAISS id = store row number); rows whose
+    gradient was non-finite are left out, so a search never returns them."""
     faiss = _faiss()
     if settings.kind == "flat":
-        index = faiss.IndexFlatIP(store.k)
-        for _, block in store.blocks(block_rows):
-            index.add(np.ascontiguousarray(block, dtype=np.float32))
-        return index
-    index = _train_ivfpq(store, settings, seed)
+        index = faiss.IndexIDMap2(faiss.IndexFlatIP(store.k))
+    else:
+        index = _train_ivfpq(store, settings, seed)
     _add_rows(index, store, 0, len(store), block_rows)
     return index
 
@@ -160,7 +172,8 @@ def load_or_build_index(store: Store, settings: IndexSettings = IndexSettings())
     if meta_path.is_file():
         meta = json.loads(meta_path.read_text())
         paths = [store.root / p for p in meta.get("files", [])]
-        if meta.get("store_key") == key and paths and all(p.is_file() for p in paths):
+        if (meta.get("store_key") == key and meta.get("format") == INDEX_FORMAT and paths
+                and all(p.is_file() for p in paths)):
             if settings.kind == "flat":
                 return _to_gpu(faiss.read_index(str(paths[0])))
             return ShardedIndex(paths, store.k, settings.nprobe)
@@ -172,7 +185,7 @@ def load_or_build_index(store: Store, settings: IndexSettings = IndexSettings())
         paths = [path]
     else:
         paths = build_index_parts(store, settings, store.root)
-    write_json_atomic(meta_path, {"store_key": key, "kind": settings.kind,
+    write_json_atomic(meta_path, {"store_key": key, "format": INDEX_FORMAT, "kind": settings.kind,
                                   "nlist": settings.nlist, "m": settings.m, "rows": len(store),
                                   "files": [p.name for p in paths]})
     return load_or_build_index(store, settings)
@@ -225,7 +238,7 @@ def _float_chunks(store: Store, rows: int):
     """(first row, float32 torch [≤ rows, k]) over the store; the fp16 → fp32 conversion goes
     into one reused buffer (torch's copy_ into a preallocated tensor is ~7× faster than astype).
     Store.blocks yields views of the memory maps, so the copy is the only read."""
-    buf = torch.empty((rows, store.k), dtype=torch.float32)
+    buf = torch.empty((max(1, min(rows, len(store))), store.k), dtype=torch.float32)
     for start, block in store.blocks(rows):
         out = buf[:len(block)]
         out.copy_(torch.from_numpy(block))
@@ -255,8 +268,9 @@ def stream_extremes(store: Store, queries: np.ndarray, top_k: int,
     """Exact top-k of features @ queries.T in one pass over the store, for each requested side:
     ``{"high": (scores [M, top_k], rows [M, top_k]), "low": (...)}`` — the largest and the
     smallest inner products. Rows with ``valid`` False never appear; each row's scores are
-    multiplied by ``row_scale`` (e.g. 1/‖g_d‖ for cosine) when given. Fewer than top_k valid rows:
-    the missing entries have score NaN and row -1."""
+    multiplied by ``row_scale`` (e.g. 1/‖g_d‖ for cosine) when given. The lists are
+    min(top_k, N) wide; where fewer rows are valid, the places of invalid rows have score NaN
+    and row -1. NaN scores (a row of inf) count as invalid."""
     q = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     m = q.shape[0]
     scale = None if row_scale is None else torch.from_numpy(
@@ -268,11 +282,13 @@ def stream_extremes(store: Store, queries: np.ndarray, top_k: int,
         scores = q @ block.T                                        # [M, rows]
         if scale is not None:
             scores *= scale[start:stop]
-        bad = None if mask is None else ~mask[start:stop]
+        bad = torch.isnan(scores)
+        if mask is not None:
+            bad |= ~mask[start:stop]
         ids = torch.arange(start, stop).expand(m, -1)
         for side in sides:
             s = scores
-            if bad is not None and bad.any():
+            if bad.any():
                 s = scores.masked_fill(bad, float("-inf") if side == "high" else float("inf"))
             cand_s, cand_i = torch.cat([best[side][0], s], 1), torch.cat([best[side][1], ids], 1)
             kk = min(top_k, cand_s.shape[1])

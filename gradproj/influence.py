@@ -33,6 +33,7 @@ from .index import (
     search_refined,
     stream_extremes,
     stream_matvec,
+    valid_rows,
 )
 from .model import LoadedModel, LoraSettings, ModelSettings, load_model
 from .projection import ProjectorSpec
@@ -179,7 +180,7 @@ def mean_influence(store: Store, val: ValidationFeatures, normalize: bool = Fals
         denom = norm * gnorm
         scale = np.divide(1.0, denom, out=np.zeros_like(norm), where=denom > 0)
     scores = stream_matvec(store, gbar[:, None], block_rows, row_scale=scale)[:, 0]
-    scores[store.column("status") != STATUS["ok"]] = np.nan
+    scores[~valid_rows(store)] = np.nan
     return scores
 
 
@@ -200,7 +201,7 @@ def top_influences(store: Store, val: ValidationFeatures, settings: InfluenceSet
     path reads the store once for both lists; it is used for cosine scores and for a flat index
     whose float32 copy would not fit ``memory_budget_mb``.
     """
-    valid = store.column("status") == STATUS["ok"]
+    valid = valid_rows(store)
     k = min(settings.top_k, int(valid.sum()))
     if k == 0:
         return []
@@ -215,14 +216,13 @@ def top_influences(store: Store, val: ValidationFeatures, settings: InfluenceSet
         found = stream_extremes(store, q, k, settings.block_rows, valid=valid, row_scale=scale)
         (hs, hi), (ls, li) = found["high"], found["low"]
     else:
-        index = load_or_build_index(store, settings.index)
-        kk = min(k + int((~valid).sum()), len(store))   # room for invalid rows, dropped below
+        index = load_or_build_index(store, settings.index)     # holds the valid rows only
         if settings.index.kind == "ivf-pq" and settings.index.refine > 1:
-            hs, hi = search_refined(index, store, q, kk, settings.index.refine)
-            ls, li = search_refined(index, store, -q, kk, settings.index.refine)
+            hs, hi = search_refined(index, store, q, k, settings.index.refine)
+            ls, li = search_refined(index, store, -q, k, settings.index.refine)
         else:
-            hs, hi = search(index, q, kk)
-            ls, li = search(index, -q, kk)
+            hs, hi = search(index, q, k)
+            ls, li = search(index, -q, k)
         ls = -ls
     ids = store.ids()
 

@@ -14,11 +14,13 @@ sha256; opening a store checks them and refuses a missing or corrupt shard by na
 ``numpy.load(allow_pickle=False)`` and JSON.
 
 Hashing a large store costs about as long as a query reads it, so a successful check is
-remembered in ``verified.json`` (per file: size, mtime, inode and the checksum it matched); with
-``verify="auto"`` (the default) a file is hashed again only when any of these changed. A file
-modified less than two seconds before it was hashed is not remembered (mtime granularity: the
-"racy git" problem), so a change right after a check is still caught. ``verify=True`` hashes
-every file, ``False`` only checks that the files exist.
+remembered in ``verified.json`` (per file: size, mtime, ctime, inode and the checksum it
+matched); with ``verify="auto"`` (the default) a file is hashed again only when any of these
+changed. A file modified less than two seconds before it was hashed is not remembered (mtime
+granularity: the "racy git" problem), so a change right after a check is still caught. What
+"auto" cannot see is a change that leaves all four unchanged (silent disk corruption): run
+``gradproj inspect`` (``verify=True``, every file hashed) for that. ``verify=False`` only checks
+that the files exist.
 """
 
 from __future__ import annotations
@@ -149,6 +151,8 @@ class StoreWriter:
         self.header = json.loads(json.dumps(header))   # compare as JSON (tuples → lists)
         self.resume = resume
         self.shards: list[ShardInfo] = []
+        self.previous: dict = {}
+        """The manifest this writer resumed from (empty for a new store)."""
 
     def __enter__(self) -> StoreWriter:
         if self.root.exists() and not self.root.is_dir():
@@ -172,6 +176,7 @@ class StoreWriter:
             existing = self.root / "manifest.json"
         if existing.is_file():
             old = json.loads(existing.read_text())
+            self.previous = old
             if not self.resume:
                 raise GradprojError(f"{self.root}: a store already exists here "
                                     "(use --resume to continue it, or another --out)")
@@ -254,7 +259,8 @@ def merge_rank_manifests(root, world_size: int, extra: dict | None = None) -> No
               **{k: sum(t.get(k, 0.0) for t in timings) for k in ("gradients", "projection")},
               "ranks": timings}
     manifest.update(complete=True, rows=stop, shards=shards, world_size=world_size,
-                    timing=timing)
+                    timing=timing, projection_overflow_rows=sum(
+                        int(p.get("projection_overflow_rows", 0)) for p in parts))
     manifest.update(extra or {})
     write_json_atomic(root / "manifest.json", manifest)
 
@@ -285,10 +291,12 @@ class Store:
     def _check_files(self, verify: bool | str) -> None:
         stamps_path = self.root / VERIFIED_FILE
         old = {}
-        if verify == "auto" and stamps_path.is_file():
+        if verify and stamps_path.is_file():
             try:
                 old = json.loads(stamps_path.read_text())
             except (OSError, ValueError):
+                old = {}
+            if not isinstance(old, dict):
                 old = {}
         stamps, now = {}, time.time_ns()
         for shard in self.shards:
@@ -299,8 +307,8 @@ class Store:
                 if not verify:
                     continue
                 st = file.stat()
-                stamp = [st.st_size, st.st_mtime_ns, st.st_ino, digest]
-                if old.get(file.name) != stamp:
+                stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, digest]
+                if verify is True or old.get(file.name) != stamp:
                     self.hashed_files += 1
                     if sha256_file(file) != digest:
                         raise GradprojError(f"{self.root}: shard {shard.name} is corrupt "
@@ -308,10 +316,13 @@ class Store:
                 if st.st_mtime_ns < now - RACY_NS:
                     stamps[file.name] = stamp
         if verify and stamps != old:
+            # a name of this process's own: ranks of a torchrun build open the store at once
+            tmp = stamps_path.with_name(f"{VERIFIED_FILE}.{os.getpid()}.tmp")
             try:
-                write_json_atomic(stamps_path, stamps)
+                tmp.write_text(json.dumps(stamps))
+                os.replace(tmp, stamps_path)
             except OSError:
-                pass           # a read-only store: verified again next time
+                tmp.unlink(missing_ok=True)   # a read-only store: verified again next time
 
     @property
     def spec(self) -> ProjectorSpec:

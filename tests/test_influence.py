@@ -105,20 +105,22 @@ def test_flat_faiss_equals_plain_matmul(built):
     assert np.array_equal(i3, np.argsort(full, axis=0, kind="stable")[:10].T)
 
 
-def _synthetic_store(path, n=3000, k=64, seed=0, bad=(), feats=None):
+def _synthetic_store(path, n=3000, k=64, seed=0, bad=(), feats=None, bad_value=0.0):
     """A store written directly: clustered low-rank features (like real gradients); rows in
-    ``bad`` are stored as a build stores a non-finite gradient (zeros, status non-finite)."""
+    ``bad`` are stored with status non-finite and every value ``bad_value`` (a build stores
+    zeros; a large value checks that they are skipped, not just out-scored)."""
     rng = np.random.default_rng(seed)
     if feats is None:
         centers = rng.standard_normal((20, k))
         feats = centers[rng.integers(0, 20, n)] + 0.3 * rng.standard_normal((n, k))
     feats = np.array(feats, dtype=np.float64)
     status = np.zeros(n, np.uint8)
-    feats[list(bad)], status[list(bad)] = 0.0, STATUS["non-finite"]
+    feats[list(bad)], status[list(bad)] = bad_value, STATUS["non-finite"]
     spec = ProjectorSpec(kind="rademacher", k=k)
     with StoreWriter(path, {"projector": spec.to_dict()}) as w:
         for lo in range(0, n, 1000):
-            f = feats[lo:lo + 1000].astype(np.float16)
+            with np.errstate(over="ignore"):     # a value beyond float16 stays inf
+                f = feats[lo:lo + 1000].astype(np.float16)
             rows = np.zeros(len(f), ROW_DTYPE)
             rows["id"] = [f"r{i}" for i in range(lo, lo + len(f))]
             rows["norm"] = np.linalg.norm(f.astype(np.float32), axis=1)
@@ -131,9 +133,11 @@ def _synthetic_store(path, n=3000, k=64, seed=0, bad=(), feats=None):
 @pytest.mark.parametrize("block_rows", [7, None])
 def test_stream_extremes_match_a_brute_force_sort(tmp_path, block_rows):
     bad = [3, 500, 2999]
-    store = _synthetic_store(tmp_path / "s", n=3000, bad=bad)
+    store = _synthetic_store(tmp_path / "s", n=3000, bad=bad, bad_value=40.0)
     rng = np.random.default_rng(3)
     q = rng.standard_normal((6, store.k)).astype(np.float32)
+    q[:, :32] = np.abs(q[:, :32])       # the bad rows score far above every other (high side)
+    q[3:, :] = -np.abs(q[3:, :])        # ... and far below (low side) for the last queries
     scale = rng.uniform(0.5, 2.0, len(store)).astype(np.float32)
     valid = store.column("status") == 0
     assert valid.sum() == 3000 - len(bad)
@@ -146,10 +150,11 @@ def test_stream_extremes_match_a_brute_force_sort(tmp_path, block_rows):
         assert np.array_equal(rows, expected)
         assert np.allclose(scores, np.take_along_axis(masked.T, expected, 1), rtol=1e-4)
     # fewer valid rows than top_k: the missing entries are (NaN, -1)
-    small = _synthetic_store(tmp_path / "t", n=5, bad=[1, 2])
+    small = _synthetic_store(tmp_path / "t", n=5, bad=[1, 2], bad_value=40.0)
     s, i = stream_topk(small, q, 4, valid=small.column("status") == 0)
-    assert (i[:, 3] == -1).all() and np.isnan(s[:, 3]).all()
+    assert i.shape == (6, 4) and (i[:, 3] == -1).all() and np.isnan(s[:, 3]).all()
     assert set(i[0, :3]) == {0, 3, 4}
+    assert stream_topk(small, q, 8)[1].shape == (6, 5)        # min(top_k, N) wide
 
 
 @pytest.mark.parametrize("settings", [
@@ -160,21 +165,33 @@ def test_stream_extremes_match_a_brute_force_sort(tmp_path, block_rows):
 ], ids=["flat", "stream", "cosine", "ivf-pq"])
 def test_top_influences_never_list_nonfinite_rows(tmp_path, settings):
     # every finite row has a positive score: the zero rows of non-finite gradients would be the
-    # "most harmful" if they were not skipped
+    # "most harmful" if they were not skipped. Row 7 holds inf with status ok (a store built
+    # before overflow was flagged): it is skipped too.
     rng = np.random.default_rng(4)
     n, bad = 2000, list(range(0, 2000, 97))
     feats = np.abs(rng.standard_normal((n, 64))) + 0.1
+    feats[7, 0] = 1e6                                   # beyond float16: stored as inf
     store = _synthetic_store(tmp_path / "s", n=n, bad=bad, feats=feats)
-    val = ValidationFeatures(["v0", "v1"], np.abs(rng.standard_normal((2, 64))).astype(np.float32)
-                             + 0.1, {})
+    assert store.column("status")[7] == 0 and np.isinf(store.column("norm")[7])
+    q = np.abs(rng.standard_normal((2, 64))).astype(np.float32) + 0.1
+    val = ValidationFeatures(["v0", "v1"], q, {})
     out = top_influences(store, val, settings)
-    banned = {f"r{i}" for i in bad}
-    for row in out:
+    banned = {f"r{i}" for i in bad + [7]}
+    ok = np.setdiff1d(np.arange(n), bad + [7])
+    f = store.features().astype(np.float64)[ok]
+    if settings.normalize:
+        f = f / np.linalg.norm(f, axis=1, keepdims=True)
+        q = q / np.linalg.norm(q, axis=1, keepdims=True)
+    full = f @ q.T.astype(np.float64)
+    for m, row in enumerate(out):
         for side in ("helpful", "harmful"):
             assert len(row[side]) == 5
             assert not banned & {h["id"] for h in row[side]}
             assert all(h["score"] > 0 for h in row[side])
-    assert np.isnan(mean_influence(store, val)[bad]).all()
+            if settings.index.kind == "flat":     # exact paths: the true top 5 of the ok rows
+                order = np.argsort(-full[:, m] if side == "helpful" else full[:, m])[:5]
+                assert [h["id"] for h in row[side]] == [f"r{i}" for i in ok[order]]
+    assert np.isnan(mean_influence(store, val)[bad + [7]]).all()
 
 
 def test_ivf_pq_recall_at_10(tmp_path):

@@ -98,6 +98,9 @@ def test_unchanged_shards_are_not_hashed_again(tiny_llama, pairs_file, tmp_path)
     files = sorted((tmp_path / "s" / "shards").glob("*.npy"))
     assert len(files) == 10
     # just-written files are never remembered as verified (mtime granularity), so ...
+    (tmp_path / "s" / "verified.json").unlink(missing_ok=True)
+    for f in files:
+        os.utime(f)                        # "just written", whatever the build's speed
     assert Store(tmp_path / "s").hashed_files == 10
     old = time.time() - 60
     for f in files:
@@ -119,6 +122,9 @@ def test_unchanged_shards_are_not_hashed_again(tiny_llama, pairs_file, tmp_path)
     os.utime(tmp, (old, old))
     os.replace(tmp, files[4])
     assert Store(tmp_path / "s").hashed_files == 1
+    # a damaged record is ignored (everything hashed again), never a crash
+    (tmp_path / "s" / "verified.json").write_text("[]")
+    assert Store(tmp_path / "s").hashed_files == 10
 
 
 def test_projection_overflowing_float16_is_flagged_not_stored_as_inf(tiny_llama, pairs_file):

@@ -1,4 +1,4 @@
-"""A store built on CUDA equals the one built on the CPU, and a CUDA query answers like a CPU one.
+"""A store built on CUDA equals the one built on the CPU, and CUDA validation features do too.
 
 Same tiny model, same adapter, same pairs, same projection seed: the rows differ only by the
 floating-point order of the two devices (and the float16 storage), so the features agree to
