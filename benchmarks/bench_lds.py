@@ -680,7 +680,7 @@ def run(args) -> None:
                          "model": "random LlamaConfig hidden 64, intermediate 128, 2 layers, "
                                   "4 heads, char tokenizer",
                          "ks": ks, "optimizer": "AdamW via trl DPOTrainer (gradproj.train), "
-                                                 "linear decay, 1 epoch",
+                                                 f"{settings.scheduler} lr schedule, 1 epoch",
                          "train": {"steps_theta": warm.steps, "theta_losses": warm.losses},
                          "train_settings": asdict(settings),
                          "lds": "Spearman(sum_subset IF, -val_loss)"},
