@@ -152,6 +152,12 @@ def main(argv=None) -> int:
         keep = {int(x) for x in args.only.split(",")}
         todo = [s for i, s in enumerate(todo, 1) if i in keep]
     runs = [run_step(name, argv) for name, argv, _ in todo]
+    record = out / "suite.json"       # the last run's steps, kept for a report-only rerun
+    if runs:
+        C.write_json(record, {"machine": info, "runs": runs, "quick": args.quick})
+    elif record.is_file():
+        saved = json.loads(record.read_text())
+        info, runs = saved["machine"], saved["runs"]
     report = write_report(out, runs, args.quick, info)
     C.log(f"suite: {sum(r['seconds'] for r in runs) / 60:.1f} min; report {report}")
     for r in runs:
