@@ -530,8 +530,8 @@ def fmt(m, s, pct=False):
 def table_lines(res: dict) -> list[str]:
     n_seeds = len(res["settings"]["seeds"])
     lines = []
-    lines.append(f"| model | kept | flips removed | flipped in kept | overlap w/ TIF | "
-                 f"policy acc | reward acc | DPO loss | train s |")
+    lines.append("| model | kept | flips removed | flipped in kept | overlap w/ TIF | "
+                 "policy acc | reward acc | DPO loss | train s |")
     lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for label, r in (("base (adapter off)", res["base"]), ("warm-up θ", res["theta"]),
                      ("θ_V (θ + val)", res["theta_v"])):
@@ -613,7 +613,7 @@ def cost_lines(res: dict) -> list[str]:
 def selection_lines(res: dict) -> list[str]:
     """Every rule's selection (the random rule's for the first seed), trained on or not."""
     keep = res["settings"]["keep"]
-    lines = [f"| rule | kept | flips removed | overlap w/ TIF | bands (quantiles) |",
+    lines = ["| rule | kept | flips removed | overlap w/ TIF | bands (quantiles) |",
              "|---|---:|---:|---:|---|"]
     for rule, r in res.get("selections", {}).items():
         bands = ", ".join(f"{k} ({a:.3f}, {b:.3f})" for k, (a, b) in r["bands"].items())
