@@ -79,8 +79,9 @@ def section(title: str, paths: list[Path], render) -> list[str]:
     res = json.loads(path.read_text())
     machine = res.get("machine") or {}
     when = f"Source: `{path.name}`, commit {machine.get('commit')}, {machine.get('date')}."
+    png = path.with_suffix(".png")
     return [f"## {title}", "", when, "", *render(res), "",
-            f"![{path.stem}]({path.stem}.png)", ""]
+            *([f"![{path.stem}]({png.name})", ""] if png.is_file() else [])]
 
 
 def render_fidelity(res: dict) -> list[str]:
