@@ -217,14 +217,12 @@ def load_smollm2(device: str = "cpu"):
 def release_memory() -> None:
     """gc, then hand freed heap pages back to the OS (glibc), so that the RSS left over from
     loading and de-quantizing the GGUF file does not crowd a shared machine."""
-    import ctypes
     import gc
 
+    from gradproj.memory import release_heap
+
     gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_heap()
 
 
 def perturb_lora_b(loaded, std: float = 1e-3, seed: int = 0) -> None:

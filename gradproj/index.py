@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .errors import GradprojError
-from .store import Store, write_json_atomic
+from .store import STATUS, Store, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,6 @@ def _train_ivfpq(store: Store, settings: IndexSettings, seed: int = 0):
 
 def valid_rows(store: Store) -> np.ndarray:
     """[N] bool: rows with status ok and a finite norm (the only rows an index holds)."""
-    from .store import STATUS
     return (store.column("status") == STATUS["ok"]) & np.isfinite(store.column("norm"))
 
 
