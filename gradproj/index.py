@@ -75,7 +75,7 @@ def _to_gpu(index):
     return index
 
 
-def _train_ivfpq(store: Store, settings: IndexSettings, seed: int = 0):
+def _train_ivfpq(store: Store, settings: IndexSettings, valid: np.ndarray, seed: int = 0):
     """An empty IVF-PQ index (inner product) trained on a random sample of the store's rows."""
     faiss = _faiss()
     k, n = store.k, len(store)
@@ -85,7 +85,7 @@ def _train_ivfpq(store: Store, settings: IndexSettings, seed: int = 0):
     index = faiss.IndexIVFPQ(faiss.IndexFlatIP(k), k, nlist, settings.m, 8,
                              faiss.METRIC_INNER_PRODUCT)
     rng = np.random.default_rng(seed)
-    rows = np.flatnonzero(valid_rows(store))
+    rows = np.flatnonzero(valid)
     sample = np.sort(rng.choice(rows, size=min(len(rows), max(39 * max(nlist, 256), 10000)),
                                 replace=False))
     index.train(gather_rows(store, sample))
@@ -98,9 +98,9 @@ def valid_rows(store: Store) -> np.ndarray:
     return (store.column("status") == STATUS["ok"]) & np.isfinite(store.column("norm"))
 
 
-def _add_rows(index, store: Store, lo: int, hi: int, block_rows: int) -> None:
-    """Add the valid store rows of [lo, hi) with their row numbers as FAISS ids."""
-    valid = valid_rows(store)
+def _add_rows(index, store: Store, valid: np.ndarray, lo: int, hi: int,
+              block_rows: int) -> None:
+    """Add the ``valid`` store rows of [lo, hi) with their row numbers as FAISS ids."""
     for start, block in store.blocks(block_rows):
         a, b = max(lo, start), min(hi, start + len(block))
         if a < b:
@@ -114,11 +114,12 @@ def build_index(store: Store, settings: IndexSettings = IndexSettings(), *,
     """A FAISS index over the valid rows of ``store`` (FAISS id = store row number); rows whose
     gradient was non-finite are left out, so a search never returns them."""
     faiss = _faiss()
+    valid = valid_rows(store)
     if settings.kind == "flat":
         index = faiss.IndexIDMap2(faiss.IndexFlatIP(store.k))
     else:
-        index = _train_ivfpq(store, settings, seed)
-    _add_rows(index, store, 0, len(store), block_rows)
+        index = _train_ivfpq(store, settings, valid, seed)
+    _add_rows(index, store, valid, 0, len(store), block_rows)
     return index
 
 
@@ -127,11 +128,12 @@ def build_index_parts(store: Store, settings: IndexSettings, directory: Path, *,
     """IVF-PQ over the store split into files of ``settings.part_rows`` rows, all sharing one
     trained quantizer; returns the part files (``<name>.partNNN.faiss``)."""
     faiss = _faiss()
-    trained = _train_ivfpq(store, settings, seed)
+    valid = valid_rows(store)
+    trained = _train_ivfpq(store, settings, valid, seed)
     paths = []
     for j, lo in enumerate(range(0, len(store), settings.part_rows)):
         part = faiss.clone_index(trained)
-        _add_rows(part, store, lo, min(len(store), lo + settings.part_rows), block_rows)
+        _add_rows(part, store, valid, lo, min(len(store), lo + settings.part_rows), block_rows)
         path = directory / f"{settings.filename()}.part{j:03d}.faiss"
         tmp = path.with_name(path.name + ".tmp")
         faiss.write_index(part, str(tmp))
