@@ -129,6 +129,11 @@ def rss_gib() -> dict:
     return out
 
 
+def end_of_run() -> dict:
+    """What every benchmark JSON ends with: the load average and this process's memory."""
+    return {"loadavg_at_end": [round(x, 2) for x in os.getloadavg()], "memory_gib": rss_gib()}
+
+
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")

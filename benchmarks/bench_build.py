@@ -400,8 +400,7 @@ def main(argv=None) -> int:
                   "adapter": "fresh LoRA, B perturbed with N(0, 0.004^2)"},
         "tokens": stats, "cache": cache_note, "rows": rows, "raw": raw,
         "less_detail": less_detail, "markdown": md,
-        "loadavg_at_end": [round(x, 2) for x in __import__("os").getloadavg()],
-        "memory_gib": C.rss_gib(),
+        **C.end_of_run(),
     })
     C.log(f"wrote {args.json}")
     return 0

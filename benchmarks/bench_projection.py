@@ -324,8 +324,7 @@ def main(argv=None) -> int:
         "speed": speed_rows, "speed_raw": {str(k): v for k, v in speed_raw.items()},
         "fidelity": fid_rows, "fidelity_info": fid_info,
         "markdown_speed": md_speed, "markdown_fidelity": md_fid,
-        "loadavg_at_end": [round(x, 2) for x in __import__("os").getloadavg()],
-        "memory_gib": C.rss_gib(),
+        **C.end_of_run(),
     })
     C.log(f"wrote {args.json}")
     return 0
