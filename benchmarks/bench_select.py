@@ -202,6 +202,19 @@ def load_task(args, flip: float) -> Task:
                 frozenset(flipped), source)
 
 
+def per_task_auroc(ids, cols: dict, is_flip: np.ndarray) -> dict:
+    """AUROC clean > flipped of every score within each source task (the id's prefix before its
+    last "-": BIG-bench ids are "<task>-<row>"), for tasks with both clean and flipped pairs."""
+    tasks = np.array([i.rsplit("-", 1)[0] for i in ids])
+    out = {}
+    for name in sorted(set(tasks)):
+        m = tasks == name
+        if 0 < int(is_flip[m].sum()) < int(m.sum()):
+            out[str(name)] = {"n": int(m.sum()), "n_flipped": int(is_flip[m].sum()),
+                         **{c: auroc(cols[c][m], ~is_flip[m]) for c in SCORES}}
+    return out
+
+
 def say(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
@@ -272,6 +285,7 @@ def score_stage(args, loaded, task: Task, work: Path, stages: dict, label: str) 
     corr["lossdiff_irm"] = {"pearson": pearson(cols["lossdiff"], cols["irm"]),
                             "spearman": spearman(cols["lossdiff"], cols["irm"])}
     aurocs = {c: auroc(cols[c], ~is_flip) for c in SCORES}
+    per_task = per_task_auroc(ids, cols, is_flip)
 
     tif_kept = select(table, "tif", args.keep).kept
     selections = {}
@@ -299,6 +313,7 @@ def score_stage(args, loaded, task: Task, work: Path, stages: dict, label: str) 
     return {"pipe": pipe, "theta": theta, "theta_v": theta_v, "table": table,
             "training": training, "store_settings": store_settings, "is_flip": is_flip,
             "cols": cols, "correlations": corr, "auroc_clean_vs_flipped": aurocs,
+            "per_task": per_task,
             "selections": selections, "sel_stats": sel_stats,
             "selection_summary": {rule: sel_stats(selections[
                 rule if rule != "random" else ("random", args.seeds[0])]) for rule in RULES}}
@@ -343,6 +358,13 @@ def second_query_cost(args, loaded, stage: dict, task: Task, work: Path) -> dict
     say("second query: store {:.1f}s, LossDiff {:.1f}s (θ_V {:.1f} + forward {:.1f}), IF "
         "without a store {:.1f}s".format(store_s, aux_s + fwd_s, aux_s, fwd_s, build_s + store_s))
     return out
+
+
+def score_table(ids, cols: dict, is_flip: np.ndarray) -> dict:
+    """Per-pair scores as JSON columns (non-finite → null)."""
+    return {"ids": list(ids), "flipped": is_flip.tolist(),
+            **{c: [None if not math.isfinite(v) else float(v) for v in cols[c]]
+               for c in SCORES}}
 
 
 def run(args) -> dict:
@@ -403,7 +425,8 @@ def run(args) -> dict:
         noise[f"{rate:.2f}"] = {
             "flip": rate, "n_flipped": len(t_task.flipped),
             "auroc_clean_vs_flipped": stage["auroc_clean_vs_flipped"],
-            "correlations": stage["correlations"],
+            "correlations": stage["correlations"], "per_task_auroc": stage["per_task"],
+            "score_table": score_table(stage["table"].ids, stage["cols"], stage["is_flip"]),
             "rules": {rule: {k: v for k, v in r.items() if k in
                              ("kept", "flips_removed", "flipped_in_kept", "keep_auroc")}
                       for rule, r in stage["selection_summary"].items()},
@@ -451,9 +474,7 @@ def run(args) -> dict:
         "correlations": stage["correlations"],
         "auroc_clean_vs_flipped": stage["auroc_clean_vs_flipped"], "paper": PAPER,
         "noise": noise, "cost": cost,
-        "score_table": {"ids": ids, "flipped": is_flip.tolist(),
-                        **{c: [None if not math.isfinite(v) else float(v) for v in cols[c]]
-                           for c in SCORES}},
+        "score_table": score_table(ids, cols, is_flip),
     }
     partial_path = work / "partial.json"     # results so far (survives a crash or a kill)
 
@@ -583,6 +604,20 @@ def noise_lines(res: dict) -> list[str]:
                  for r in rules]
         lines.append(f"| {n['flip']:.0%} | {n['n_flipped']} | {a['if']:.3f} | "
                      f"{a['lossdiff']:.3f} | {a['irm']:.3f} | " + " | ".join(cells) + " |")
+    tasks = sorted({t for key in noise for t in noise[key].get("per_task_auroc") or {}})
+    if tasks:
+        keys = sorted(noise)
+        lines += ["", "AUROC clean > flipped within each source task (IF / LossDiff / IRM; "
+                  "n flipped of n):", "",
+                  "| task | " + " | ".join(f"{noise[k]['flip']:.0%} flipped" for k in keys)
+                  + " |", "|---|" + "---|" * len(keys)]
+        for t in tasks:
+            cells = []
+            for k in keys:
+                a = (noise[k].get("per_task_auroc") or {}).get(t)
+                cells.append(f"{a['if']:.2f} / {a['lossdiff']:.2f} / {a['irm']:.2f} "
+                             f"({a['n_flipped']}/{a['n']})" if a else "")
+            lines.append(f"| {t} | " + " | ".join(cells) + " |")
     lines.append("")
     lines.append("AUROC = P(score of a clean pair > score of a flipped pair); a keep decision's "
                  "AUROC is (TPR + TNR)/2 of keeping clean pairs. The random rule is its first "
