@@ -141,6 +141,27 @@ def write_report(out: Path, runs: list[dict], quick: bool, info: dict) -> Path:
     return path
 
 
+BEGIN = ("<!-- evidence suite: begin — written by benchmarks/run_suite.py from "
+         "docs/results_evidence.md; edit the script, not this block -->")
+END = "<!-- evidence suite: end -->"
+
+
+def splice(results_md: Path, report: Path) -> bool:
+    """Copy the report's sections (headings one level down) between the BEGIN/END markers of
+    ``results_md``, so docs/results.md holds the same tables as the last full run. False (and
+    nothing written) when the markers are missing."""
+    text = results_md.read_text() if results_md.is_file() else ""
+    if BEGIN not in text or END not in text.split(BEGIN, 1)[1]:
+        return False
+    body = report.read_text().splitlines()[1:]            # without the report's own title
+    body = ["#" + line if line.startswith("#") else line for line in body]
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    results_md.write_text(head + BEGIN + "\n" + "\n".join(body).strip("\n") + "\n" + END
+                          + tail)
+    return True
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="small sizes (< 15 min), into "
@@ -167,6 +188,12 @@ def main(argv=None) -> int:
         saved = json.loads(record.read_text())
         info, runs = saved["machine"], saved["runs"]
     report = write_report(out, runs, args.quick, info)
+    results_md = out / "results.md"
+    if not args.quick and results_md.is_file():
+        if splice(results_md, report):
+            C.log(f"suite: tables copied into {results_md}")
+        else:
+            C.log(f"suite: {results_md} has no evidence-suite markers; tables left in {report}")
     C.log(f"suite: {sum(r['seconds'] for r in runs) / 60:.1f} min; report {report}")
     for r in runs:
         print(f"  {r['step']:<45s} rc {r['rc']}  {r['seconds'] / 60:6.1f} min")

@@ -1,0 +1,54 @@
+"""benchmarks/run_suite.py: the report's tables are copied into docs/results.md between markers,
+and nothing outside the markers changes."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load():
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location("run_suite", BENCH / "run_suite.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(BENCH))
+    return module
+
+
+def test_splice_replaces_only_the_marked_block(tmp_path):
+    suite = _load()
+    results = tmp_path / "results.md"
+    before = "# results\n\nhand-written intro\n\n"
+    after = "\n## Later section\n\nkept as is\n"
+    results.write_text(before + suite.BEGIN + "\nold tables\n" + suite.END + after)
+    report = tmp_path / "results_evidence.md"
+    report.write_text("# Evidence suite\n\nMachine: x.\n\n## Projection fidelity\n\n| a |\n")
+
+    assert suite.splice(results, report)
+    text = results.read_text()
+    assert text.startswith(before) and text.endswith(after)
+    block = text.split(suite.BEGIN, 1)[1].split(suite.END, 1)[0]
+    assert "old tables" not in block and "# Evidence suite" not in block
+    assert "### Projection fidelity" in block and "Machine: x." in block
+
+    once = results.read_text()          # splicing the same report again changes nothing
+    assert suite.splice(results, report) and results.read_text() == once
+
+
+def test_splice_without_markers_writes_nothing(tmp_path):
+    suite = _load()
+    results = tmp_path / "results.md"
+    results.write_text("# results\n\nno markers here\n")
+    report = tmp_path / "results_evidence.md"
+    report.write_text("# Evidence suite\n\n## Section\n")
+    assert not suite.splice(results, report)
+    assert results.read_text() == "# results\n\nno markers here\n"
+    only_begin = "# r\n" + suite.BEGIN + "\n"
+    results.write_text(only_begin)
+    assert not suite.splice(results, report) and results.read_text() == only_begin
