@@ -1,0 +1,47 @@
+"""benchmarks/diagnose_noise.py: AUROC of IF, of the cosine (IF / ‖g‖) and of −‖g‖, per task."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import diagnose_noise as D  # noqa: E402
+
+
+def _auroc_loop(scores, positive):
+    pos = [s for s, p in zip(scores, positive) if p]
+    neg = [s for s, p in zip(scores, positive) if not p]
+    wins = sum((a > b) + 0.5 * (a == b) for a in pos for b in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_diagnose_separates_norm_from_direction():
+    rng = np.random.default_rng(0)
+    n = 60
+    ids = [f"{'ab'[i % 2]}-{i}" for i in range(n)]
+    flipped = rng.random(n) < 0.3
+    flipped[:4] = [True, False, True, False]
+    # flipped pairs: large gradients pointing slightly away from the validation direction
+    norm = np.where(flipped, 5.0, 1.0) * rng.uniform(0.5, 1.5, n)
+    cos = np.where(flipped, -0.05, 0.05) + 0.01 * rng.standard_normal(n)
+    score = norm * cos
+    score[7] = np.nan                     # a non-finite row is left out everywhere
+    table = {"ids": ids, "flipped": flipped.tolist(),
+             "if": [None if not np.isfinite(s) else float(s) for s in score]}
+    res = D.diagnose(table, dict(zip(ids, norm.tolist())))
+
+    ok = np.isfinite(score)
+    assert res["all"]["n"] == int(ok.sum())
+    assert np.isclose(res["all"]["cosine"], _auroc_loop(cos[ok], ~flipped[ok]))
+    assert np.isclose(res["all"]["if"], _auroc_loop(score[ok], ~flipped[ok]))
+    assert np.isclose(res["all"]["-norm"], _auroc_loop(-norm[ok], ~flipped[ok]))
+    assert res["all"]["cosine"] > 0.99 and res["all"]["-norm"] > 0.95
+    for task in ("a", "b"):
+        m = ok & np.array([i.startswith(task + "-") for i in ids])
+        assert res[task]["n"] == int(m.sum())
+        assert np.isclose(res[task]["cosine"], _auroc_loop(cos[m], ~flipped[m]))
+    assert "| all |" in "\n".join(D.table_lines(res))
