@@ -491,11 +491,12 @@ def parse_args(argv):
     if args.lora_targets is None:
         args.lora_targets = TARGETS[args.model]
     given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
-    if args.model != "tiny" and not args.quick:     # never overwrite the tiny model's results
+    if args.model != "tiny":                        # never overwrite the tiny model's results
+        name = f"bench_lds_{args.model}" + ("_quick" if args.quick else "")
         if "--json" not in given:
-            args.json = C.ROOT / "docs" / f"bench_lds_{args.model}.json"
+            args.json = C.ROOT / "docs" / f"{name}.json"
         if "--png" not in given:
-            args.png = C.ROOT / "docs" / f"bench_lds_{args.model}.png"
+            args.png = C.ROOT / "docs" / f"{name}.png"
     if args.subsets < 4:
         ap.error("--subsets must be >= 4")
     if args.train_pairs < 4:
@@ -564,6 +565,14 @@ def run(args) -> None:
         train, val, flipped_ids = load_pairs(args)
         train_tok = tokenize_pairs(train, loaded.tokenizer, args.max_length)
         val_tok = tokenize_pairs(val, loaded.tokenizer, args.max_length)
+        if args.data == "bigbench" and (train_tok.excluded or val_tok.excluded):
+            # real data: a pair that cannot be tokenized within --max-length is left out
+            for pid, why in {**train_tok.excluded, **val_tok.excluded}.items():
+                C.log(f"pair {pid} left out: {why}")
+            train = [p for p in train if p.id not in train_tok.excluded]
+            val = [p for p in val if p.id not in val_tok.excluded]
+            train_tok = tokenize_pairs(train, loaded.tokenizer, args.max_length)
+            val_tok = tokenize_pairs(val, loaded.tokenizer, args.max_length)
         if train_tok.excluded or val_tok.excluded:
             raise RuntimeError(f"pairs excluded at max_length {args.max_length}: "
                                f"{train_tok.excluded} {val_tok.excluded}")

@@ -207,8 +207,9 @@ def per_task_auroc(ids, cols: dict, is_flip: np.ndarray) -> dict:
     last "-": BIG-bench ids are "<task>-<row>"), for tasks with both clean and flipped pairs."""
     tasks = np.array([i.rsplit("-", 1)[0] for i in ids])
     out = {}
+    scored = np.isfinite(cols["if"])
     for name in sorted(set(tasks)):
-        m = tasks == name
+        m = (tasks == name) & scored
         if 0 < int(is_flip[m].sum()) < int(m.sum()):
             out[str(name)] = {"n": int(m.sum()), "n_flipped": int(is_flip[m].sum()),
                          **{c: auroc(cols[c][m], ~is_flip[m]) for c in SCORES}}
@@ -605,7 +606,7 @@ def noise_lines(res: dict) -> list[str]:
         lines.append(f"| {n['flip']:.0%} | {n['n_flipped']} | {a['if']:.3f} | "
                      f"{a['lossdiff']:.3f} | {a['irm']:.3f} | " + " | ".join(cells) + " |")
     tasks = sorted({t for key in noise for t in noise[key].get("per_task_auroc") or {}})
-    if tasks:
+    if len(tasks) > 1:          # one "task" (the generated data) repeats the row above
         keys = sorted(noise)
         lines += ["", "AUROC clean > flipped within each source task (IF / LossDiff / IRM; "
                   "n flipped of n):", "",

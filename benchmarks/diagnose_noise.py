@@ -83,7 +83,17 @@ def main(argv=None) -> int:
               file=sys.stderr)
         return 2
     store = Store(store_dir, verify=False)
-    norms = dict(zip(store.ids(), store.column("norm").astype(float).tolist()))
+    stored = store.ids()
+    missing = [i for i, s in zip(res["score_table"]["ids"], res["score_table"]["if"],
+                                 strict=True) if s is not None and i not in set(stored)]
+    expected = {k: res["store"][k] for k in ("proj_dim", "max_length") if k in res["store"]}
+    found = {k: store.manifest["settings"].get(k) for k in expected}
+    if missing or found != expected:
+        print(f"diagnose_noise: {store_dir} is not the store of {args.json} ("
+              + (f"{len(missing)} scored pairs missing, e.g. {missing[0]}" if missing
+                 else f"settings {found} != {expected}") + "); rerun bench_select", file=sys.stderr)
+        return 2
+    norms = dict(zip(stored, store.column("norm").astype(float).tolist(), strict=True))
     result = diagnose(res["score_table"], norms)
     print(f"{res['data']}, {rate} flipped, store {store_dir}")
     print("\n".join(table_lines(result)))

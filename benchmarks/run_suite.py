@@ -59,7 +59,8 @@ def steps(out: Path, quick: bool) -> list[tuple[str, list[str], str | None]]:
         ("linear datamodeling score", ["bench_lds.py", *q, *io("bench_lds")], "bench_lds"),
         ("selection, label noise, downstream, cost",
          ["bench_select.py", "--data", "bigbench", *(SELECT_QUICK if quick else SELECT_FULL),
-          "--work", "/tmp/gradproj-bench-suite-select", *io("bench_select_bigbench")],
+          "--work", f"/tmp/gradproj-bench-suite-select{'-quick' if quick else ''}",
+          *io("bench_select_bigbench")],
          "bench_select_bigbench"),
     ]
 

@@ -45,3 +45,47 @@ def test_diagnose_separates_norm_from_direction():
         assert res[task]["n"] == int(m.sum())
         assert np.isclose(res[task]["cosine"], _auroc_loop(cos[m], ~flipped[m]))
     assert "| all |" in "\n".join(D.table_lines(res))
+
+
+class _FakeStore:
+    def __init__(self, ids, norms, settings):
+        self._ids, self._norms = ids, np.asarray(norms, np.float32)
+        self.manifest = {"settings": settings}
+
+    def ids(self):
+        return list(self._ids)
+
+    def column(self, name):
+        assert name == "norm"
+        return self._norms
+
+
+def test_main_refuses_a_store_of_another_run(tmp_path, monkeypatch, capsys):
+    import json
+
+    import gradproj.store
+
+    ids = ["a-0", "a-1", "b-2", "b-3"]
+    res = {"settings": {"flip": 0.25}, "data": "fake", "store": {"proj_dim": 64, "max_length": 32},
+           "score_table": {"ids": ids, "flipped": [True, False, True, False],
+                           "if": [2.0, 1.0, -1.0, None], "lossdiff": [1, 2, 3, 4]}}
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(res))
+    (tmp_path / "work" / "flip-0.25" / "select" / "store").mkdir(parents=True)
+    settings = {"proj_dim": 64, "max_length": 32}
+    stores = {"store": _FakeStore(ids, [4.0, 1.0, 2.0, 1.0], settings)}
+    monkeypatch.setattr(gradproj.store, "Store", lambda root, verify: stores["store"])
+    argv = ["--json", str(path), "--work", str(tmp_path / "work")]
+
+    out = tmp_path / "diag.json"
+    assert D.main([*argv, "--out", str(out)]) == 0
+    diag = json.loads(out.read_text())["per_task"]["all"]
+    assert diag["n"] == 3 and diag["n_flipped"] == 2          # the None score is left out
+    assert diag["cosine"] == 1.0      # cos: clean a-1 1.0 above flipped a-0 0.5 and b-2 -0.5
+    assert diag["if"] == 0.5          # IF: a-0 2.0 > a-1 1.0 > b-2 -1.0
+
+    stores["store"] = _FakeStore(["a-0", "a-1"], [1.0, 1.0], settings)   # scored pairs missing
+    assert D.main(argv) == 2 and "not the store" in capsys.readouterr().err
+    stores["store"] = _FakeStore(ids, [1.0] * 4, {"proj_dim": 128, "max_length": 32})
+    assert D.main(argv) == 2 and "settings" in capsys.readouterr().err
+    assert D.main(["--json", str(path), "--work", str(tmp_path / "nowhere")]) == 2
