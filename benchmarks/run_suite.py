@@ -12,7 +12,9 @@ Steps, each a script that also runs alone:
    IF, LossDiff, IRM and of each rule's keep decision), downstream DPO from θ on each rule's
    selection (3 seeds), stage costs and the cost of answering a second validation set.
 
-Full run: JSON and PNG into docs/, the tables into docs/results_evidence.md. ``--quick``: small
+Full run: JSON and PNG into docs/, the tables into docs/results_evidence.md and, between its
+BEGIN/END markers, into docs/results.md (the hand-written reading above them is not touched).
+``--quick``: small
 sizes, into runs/bench-quick/ (docs/ is left alone). A failed step is reported and the suite
 goes on; the exit code is 1 if any step failed.
 """
