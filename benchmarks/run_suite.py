@@ -14,9 +14,8 @@ Steps, each a script that also runs alone:
 
 Full run: JSON and PNG into docs/, the tables into docs/results_evidence.md and, between its
 BEGIN/END markers, into docs/results.md (the hand-written reading above them is not touched).
-``--quick``: small
-sizes, into runs/bench-quick/ (docs/ is left alone). A failed step is reported and the suite
-goes on; the exit code is 1 if any step failed.
+``--quick``: small sizes, into runs/bench-quick/ (docs/ is left alone). A failed step is
+reported and the suite goes on; the exit code is 1 if any step failed.
 """
 
 from __future__ import annotations
