@@ -202,10 +202,16 @@ def load_task(args, flip: float) -> Task:
                 frozenset(flipped), source)
 
 
+def task_names(ids) -> np.ndarray:
+    """The source task of each pair id: the prefix before its last "-" (BIG-bench ids are
+    "<task>-<row>")."""
+    return np.array([i.rsplit("-", 1)[0] for i in ids])
+
+
 def per_task_auroc(ids, cols: dict, is_flip: np.ndarray) -> dict:
-    """AUROC clean > flipped of every score within each source task (the id's prefix before its
-    last "-": BIG-bench ids are "<task>-<row>"), for tasks with both clean and flipped pairs."""
-    tasks = np.array([i.rsplit("-", 1)[0] for i in ids])
+    """AUROC clean > flipped of every score within each source task (:func:`task_names`), for
+    tasks with both clean and flipped pairs."""
+    tasks = task_names(ids)
     out = {}
     scored = np.isfinite(cols["if"])
     for name in sorted(set(tasks)):

@@ -1,5 +1,5 @@
-"""Why do IF and LossDiff rank flipped pairs above clean ones on BIG-bench? A diagnosis of a
-finished ``bench_select.py`` run, from its JSON and the store it left in its work folder.
+"""Is IF's ranking of flipped vs clean pairs a gradient-norm effect? A diagnosis of a finished
+``bench_select.py`` run, from its JSON and the store it left in its work folder.
 
 IF(d) = ⟨g_d, ḡ_V⟩ = ‖g_d‖ · ‖ḡ_V‖ · cos(g_d, ḡ_V). A flipped pair has a high DPO loss at θ and
 so a large gradient; if the gradients share a common direction (every DPO gradient of a
@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_select import auroc, spearman  # noqa: E402
+from bench_select import auroc, spearman, task_names  # noqa: E402
 
 
 def diagnose(table: dict, norms: dict[str, float]) -> dict:
@@ -37,7 +37,7 @@ def diagnose(table: dict, norms: dict[str, float]) -> dict:
             "-norm": -norm}
     if "lossdiff" in table:
         cols["lossdiff"] = np.array([np.nan if v is None else v for v in table["lossdiff"]])
-    tasks = np.array([i.rsplit("-", 1)[0] for i in ids])
+    tasks = task_names(ids)
 
     def row(m):
         m = m & ok
