@@ -58,14 +58,14 @@ retraining, not whether it finds the label noise.
 
 The same on the embedded SmolLM2-135M-Instruct with BIG-bench pairs (``--model smollm2 --data
 bigbench``; LoRA r = 8 on q_proj, v_proj as everywhere else in gradproj, P = 460,800): each
-retraining is a real DPO run of the 135M model, so the sizes are small (see below: about
-25 min on the 2-core CPU). There the flipped pairs are real label noise the model can learn.
+retraining is a real DPO run of the 135M model, so the sizes are small (the command below took
+21 min on the 2-core CPU). There the flipped pairs are real label noise the model can learn.
 
     .venv/bin/python benchmarks/bench_lds.py           # full: 96 train pairs, 100 subsets
     .venv/bin/python benchmarks/bench_lds.py --quick   # 48 train pairs, 30 subsets, 2 ks
     .venv/bin/python benchmarks/bench_lds.py --model smollm2 --data bigbench \
-        --train-pairs 32 --val-pairs 16 --subsets 30 --ks 1024,8192 --proj-seeds 1 \
-        --extra-k 0 --noise-subsets 10 --noise-seeds 1 --lr 2e-3 --max-length 128 --threads 2
+        --train-pairs 24 --val-pairs 12 --subsets 30 --ks 1024,8192 --proj-seeds 1 \
+        --extra-k 0 --noise-subsets 6 --noise-seeds 1 --lr 2e-3 --max-length 128 --threads 2
 """
 
 from __future__ import annotations
@@ -476,8 +476,8 @@ def parse_args(argv):
     ap.add_argument("--json", type=Path, default=C.ROOT / "docs" / "bench_lds.json")
     ap.add_argument("--png", type=Path, default=C.ROOT / "docs" / "bench_lds.png")
     args = ap.parse_args(argv)
+    given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
     if args.quick:
-        given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
         quick = {"--subsets": ("subsets", 30), "--train-pairs": ("train_pairs", 48),
                  "--val-pairs": ("val_pairs", 16), "--ks": ("ks", "64,1024"),
                  "--proj-seeds": ("proj_seeds", 1)}
@@ -490,7 +490,6 @@ def parse_args(argv):
             args.png = C.ROOT / "docs" / "bench_lds_quick.png"
     if args.lora_targets is None:
         args.lora_targets = TARGETS[args.model]
-    given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
     if args.model != "tiny":                        # never overwrite the tiny model's results
         name = f"bench_lds_{args.model}" + ("_quick" if args.quick else "")
         if "--json" not in given:
@@ -565,17 +564,16 @@ def run(args) -> None:
         train, val, flipped_ids = load_pairs(args)
         train_tok = tokenize_pairs(train, loaded.tokenizer, args.max_length)
         val_tok = tokenize_pairs(val, loaded.tokenizer, args.max_length)
-        if args.data == "bigbench" and (train_tok.excluded or val_tok.excluded):
-            # real data: a pair that cannot be tokenized within --max-length is left out
+        if train_tok.excluded or val_tok.excluded:
+            if args.data != "bigbench":
+                raise RuntimeError(f"pairs excluded at max_length {args.max_length}: "
+                                   f"{train_tok.excluded} {val_tok.excluded}")
+            # real data: a pair that cannot be tokenized within --max-length is left out (the
+            # tokenized lists already hold only the others)
             for pid, why in {**train_tok.excluded, **val_tok.excluded}.items():
                 C.log(f"pair {pid} left out: {why}")
             train = [p for p in train if p.id not in train_tok.excluded]
             val = [p for p in val if p.id not in val_tok.excluded]
-            train_tok = tokenize_pairs(train, loaded.tokenizer, args.max_length)
-            val_tok = tokenize_pairs(val, loaded.tokenizer, args.max_length)
-        if train_tok.excluded or val_tok.excluded:
-            raise RuntimeError(f"pairs excluded at max_length {args.max_length}: "
-                               f"{train_tok.excluded} {val_tok.excluded}")
         flipped = np.array([p.id in flipped_ids for p in train])
         C.log(f"{args.model} on {loaded.device}: LoRA r=8 on {','.join(targets)}, P = {P}; "
               f"{len(train)} train pairs ({int(flipped.sum())} flipped), {len(val)} val; "
@@ -725,8 +723,8 @@ def run(args) -> None:
         wall = time.perf_counter() - start
         C.log(f"wall time: {wall:.0f} s")
 
-        title = (f"{MODEL_NAMES[args.model]} (P={P}), {args.data}: {n} train pairs ({int(flipped.sum())} flipped), "
-                 f"{len(val)} val, S={len(subsets)} half-subsets, AdamW lr {args.lr} via trl, "
+        title = (f"{MODEL_NAMES[args.model]} (P={P}), {args.data}: {n} train pairs "
+                 f"({int(flipped.sum())} flipped), {len(val)} val, S={len(subsets)} half-subsets, AdamW lr {args.lr} via trl, "
                  f"commit {info['commit']}")
         plot(args.png, rows, np.array(rows[0]["subset_sums"]), losses, flips, repeats, rows[0],
              floor, title)
