@@ -165,9 +165,9 @@ def sized_records(n: int, seed: int, prefix: str, tokenizer, target: int = 64) -
     is about ``target`` tokens under the tokenizer's chat template: both answers get the same
     explanation sentence and the question gets filler words until the chosen sequence reaches
     ``target`` tokens (the rejected one differs by a token or two)."""
-    from gradproj.data import pairs_from_records
-    from gradproj.synthetic import make_records
-    from gradproj.tokens import render_pair
+    from gradproj.core.data import pairs_from_records
+    from gradproj.experiments.synthetic import make_records
+    from gradproj.core.tokens import render_pair
 
     rng = random.Random(seed)
     out = []
@@ -211,7 +211,7 @@ def load_smollm2(device: str = "cpu"):
     warnings.filterwarnings("ignore")
     logging.getLogger("transformers").setLevel(logging.ERROR)
     os.environ.setdefault("TQDM_DISABLE", "1")
-    from gradproj.model import LoraSettings, ModelSettings, load_model
+    from gradproj.core.model import LoraSettings, ModelSettings, load_model
 
     loaded = load_model(ModelSettings(model="smollm2", device=device,
                                       lora=LoraSettings(r=8, targets=("q_proj", "v_proj"))))
@@ -224,7 +224,7 @@ def release_memory() -> None:
     loading and de-quantizing the GGUF file does not crowd a shared machine."""
     import gc
 
-    from gradproj.memory import release_heap
+    from gradproj.core.memory import release_heap
 
     gc.collect()
     release_heap()

@@ -82,7 +82,7 @@ class TrainStep:
     the same weights) and .grad is cleared; neither is timed."""
 
     def __init__(self, loaded, beta: float, lr: float):
-        from gradproj.dpo import DPOLoss
+        from gradproj.core.objectives import DPOLoss
 
         self.loaded, self.loss_fn = loaded, DPOLoss(beta)
         self.params = _lora_params(loaded)
@@ -90,7 +90,7 @@ class TrainStep:
         self.opt = torch.optim.AdamW(self.params, lr=lr)
 
     def __call__(self, batch) -> float:
-        from gradproj.dpo import PairLogProbs, adapter_disabled, sequence_logprobs
+        from gradproj.core.logprobs import PairLogProbs, adapter_disabled, sequence_logprobs
 
         model, n = self.loaded.model, len(batch)
         model.train()
@@ -145,7 +145,7 @@ def build_pass(loaded, pairs, settings, step: TrainStep) -> dict:
     ``gradients`` = Σ per-pair gradient calls (hooks, one backward per batch); ``projection``
     = the FeatureComputer's own projection seconds; ``inputs`` = the captured projection
     inputs."""
-    from gradproj.build import FeatureComputer
+    from gradproj.store.build import FeatureComputer
 
     fc = FeatureComputer(loaded, settings)
     tee, inter = _Tee(fc.projector), _Interleaved(fc.grads, step)
@@ -173,9 +173,9 @@ def projection_only(projector, inputs) -> float:
 
 def less_pass(loaded, pairs, trak, beta: float) -> dict:
     """LESS-style: bs=1 autograd loop + traker BasicProjector one gradient at a time."""
-    from gradproj.dpo import make_loss
-    from gradproj.grads import per_pair_gradients_loop
-    from gradproj.tokens import collate
+    from gradproj.core.objectives import make_loss
+    from gradproj.gradients.perpair import per_pair_gradients_loop
+    from gradproj.core.tokens import collate
 
     loss_fn, pad = make_loss("dpo", beta), loaded.tokenizer.pad_token_id
     names = [n for n, _ in trak.layout]
@@ -193,7 +193,7 @@ def less_pass(loaded, pairs, trak, beta: float) -> dict:
 
 def trl_pass(loaded, raw_pairs, settings, lr: float) -> float:
     """Seconds of trainer.train() for one epoch of trl's DPOTrainer (gradproj.train)."""
-    from gradproj.train import TrainSettings, train_adapter
+    from gradproj.training.train import TrainSettings, train_adapter
 
     params = _lora_params(loaded)
     saved = [p.detach().clone() for p in params]
@@ -237,11 +237,11 @@ def main(argv=None) -> int:
         if args.json == C.ROOT / "docs" / "bench_build.json":
             args.json = C.ROOT / "docs" / "bench_build_quick.json"
 
-    from gradproj.build import StoreSettings
-    from gradproj.data import pairs_from_records
-    from gradproj.grads import lora_layout
-    from gradproj.projection import make_projector
-    from gradproj.tokens import tokenize_pairs
+    from gradproj.store.build import StoreSettings
+    from gradproj.core.data import pairs_from_records
+    from gradproj.gradients.perpair import lora_layout
+    from gradproj.gradients.projection import make_projector
+    from gradproj.core.tokens import tokenize_pairs
 
     info = C.machine_info()
     C.log(f"machine: {C.machine_line(info)}")

@@ -137,8 +137,8 @@ TARGETS = {"tiny": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
 def load_pairs(args) -> tuple[list, list, frozenset]:
     """(train, val, ids of the flipped training pairs): the generated task, or BIG-bench pairs
     (benchmarks/bigbench_pairs.py) with ``--flip`` of the training pairs swapped."""
-    from gradproj.data import pairs_from_records
-    from gradproj.synthetic import flip_records, make_task
+    from gradproj.core.data import pairs_from_records
+    from gradproj.experiments.synthetic import flip_records, make_task
 
     if args.data == "synthetic":
         task = make_task(n_train=args.train_pairs, n_val=args.val_pairs, n_test=1,
@@ -162,9 +162,9 @@ def lora_b_max(loaded) -> float:
 
 def exact_gradients(loaded, pairs, batch_size: int, beta: float) -> torch.Tensor:
     """[n, P] fp32 per-pair gradients on the model's device, flattened in layout order."""
-    from gradproj.dpo import make_loss
-    from gradproj.grads import PerPairGradients
-    from gradproj.tokens import batches
+    from gradproj.core.objectives import make_loss
+    from gradproj.gradients.perpair import PerPairGradients
+    from gradproj.core.tokens import batches
 
     out = []
     with PerPairGradients(loaded.model, make_loss("dpo", beta)) as ppg:
@@ -178,8 +178,8 @@ def exact_gradients(loaded, pairs, batch_size: int, beta: float) -> torch.Tensor
 
 def exact_influences(loaded, train_tok, val_tok, theta_dir: Path, args) -> dict[str, np.ndarray]:
     """IF per training pair from unprojected gradients: sgd·sgd, adam·sgd (LESS), adam·adam."""
-    from gradproj.grads import adam_precondition, lora_layout
-    from gradproj.train import load_optimizer_state
+    from gradproj.gradients.perpair import adam_precondition, lora_layout
+    from gradproj.training.train import load_optimizer_state
 
     G = exact_gradients(loaded, train_tok, args.grad_batch, args.beta)
     V = exact_gradients(loaded, val_tok, args.grad_batch, args.beta)
@@ -203,8 +203,8 @@ def exact_influences(loaded, train_tok, val_tok, theta_dir: Path, args) -> dict[
 def store_influence(loaded, train, val, kind: str, k: int, seed: int, grad_type: str,
                     args, tmp: Path) -> tuple[np.ndarray, float]:
     """(IF per training pair in ``train`` order from a freshly built store, seconds)."""
-    from gradproj.build import StoreSettings, build_store
-    from gradproj.influence import mean_influence, validation_features
+    from gradproj.store.build import StoreSettings, build_store
+    from gradproj.attribution.influence import mean_influence, validation_features
 
     t = time.perf_counter()
     settings = StoreSettings(proj_dim=k, proj_kind=kind, seed=seed, grad_type=grad_type,
@@ -235,7 +235,7 @@ class Retrainer:
                 p.copy_(self.theta_state[name])
 
     def val_metrics(self):
-        from gradproj.evaluate import evaluate
+        from gradproj.training.evaluate import evaluate
 
         return evaluate(self.loaded, self.val, beta=self.settings.beta,
                         max_length=self.settings.max_length, reference=self.ref)
@@ -243,7 +243,7 @@ class Retrainer:
     def __call__(self, pairs, seed: int) -> dict:
         from dataclasses import replace
 
-        from gradproj.train import train_adapter
+        from gradproj.training.train import train_adapter
 
         self.reset()
         t = time.perf_counter()
@@ -260,8 +260,9 @@ def bare_step_seconds(loaded, pairs, settings, repeats: int = 5) -> float:
     """Median seconds of one hand-written DPO step (policy forward + backward, reference
     forward, AdamW step) on ``settings.batch_size`` pairs: the work of a trl step without trl.
     Changes the adapter: reset it afterwards."""
-    from gradproj.dpo import PairLogProbs, adapter_disabled, make_loss, sequence_logprobs
-    from gradproj.tokens import collate, tokenize_pairs
+    from gradproj.core.logprobs import PairLogProbs, adapter_disabled, sequence_logprobs
+    from gradproj.core.objectives import make_loss
+    from gradproj.core.tokens import collate, tokenize_pairs
 
     tok = tokenize_pairs(pairs[:settings.batch_size], loaded.tokenizer, settings.max_length)
     batch = collate(tok.pairs, loaded.tokenizer.pad_token_id).to(loaded.device)
@@ -535,11 +536,11 @@ def main(argv=None) -> int:
 
 def run(args) -> None:
     """The benchmark (see the module docstring); writes args.json and args.png."""
-    from gradproj.dpo import response_logprobs
-    from gradproj.grads import lora_layout
-    from gradproj.model import LoraSettings, ModelSettings, load_model, reattach
-    from gradproj.tokens import tokenize_pairs
-    from gradproj.train import TrainSettings, train_adapter
+    from gradproj.core.logprobs import response_logprobs
+    from gradproj.gradients.perpair import lora_layout
+    from gradproj.core.model import LoraSettings, ModelSettings, load_model, reattach
+    from gradproj.core.tokens import tokenize_pairs
+    from gradproj.training.train import TrainSettings, train_adapter
 
     start = time.perf_counter()
     info = C.machine_info()

@@ -82,7 +82,7 @@ class TrakDirect:
 
 
 def speed_part(layout, ks, batch, repeats, cache_mb, gemm_mb) -> tuple[list, dict]:
-    from gradproj.projection import make_projector
+    from gradproj.gradients.projection import make_projector
 
     P = sum(n for _, n in layout)
     x = torch.randn(batch, P, generator=torch.Generator().manual_seed(1))
@@ -125,9 +125,9 @@ def speed_part(layout, ks, batch, repeats, cache_mb, gemm_mb) -> tuple[list, dic
 
 def gradients(loaded, pairs, batch_size: int, beta: float) -> torch.Tensor:
     """[n, P] fp32 exact per-pair gradients (PerPairGradients, one backward per batch)."""
-    from gradproj.dpo import make_loss
-    from gradproj.grads import PerPairGradients
-    from gradproj.tokens import batches
+    from gradproj.core.objectives import make_loss
+    from gradproj.gradients.perpair import PerPairGradients
+    from gradproj.core.tokens import batches
 
     out = []
     with PerPairGradients(loaded.model, make_loss("dpo", beta)) as ppg:
@@ -141,8 +141,8 @@ def gradients(loaded, pairs, batch_size: int, beta: float) -> torch.Tensor:
 def fidelity_pairs(data: str, n_train: int, n_val: int, cache=None):
     """(train pairs, validation pairs, flipped share): the generated task (25 % flipped) or
     BIG-bench multiple-choice pairs (benchmarks/bigbench_pairs.py, clean)."""
-    from gradproj.data import pairs_from_records
-    from gradproj.synthetic import make_task
+    from gradproj.core.data import pairs_from_records
+    from gradproj.experiments.synthetic import make_task
 
     if data == "synthetic":
         task = make_task(n_train=n_train, n_val=n_val, n_test=1, flip=0.25, seed=0)
@@ -158,8 +158,8 @@ def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size, data="syntheti
                   seeds=(0,), cache=None, max_length=512) -> tuple[list, dict]:
     from scipy.stats import pearsonr, spearmanr
 
-    from gradproj.projection import make_projector
-    from gradproj.tokens import tokenize_pairs
+    from gradproj.gradients.projection import make_projector
+    from gradproj.core.tokens import tokenize_pairs
 
     train, val, flipped_share = fidelity_pairs(data, n_train, n_val, cache)
     tr = tokenize_pairs(train, loaded.tokenizer, max_length).pairs
@@ -277,7 +277,7 @@ def main(argv=None) -> int:
     fid_ks = [int(k) for k in args.fid_ks.split(",")]
     seeds = [int(x) for x in args.fid_seeds.split(",")]
 
-    from gradproj.grads import lora_layout
+    from gradproj.gradients.perpair import lora_layout
 
     info = C.machine_info()
     C.log(f"machine: {C.machine_line(info)}")

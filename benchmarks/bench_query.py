@@ -247,8 +247,8 @@ def measure_disk_read(store_root: Path) -> float | None:
 
 def write_store(root: Path, n: int, seed: int = 0) -> dict:
     """A store of ``n`` random float16 rows (k = 8192) in shards of SHARD_ROWS, via StoreWriter."""
-    from gradproj.projection import ProjectorSpec
-    from gradproj.store import ROW_DTYPE, StoreWriter
+    from gradproj.gradients.projection import ProjectorSpec
+    from gradproj.store.shards import ROW_DTYPE, StoreWriter
 
     rng = np.random.default_rng(seed)
     spec = ProjectorSpec(kind="rademacher", k=K)
@@ -274,9 +274,9 @@ def worker(args: dict) -> dict:
     """Runs in a subprocess: one query type, ``1 + repeats`` passes, its own peak memory."""
     import torch
 
-    from gradproj.index import stream_matvec, stream_topk
-    from gradproj.influence import ValidationFeatures, mean_influence
-    from gradproj.store import Store
+    from gradproj.store.index import stream_matvec, stream_topk
+    from gradproj.attribution.influence import ValidationFeatures, mean_influence
+    from gradproj.store.shards import Store
 
     store = Store(args["store"], verify=False)
     n, query = len(store), args["query"]
@@ -383,7 +383,7 @@ def synthetic_part(sizes, repeats, tmp: Path, verify_n: int) -> list[dict]:
         entry = {"n": n, "store_bytes": info["bytes"], "write_seconds": info["seconds"],
                  "disk_bytes": info["disk_bytes"], "queries": {}}
         if n == verify_n:
-            from gradproj.store import Store
+            from gradproj.store.shards import Store
             t = time.perf_counter()
             Store(root, verify=True)
             entry["verify_warm_seconds"] = time.perf_counter() - t
@@ -425,12 +425,12 @@ def synthetic_part(sizes, repeats, tmp: Path, verify_n: int) -> list[dict]:
 def smollm_step(args: dict) -> dict:
     """Runs in a subprocess (a fresh heap each time: see smollm_part): load SmolLM2, then time
     either a store build of ``n`` pairs or answering ``n_val`` validation pairs from a store."""
-    from gradproj.build import StoreSettings, build_store
-    from gradproj.data import pairs_from_records
-    from gradproj.influence import InfluenceSettings, compute_influence
-    from gradproj.model import ModelSettings, load_model
-    from gradproj.store import Store
-    from gradproj.synthetic import make_records
+    from gradproj.store.build import StoreSettings, build_store
+    from gradproj.core.data import pairs_from_records
+    from gradproj.attribution.influence import InfluenceSettings, compute_influence
+    from gradproj.core.model import ModelSettings, load_model
+    from gradproj.store.shards import Store
+    from gradproj.experiments.synthetic import make_records
 
     t = time.perf_counter()
     loaded = load_model(ModelSettings(model="smollm2", device="cpu"))

@@ -61,7 +61,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from gradproj.compare import _ranks  # noqa: E402  (after the path insert)
+from gradproj.pipeline.compare import _ranks  # noqa: E402  (after the path insert)
 
 RULES = ("all", "random", "top-if", "tif", "lossdiff", "irm", "lossdiff-irm")
 SCORES = ("lossdiff", "irm", "if")
@@ -177,8 +177,8 @@ class Task:
 def load_task(args, flip: float) -> Task:
     """The generated task (``--data synthetic``) or BIG-bench pairs (``--data bigbench``), with
     ``flip`` of the training pairs swapped (seeded by ``--task-seed``)."""
-    from gradproj.data import pairs_from_records
-    from gradproj.synthetic import flip_records, make_records
+    from gradproj.core.data import pairs_from_records
+    from gradproj.experiments.synthetic import flip_records, make_records
 
     seed = args.task_seed
     if args.data == "synthetic":
@@ -229,12 +229,12 @@ def say(msg):
 def score_stage(args, loaded, task: Task, work: Path, stages: dict, label: str) -> dict:
     """θ, θ_V, IRM + LossDiff, the store and IF for one task; score statistics and every rule's
     selection. Stage times go into ``stages`` (prefixed by ``label`` unless it is empty)."""
-    from gradproj.build import StoreSettings, build_store
-    from gradproj.data import write_pairs_jsonl
-    from gradproj.model import reattach
-    from gradproj.pipeline import Pipeline, RunInputs
-    from gradproj.selection import overlap_coefficient, select
-    from gradproj.train import TrainSettings, train_adapter
+    from gradproj.store.build import StoreSettings, build_store
+    from gradproj.core.data import write_pairs_jsonl
+    from gradproj.core.model import reattach
+    from gradproj.pipeline.run import Pipeline, RunInputs
+    from gradproj.attribution.selection import overlap_coefficient, select
+    from gradproj.training.train import TrainSettings, train_adapter
 
     work.mkdir(parents=True, exist_ok=True)
     for name in ("train", "val"):
@@ -330,11 +330,11 @@ def second_query_cost(args, loaded, stage: dict, task: Task, work: Path) -> dict
     """Cost of answering a second, new validation set (val2) once θ exists: from the store
     (val2 gradients + lookup) vs LossDiff (a new θ_V from θ on val2 + forward passes over every
     training pair) vs IF without a store (the store build + the store answer)."""
-    from gradproj.influence import InfluenceSettings, compute_influence
-    from gradproj.model import reattach
-    from gradproj.scores import score_pairs
-    from gradproj.store import Store
-    from gradproj.train import train_adapter
+    from gradproj.attribution.influence import InfluenceSettings, compute_influence
+    from gradproj.core.model import reattach
+    from gradproj.attribution.scores import score_pairs
+    from gradproj.store.shards import Store
+    from gradproj.training.train import train_adapter
 
     theta, training = stage["theta"], stage["training"]
     model = reattach(loaded, theta)
@@ -376,11 +376,11 @@ def score_table(ids, cols: dict, is_flip: np.ndarray) -> dict:
 
 def run(args) -> dict:
     import torch  # noqa: F401  (import cost outside the timed stages)
-    from gradproj.dpo import response_logprobs
-    from gradproj.evaluate import evaluate
-    from gradproj.model import ModelSettings, load_model, reattach
-    from gradproj.tokens import tokenize_pairs
-    from gradproj.train import train_adapter
+    from gradproj.core.logprobs import response_logprobs
+    from gradproj.training.evaluate import evaluate
+    from gradproj.core.model import ModelSettings, load_model, reattach
+    from gradproj.core.tokens import tokenize_pairs
+    from gradproj.training.train import train_adapter
 
     work = Path(args.work)
     if work.exists():

@@ -54,7 +54,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from gradproj.data import load_pairs, pairs_from_records, write_pairs_jsonl  # noqa: E402
+from gradproj.core.data import load_pairs, pairs_from_records, write_pairs_jsonl  # noqa: E402
 
 PACKAGE = "bigbench==1.0.0"
 ARCHIVE_NAME = "bigbench-1.0.0.tar.gz"

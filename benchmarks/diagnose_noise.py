@@ -73,7 +73,7 @@ def main(argv=None) -> int:
     ap.add_argument("--work", required=True, help="bench_select.py's --work folder")
     ap.add_argument("--out", default=None, help="write the result here as JSON")
     args = ap.parse_args(argv)
-    from gradproj.store import Store
+    from gradproj.store.shards import Store
 
     res = json.loads(Path(args.json).read_text())
     rate = f"{res['settings']['flip']:.2f}"

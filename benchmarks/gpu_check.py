@@ -38,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from gradproj.projection import HashProjector, ProjectorSpec  # noqa: E402
+from gradproj.gradients.projection import HashProjector, ProjectorSpec  # noqa: E402
 
 DEVICE = "cuda"
 START = time.perf_counter()
@@ -129,7 +129,7 @@ BOUNDS = {("rademacher", "split"): 1e-5, ("gaussian", "split"): 5e-5,
 
 
 def part_a() -> bool:
-    from gradproj.kernels import project_pieces_triton
+    from gradproj.gradients.kernels import project_pieces_triton
 
     ok_all = True
     gen = torch.Generator(device=DEVICE).manual_seed(2024)
@@ -172,7 +172,7 @@ def part_b(budget_s: float) -> None:
 
 
 def bench_shape(label: str, batch: int, layout, k: int, gen, sweep: bool) -> None:
-    from gradproj.kernels import KernelConfig, default_config, project_pieces_triton
+    from gradproj.gradients.kernels import KernelConfig, default_config, project_pieces_triton
 
     p = sum(n for _, n in layout)
     name = f"{label} B={batch} P={p} k={k}"
@@ -285,7 +285,7 @@ def smol_model(device=None, layers: int = 30):
 
 
 def random_pairs(n: int, seed: int = 0):
-    from gradproj.tokens import TokenizedPair
+    from gradproj.core.tokens import TokenizedPair
 
     g = torch.Generator().manual_seed(seed)
 
@@ -297,11 +297,12 @@ def random_pairs(n: int, seed: int = 0):
 
 
 def part_c(n_pairs: int, batch_size: int) -> None:
-    from gradproj.build import FeatureComputer, StoreSettings
-    from gradproj.dpo import DPOLoss, PairLogProbs, adapter_disabled, sequence_logprobs
-    from gradproj.kernels import project_pieces_triton
-    from gradproj.model import LoadedModel, ModelSettings
-    from gradproj.tokens import batches
+    from gradproj.store.build import FeatureComputer, StoreSettings
+    from gradproj.core.logprobs import PairLogProbs, adapter_disabled, sequence_logprobs
+    from gradproj.core.objectives import DPOLoss
+    from gradproj.gradients.kernels import project_pieces_triton
+    from gradproj.core.model import LoadedModel, ModelSettings
+    from gradproj.core.tokens import batches
 
     model = smol_model()
     device = next(model.parameters()).device

@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from .errors import GradprojError
+from gradproj.core.errors import GradprojError
 
 
 def _quiet_libraries(verbose: bool) -> None:
@@ -67,7 +67,7 @@ def data_options(fn):
 
 
 def _model_settings(kw, adapter=None):
-    from .model import LoraSettings, ModelSettings
+    from gradproj.core.model import LoraSettings, ModelSettings
 
     targets = tuple(t.strip() for t in kw.pop("lora_targets").split(",") if t.strip())
     lora = LoraSettings(r=kw.pop("lora_r"), alpha=kw.pop("lora_alpha"), targets=targets)
@@ -77,7 +77,7 @@ def _model_settings(kw, adapter=None):
 
 
 def _load_data(path, fields, split):
-    from .data import FieldMap, load_pairs
+    from gradproj.core.data import FieldMap, load_pairs
 
     return load_pairs(path, FieldMap.parse(fields), split=split)
 
@@ -123,8 +123,8 @@ def main(verbose):
 def train(data, out, init_adapter, fields, split, force, **kw):
     """DPO-train a LoRA adapter on a pairs file (trl DPOTrainer) and save it with its optimizer
     state, learning-rate schedule and train.json."""
-    from .model import load_model
-    from .train import TrainSettings, train_adapter
+    from gradproj.core.model import load_model
+    from gradproj.training.train import TrainSettings, train_adapter
 
     pairs = _load_data(data, fields, split)
     settings = TrainSettings(**{k: kw.pop(k) for k in (
@@ -150,8 +150,8 @@ def train(data, out, init_adapter, fields, split, force, **kw):
 @handle_errors
 def evaluate(data, fields, split, beta, max_length, batch_size, out, **kw):
     """Preference accuracy, mean margin and mean DPO loss of a model (and adapter) on pairs."""
-    from .evaluate import evaluate as run_evaluate
-    from .model import load_model
+    from gradproj.training.evaluate import evaluate as run_evaluate
+    from gradproj.core.model import load_model
 
     pairs = _load_data(data, fields, split)
     loaded = load_model(_model_settings(kw))
@@ -190,8 +190,8 @@ def evaluate(data, fields, split, beta, max_length, batch_size, out, **kw):
 @handle_errors
 def build_store_cmd(data, out, fields, split, resume, **kw):
     """Project every pair's LoRA gradient of the DPO loss into a store on disk."""
-    from .build import StoreSettings, build_store
-    from .model import load_model
+    from gradproj.store.build import StoreSettings, build_store
+    from gradproj.core.model import load_model
 
     pairs = _load_data(data, fields, split)
     settings = StoreSettings(**{k: kw.pop(k) for k in (
@@ -220,7 +220,7 @@ def _distributed(kw) -> tuple[int, int, object]:
     import torch
     import torch.distributed as dist
 
-    from .model import resolve_device
+    from gradproj.core.model import resolve_device
 
     cuda = resolve_device(kw["device"]).type == "cuda"
     if cuda:
@@ -243,7 +243,7 @@ def store():
 @handle_errors
 def store_merge(stores, out):
     """Join stores built with the same spec (rows in argument order)."""
-    from .store import Store, merge_stores
+    from gradproj.store.shards import Store, merge_stores
 
     merged = merge_stores([Store(s) for s in stores], out)
     click.echo(f"merged {len(stores)} stores: {len(merged)} rows in {len(merged.shards)} shards "
@@ -256,7 +256,7 @@ def store_merge(stores, out):
 @handle_errors
 def inspect(store, no_verify):
     """Print a store's manifest summary, row counts by status, disk size and projector spec."""
-    from .store import Store
+    from gradproj.store.shards import Store
 
     st = Store(store, verify=not no_verify)     # inspect always hashes every file
     m = st.manifest
@@ -309,9 +309,9 @@ def _floats(text: str, name: str, n: int | None = None) -> tuple[float, ...]:
 def influence(stores, store_weights, fields, split, val, out, tif_band, top_k, normalize,
               index_kind, nlist, pq_m, device, no_verify):
     """Influence of every stored training pair on a new validation set, TIF and top-k."""
-    from .index import IndexSettings
-    from .influence import InfluenceSettings, compute_influence, write_influence
-    from .store import Store
+    from gradproj.store.index import IndexSettings
+    from gradproj.attribution.influence import InfluenceSettings, compute_influence, write_influence
+    from gradproj.store.shards import Store
 
     settings = InfluenceSettings(tif_band=_floats(tif_band, "--tif-band", 2), top_k=top_k,
                                  normalize=normalize,
@@ -362,9 +362,9 @@ def pipeline_options(fn):
 
 
 def _run_inputs(kw):
-    from .build import StoreSettings
-    from .pipeline import RunInputs
-    from .train import TrainSettings
+    from gradproj.store.build import StoreSettings
+    from gradproj.pipeline.run import RunInputs
+    from gradproj.training.train import TrainSettings
 
     training = TrainSettings(epochs=kw.pop("epochs"), lr=kw.pop("lr"),
                              batch_size=kw.pop("batch_size"), beta=kw.pop("beta"),
@@ -395,7 +395,7 @@ def _run_inputs(kw):
 def select_cmd(method, keep, lossdiff_band, irm_band, if_band, low_share, with_if, force, **kw):
     """Score the training pairs and keep the valuable ones (LossDiff-IRM by default); computes
     only what --out does not hold yet."""
-    from .pipeline import SelectSettings, run_select
+    from gradproj.pipeline.run import SelectSettings, run_select
 
     bands = {name: _floats(text, f"--{name}-band", 2) for name, text in
              (("lossdiff", lossdiff_band), ("irm", irm_band), ("if", if_band)) if text}
@@ -418,7 +418,7 @@ def select_cmd(method, keep, lossdiff_band, irm_band, if_band, low_share, with_i
 @handle_errors
 def score(with_if, force, **kw):
     """The scoring step alone: IRM and LossDiff (and IF/TIF) into --out/scores.parquet."""
-    from .pipeline import Pipeline
+    from gradproj.pipeline.run import Pipeline
 
     out = kw.pop("out")
     pipe = Pipeline(_run_inputs(kw), out, force=force)
@@ -433,7 +433,7 @@ def score(with_if, force, **kw):
 @handle_errors
 def compare(dir_a, dir_b, out):
     """How two runs (two models) score the same pairs: rank correlation and sign flips."""
-    from .compare import compare_dirs
+    from gradproj.pipeline.compare import compare_dirs
 
     result = compare_dirs(dir_a, dir_b)
     click.echo(f"{result['n_common']} pairs in common")
@@ -464,7 +464,7 @@ def compare(dir_a, dir_b, out):
 def demo(**kw):
     """The pipeline on SmolLM2 and a generated task with flipped pairs: warm-up, scores, and
     every selection rule compared by held-out accuracy after continued training."""
-    from .demo import DemoSettings, run_demo
+    from gradproj.experiments.demo import DemoSettings, run_demo
 
     run_demo(DemoSettings(**kw), echo=click.echo)
 

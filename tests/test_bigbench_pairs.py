@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import bigbench_pairs as bb  # noqa: E402
 
-from gradproj.data import load_pairs  # noqa: E402
+from gradproj.core.data import load_pairs  # noqa: E402
 
 TASKS = ("alpha", "beta", "gamma")
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import SAMPLE, write_jsonl
+from helpers import SAMPLE, write_jsonl
 
 from gradproj.cli import main
 

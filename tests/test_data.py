@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-from gradproj import data
-from gradproj.data import (
+from gradproj.core import data
+from gradproj.core.data import (
     FieldMap,
     PreferencePair,
     content_id,
@@ -17,7 +17,7 @@ from gradproj.data import (
     pairs_from_records,
     write_pairs_jsonl,
 )
-from gradproj.errors import GradprojError, InputError
+from gradproj.core.errors import GradprojError, InputError
 
 RECORDS = [
     {"prompt": "What is 2+2?", "chosen": "4", "rejected": "5"},

@@ -63,7 +63,7 @@ class _FakeStore:
 def test_main_refuses_a_store_of_another_run(tmp_path, monkeypatch, capsys):
     import json
 
-    import gradproj.store
+    import gradproj.store.shards
 
     ids = ["a-0", "a-1", "b-2", "b-3"]
     res = {"settings": {"flip": 0.25}, "data": "fake", "store": {"proj_dim": 64, "max_length": 32},
@@ -74,7 +74,7 @@ def test_main_refuses_a_store_of_another_run(tmp_path, monkeypatch, capsys):
     (tmp_path / "work" / "flip-0.25" / "select" / "store").mkdir(parents=True)
     settings = {"proj_dim": 64, "max_length": 32}
     stores = {"store": _FakeStore(ids, [4.0, 1.0, 2.0, 1.0], settings)}
-    monkeypatch.setattr(gradproj.store, "Store", lambda root, verify: stores["store"])
+    monkeypatch.setattr(gradproj.store.shards, "Store", lambda root, verify: stores["store"])
     argv = ["--json", str(path), "--work", str(tmp_path / "work")]
 
     out = tmp_path / "diag.json"

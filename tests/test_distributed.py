@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_jsonl
-from test_store import _rows
+from helpers import random_rows, write_jsonl
 
 from gradproj.cli import main
-from gradproj.errors import GradprojError
-from gradproj.store import Store, merge_stores
+from gradproj.core.errors import GradprojError
+from gradproj.store.shards import Store, merge_stores
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 ARGS = ["--proj-dim", "64", "--batch-size", "3", "--shard-size", "5", "--proj-batch", "4",
@@ -41,7 +40,7 @@ def _env():
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return write_jsonl(tmp_path_factory.mktemp("dist") / "train.jsonl", _rows(33, seed=3))
+    return write_jsonl(tmp_path_factory.mktemp("dist") / "train.jsonl", random_rows(33, seed=3))
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +101,7 @@ def test_killed_rank_resumes(tiny_llama, data, single, tmp_path):
 
 
 def test_merge_joins_same_spec_and_refuses_others(tiny_llama, single, tmp_path):
-    rows = _rows(33, seed=3)
+    rows = random_rows(33, seed=3)
     a = write_jsonl(tmp_path / "a.jsonl", rows[:20])
     b = write_jsonl(tmp_path / "b.jsonl", rows[20:])
     for name, path in (("a", a), ("b", b)):

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import SAMPLE
-from test_dpo import _perturb_lora
+from helpers import SAMPLE, perturb_lora
 
-from gradproj.data import pairs_from_records
-from gradproj.dpo import DPOLoss, PairLogProbs, SLiCLoss, pair_logprobs, sequence_logprobs
-from gradproj.errors import GradprojError
-from gradproj.grads import PerPairGradients, adam_precondition, lora_layout, per_pair_gradients_loop
-from gradproj.model import LoraSettings, ModelSettings, load_model
-from gradproj.tokens import collate, tokenize_pairs
+from gradproj.core.data import pairs_from_records
+from gradproj.core.logprobs import PairLogProbs, pair_logprobs, sequence_logprobs
+from gradproj.core.objectives import DPOLoss, SLiCLoss
+from gradproj.core.errors import GradprojError
+from gradproj.gradients.perpair import PerPairGradients, adam_precondition, lora_layout, per_pair_gradients_loop
+from gradproj.core.model import LoraSettings, ModelSettings, load_model
+from gradproj.core.tokens import collate, tokenize_pairs
 
 LLAMA_TARGETS = ("q_proj", "v_proj", "up_proj", "down_proj")
 GPT2_TARGETS = ("c_attn", "c_fc")
@@ -21,7 +21,7 @@ GPT2_TARGETS = ("c_attn", "c_fc")
 def _load(folder, targets, dtype="float32"):
     loaded = load_model(ModelSettings(model=folder, device="cpu", dtype=dtype,
                                       lora=LoraSettings(targets=targets)))
-    _perturb_lora(loaded.model)   # B ≠ 0, so gradients wrt A are non-zero too
+    perturb_lora(loaded.model)   # B ≠ 0, so gradients wrt A are non-zero too
     tok = tokenize_pairs(pairs_from_records(
         [{"prompt": p, "chosen": c, "rejected": r} for p, c, r in SAMPLE]),
         loaded.tokenizer, max_length=64).pairs

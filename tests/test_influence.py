@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import write_jsonl
+from helpers import random_rows, saved_adapter, write_jsonl
 from scipy.stats import spearmanr
-from test_store import _rows
 
-from gradproj.build import StoreSettings, build_store
+from gradproj.store.build import StoreSettings, build_store
 from gradproj.cli import main
-from gradproj.data import load_pairs
-from gradproj.dpo import DPOLoss, pair_logprobs, sequence_logprobs
-from gradproj.errors import GradprojError
-from gradproj.index import (
+from gradproj.core.data import load_pairs
+from gradproj.core.logprobs import pair_logprobs, sequence_logprobs
+from gradproj.core.objectives import DPOLoss
+from gradproj.core.errors import GradprojError
+from gradproj.store.index import (
     IndexSettings,
     build_index,
     search,
@@ -25,7 +25,7 @@ from gradproj.index import (
     stream_extremes,
     stream_topk,
 )
-from gradproj.influence import (
+from gradproj.attribution.influence import (
     InfluenceSettings,
     ValidationFeatures,
     compute_influence,
@@ -34,22 +34,10 @@ from gradproj.influence import (
     top_influences,
     validation_features,
 )
-from gradproj.model import ModelSettings, load_model
-from gradproj.projection import ProjectorSpec
-from gradproj.store import ROW_DTYPE, STATUS, Store, StoreWriter
-from gradproj.tokens import collate, tokenize_pairs
-
-
-def _adapter(model_dir, path, seed=1):
-    """A saved non-trivial adapter (LoRA B non-zero)."""
-    loaded = load_model(ModelSettings(model=model_dir, device="cpu"))
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for n, p in loaded.model.named_parameters():
-            if "lora_B" in n:
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
-    loaded.model.save_pretrained(str(path))
-    return str(path)
+from gradproj.core.model import ModelSettings, load_model
+from gradproj.gradients.projection import ProjectorSpec
+from gradproj.store.shards import ROW_DTYPE, STATUS, Store, StoreWriter
+from gradproj.core.tokens import collate, tokenize_pairs
 
 
 def _exact_grad(loaded, pairs):
@@ -68,9 +56,9 @@ def _exact_grad(loaded, pairs):
 @pytest.fixture(scope="module")
 def built(tiny_llama, tmp_path_factory):
     root = tmp_path_factory.mktemp("infl")
-    adapter = _adapter(tiny_llama, root / "adapter")
-    train = write_jsonl(root / "train.jsonl", _rows(40, seed=1))
-    val = write_jsonl(root / "val.jsonl", _rows(6, seed=7))
+    adapter = saved_adapter(tiny_llama, root / "adapter")
+    train = write_jsonl(root / "train.jsonl", random_rows(40, seed=1))
+    val = write_jsonl(root / "val.jsonl", random_rows(6, seed=7))
     loaded = load_model(ModelSettings(model=tiny_llama, adapter=adapter, device="cpu"))
     settings = StoreSettings(proj_dim=1024, batch_size=4, shard_size=16, max_length=32)
     store = build_store(loaded, load_pairs(train), settings, root / "store", progress=False)
@@ -209,7 +197,7 @@ def test_ivf_pq_recall_at_10(tmp_path):
     assert recall(refined) >= 0.9 and recall(refined) >= recall(raw)
 
     # the same index split into 4 files and searched through IndexShards: same answers
-    from gradproj.index import load_or_build_index
+    from gradproj.store.index import load_or_build_index
     sharded = load_or_build_index(store, IndexSettings("ivf-pq", nlist=32, m=32, nprobe=8,
                                                        part_rows=2500))
     assert len(list((tmp_path / "s").glob("index-ivfpq-32-32.part*.faiss"))) == 4
@@ -244,7 +232,7 @@ def test_blocks_under_a_memory_budget_give_the_same_result(tmp_path):
 
 
 def test_index_is_rebuilt_only_when_the_store_changes(tmp_path):
-    from gradproj.index import load_or_build_index
+    from gradproj.store.index import load_or_build_index
     store = _synthetic_store(tmp_path / "s", n=1200)
     load_or_build_index(store)
     path = tmp_path / "s" / "index-flat.faiss"
@@ -273,7 +261,7 @@ def test_tif_mask_is_the_strict_quantile_band():
 
 def test_query_with_other_model_or_spec_is_refused(built, tmp_path):
     store = built["store"]
-    other = load_model(ModelSettings(model=built["model"], adapter=_adapter(
+    other = load_model(ModelSettings(model=built["model"], adapter=saved_adapter(
         built["model"], tmp_path / "other", seed=9), device="cpu"))
     with pytest.raises(GradprojError, match=r"field 'adapter.fingerprint'"):
         validation_features(store, other, load_pairs(built["val"]))
@@ -323,10 +311,10 @@ def test_influence_cli_writes_outputs(built, tmp_path):
 
 def test_adam_store_is_queried_with_plain_validation_gradients(tiny_llama, tmp_path):
     """LESS form: training rows Adam-preconditioned, the validation side plain gradients."""
-    from gradproj.train import TrainSettings, train_adapter
+    from gradproj.training.train import TrainSettings, train_adapter
 
-    train = load_pairs(write_jsonl(tmp_path / "train.jsonl", _rows(12, seed=3)))
-    val = load_pairs(write_jsonl(tmp_path / "val.jsonl", _rows(4, seed=4)))
+    train = load_pairs(write_jsonl(tmp_path / "train.jsonl", random_rows(12, seed=3)))
+    val = load_pairs(write_jsonl(tmp_path / "val.jsonl", random_rows(4, seed=4)))
     loaded = load_model(ModelSettings(model=tiny_llama, device="cpu"))
     train_adapter(loaded, train, TrainSettings(epochs=1, lr=1e-2, batch_size=4, max_length=32),
                   tmp_path / "theta", progress=False)

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 import torch
 
-from gradproj.errors import GradprojError
-from gradproj.kernels import Segment, emulate_tile, plan_work, triton_available
-from gradproj.kernels import triton_projection as tp
-from gradproj.projection import (
+from gradproj.core.errors import GradprojError
+from gradproj.gradients.kernels import Segment, emulate_tile, plan_work, triton_available
+from gradproj.gradients.kernels import triton_projection as tp
+from gradproj.gradients.projection import (
     _GAUSS_TAG,
     _MUL1,
     _MUL2,
@@ -169,8 +169,8 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
 
     itp._patch_lang_tensor = patch_tensor
 
-    from gradproj.kernels import KernelConfig, project_pieces_triton, project_triton
-    from gradproj.projection import HashProjector, ProjectorSpec, _keys, projection_block
+    from gradproj.gradients.kernels import KernelConfig, project_pieces_triton, project_triton
+    from gradproj.gradients.projection import HashProjector, ProjectorSpec, _keys, projection_block
 
     SMALL = KernelConfig(block_k=32, block_n=64, num_warps=4)
     PER_ELEMENT = KernelConfig(block_k=32, block_n=32, num_warps=4, per_element=True)
@@ -260,7 +260,7 @@ def test_kernel_under_triton_interpreter_matches_hash_projector() -> None:
 
 
 def test_kernel_config_parses_and_overrides_from_env(monkeypatch) -> None:
-    from gradproj.kernels import CONFIG_ENV, DEFAULT_CONFIG, KernelConfig, default_config
+    from gradproj.gradients.kernels import CONFIG_ENV, DEFAULT_CONFIG, KernelConfig, default_config
 
     assert KernelConfig.parse("64,64,4,3,1") == KernelConfig(64, 64, 4, 3, per_element=True)
     monkeypatch.setenv(CONFIG_ENV, "256,32,8,1")

@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 import torch
 
-from gradproj.errors import GradprojError
-from gradproj.model import (
+from gradproj.core.errors import GradprojError
+from gradproj.core.model import (
     LoraSettings,
     ModelSettings,
     embedded_gguf_path,
@@ -79,7 +79,7 @@ def test_embedded_smollm2_gguf_loads_as_trainable_llama():
 
 
 def test_reattach_swaps_adapters_without_reloading(tiny_llama, tmp_path):
-    from gradproj.model import reattach
+    from gradproj.core.model import reattach
 
     loaded = load_model(ModelSettings(model=tiny_llama, device="cpu"))
     with torch.no_grad():

@@ -6,11 +6,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from conftest import write_jsonl
+from helpers import write_jsonl
 
-import gradproj.pipeline as pipeline
+import gradproj.pipeline.run as pipeline
 from gradproj.cli import main
-from gradproj.synthetic import flip_records, make_records
+from gradproj.experiments.synthetic import flip_records, make_records
 
 
 @pytest.fixture(scope="module")

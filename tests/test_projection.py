@@ -8,8 +8,8 @@ import random
 import pytest
 import torch
 
-from gradproj.errors import GradprojError
-from gradproj.projection import (
+from gradproj.core.errors import GradprojError
+from gradproj.gradients.projection import (
     PROJECTION_VERSION,
     HashProjector,
     ProjectorSpec,

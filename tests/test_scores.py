@@ -5,15 +5,13 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from conftest import SAMPLE
-from test_dpo import _loop_logprob
-from test_influence import _adapter
+from helpers import SAMPLE, loop_logprob, saved_adapter
 
-from gradproj.build import StoreSettings, build_store
-from gradproj.data import pairs_from_records
-from gradproj.model import ModelSettings, load_model
-from gradproj.scores import ScoreTable, irm_from_store, score_pairs
-from gradproj.tokens import tokenize_pairs
+from gradproj.store.build import StoreSettings, build_store
+from gradproj.core.data import pairs_from_records
+from gradproj.core.model import ModelSettings, load_model
+from gradproj.attribution.scores import ScoreTable, irm_from_store, score_pairs
+from gradproj.core.tokens import tokenize_pairs
 
 BETA = 0.1
 
@@ -27,13 +25,13 @@ def _hand_logprobs(model_dir, adapter, pairs):
     loaded = load_model(ModelSettings(model=model_dir, adapter=adapter, device="cpu"))
     tok = tokenize_pairs(pairs, loaded.tokenizer, 64).pairs
     model = loaded.model if adapter else loaded.model.get_base_model()
-    return [(_loop_logprob(model, p.prompt_ids, p.chosen_ids),
-             _loop_logprob(model, p.prompt_ids, p.rejected_ids)) for p in tok]
+    return [(loop_logprob(model, p.prompt_ids, p.chosen_ids),
+             loop_logprob(model, p.prompt_ids, p.rejected_ids)) for p in tok]
 
 
 def test_irm_and_lossdiff_equal_hand_computation(tiny_llama, tmp_path):
-    theta = _adapter(tiny_llama, tmp_path / "theta", seed=1)
-    theta_v = _adapter(tiny_llama, tmp_path / "theta_v", seed=2)
+    theta = saved_adapter(tiny_llama, tmp_path / "theta", seed=1)
+    theta_v = saved_adapter(tiny_llama, tmp_path / "theta_v", seed=2)
     pairs = _pairs()
     ref = _hand_logprobs(tiny_llama, None, pairs)
     pt = _hand_logprobs(tiny_llama, theta, pairs)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gradproj.errors import GradprojError
-from gradproj.scores import ScoreTable
-from gradproj.selection import band_from_trim, overlap_coefficient, select
+from gradproj.core.errors import GradprojError
+from gradproj.attribution.scores import ScoreTable
+from gradproj.attribution.selection import band_from_trim, overlap_coefficient, select
 
 
 def _table(**cols):

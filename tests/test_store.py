@@ -13,26 +13,15 @@ import time
 import numpy as np
 import pytest
 from click.testing import CliRunner
-from conftest import write_jsonl
+from helpers import random_rows, write_jsonl
 
-from gradproj.build import StoreSettings, build_store
+from gradproj.store.build import StoreSettings, build_store
 from gradproj.cli import main
-from gradproj.data import load_pairs
-from gradproj.errors import GradprojError
-from gradproj.model import ModelSettings, load_model
-from gradproj.store import ROW_DTYPE, Store, StoreLock, StoreWriter
+from gradproj.core.data import load_pairs
+from gradproj.core.errors import GradprojError
+from gradproj.core.model import ModelSettings, load_model
+from gradproj.store.shards import ROW_DTYPE, Store, StoreLock, StoreWriter
 
-WORDS = "the a cat dog sat ran on mat red blue green big small".split()
-
-
-def _rows(n, seed=0):
-    rng = random.Random(seed)
-    out = []
-    for i in range(n):
-        p = " ".join(rng.choices(WORDS, k=rng.randint(2, 8)))
-        c = " ".join(rng.choices(WORDS, k=rng.randint(1, 6)))
-        out.append({"id": f"p{i}", "prompt": p, "chosen": c, "rejected": c + " not"})
-    return out
 
 
 SETTINGS = StoreSettings(proj_dim=64, batch_size=3, shard_size=5, proj_batch=4, max_length=32)
@@ -40,7 +29,7 @@ SETTINGS = StoreSettings(proj_dim=64, batch_size=3, shard_size=5, proj_batch=4, 
 
 @pytest.fixture
 def pairs_file(tmp_path):
-    return write_jsonl(tmp_path / "train.jsonl", _rows(23))
+    return write_jsonl(tmp_path / "train.jsonl", random_rows(23))
 
 
 def _build(model_dir, pairs_file, out, **kw):
@@ -128,8 +117,8 @@ def test_unchanged_shards_are_not_hashed_again(tiny_llama, pairs_file, tmp_path)
 
 
 def test_projection_overflowing_float16_is_flagged_not_stored_as_inf(tiny_llama, pairs_file):
-    from gradproj.build import FeatureComputer
-    from gradproj.tokens import tokenize_pairs
+    from gradproj.store.build import FeatureComputer
+    from gradproj.core.tokens import tokenize_pairs
 
     loaded = load_model(ModelSettings(model=tiny_llama, device="cpu"))
     fc = FeatureComputer(loaded, SETTINGS)
@@ -156,7 +145,7 @@ def test_second_builder_is_refused(tmp_path):
                 pass
     # a second process too (flock is per open file description)
     with StoreLock(tmp_path / "s2"):
-        code = ("import sys; from gradproj.store import StoreLock\n"
+        code = ("import sys; from gradproj.store.shards import StoreLock\n"
                 f"try:\n    StoreLock(__import__('pathlib').Path({str(tmp_path / 's2')!r}))"
                 ".__enter__()\nexcept Exception as e:\n    print(e); sys.exit(3)")
         res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from conftest import make_tokenizer
+from helpers import make_tokenizer
 
-from gradproj.data import pairs_from_records
-from gradproj.errors import GradprojError
-from gradproj.tokens import collate, tokenize_pairs, truncate
+from gradproj.core.data import pairs_from_records
+from gradproj.core.errors import GradprojError
+from gradproj.core.tokens import collate, tokenize_pairs, truncate
 
 FLAT = {"prompt": "what color is the cat", "chosen": "the cat is red", "rejected": "blue"}
 CHAT = {"chosen": [{"role": "user", "content": "what color is the cat"},

@@ -6,15 +6,16 @@ import json
 
 import pytest
 import torch
-from conftest import SAMPLE
+from helpers import SAMPLE
 
-from gradproj.data import pairs_from_records
-from gradproj.dpo import DPOLoss, pair_logprobs
-from gradproj.errors import GradprojError
-from gradproj.evaluate import evaluate
-from gradproj.model import ModelSettings, load_model
-from gradproj.tokens import tokenize_pairs
-from gradproj.train import TrainSettings, load_optimizer_state, train_adapter
+from gradproj.core.data import pairs_from_records
+from gradproj.core.logprobs import pair_logprobs
+from gradproj.core.objectives import DPOLoss
+from gradproj.core.errors import GradprojError
+from gradproj.training.evaluate import evaluate
+from gradproj.core.model import ModelSettings, load_model
+from gradproj.core.tokens import tokenize_pairs
+from gradproj.training.train import TrainSettings, load_optimizer_state, train_adapter
 
 
 def _pairs():

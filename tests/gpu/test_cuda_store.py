@@ -10,29 +10,27 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import write_jsonl
+from helpers import random_rows, saved_adapter, write_jsonl
 from scipy.stats import spearmanr
-from test_influence import _adapter
-from test_store import _rows
 
-from gradproj.build import StoreSettings, build_store
-from gradproj.data import load_pairs
-from gradproj.influence import (
+from gradproj.store.build import StoreSettings, build_store
+from gradproj.core.data import load_pairs
+from gradproj.attribution.influence import (
     InfluenceSettings,
     mean_influence,
     top_influences,
     validation_features,
 )
-from gradproj.model import ModelSettings, load_model
+from gradproj.core.model import ModelSettings, load_model
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
 
 
 def test_cuda_store_and_query_equal_cpu(tiny_llama, tmp_path):
-    adapter = _adapter(tiny_llama, tmp_path / "adapter")
-    train = load_pairs(write_jsonl(tmp_path / "train.jsonl", _rows(40, seed=1)))
-    val = load_pairs(write_jsonl(tmp_path / "val.jsonl", _rows(6, seed=7)))
+    adapter = saved_adapter(tiny_llama, tmp_path / "adapter")
+    train = load_pairs(write_jsonl(tmp_path / "train.jsonl", random_rows(40, seed=1)))
+    val = load_pairs(write_jsonl(tmp_path / "val.jsonl", random_rows(6, seed=7)))
     settings = StoreSettings(proj_dim=512, batch_size=5, shard_size=16, max_length=32)
     out = {}
     for device in ("cpu", "cuda"):

@@ -15,7 +15,7 @@ import math
 import pytest
 import torch
 
-from gradproj.projection import HashProjector, ProjectorSpec, _keys, projection_block
+from gradproj.gradients.projection import HashProjector, ProjectorSpec, _keys, projection_block
 
 HAS_KERNEL = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 pytestmark = [pytest.mark.cuda,
@@ -75,7 +75,7 @@ def cpu_projector(kind: str, numel: int, k_cpu: int) -> HashProjector:
 @pytest.mark.parametrize("k", [512, 8192])
 @pytest.mark.parametrize("batch", [1, 16, 64])
 def test_kernel_matches_reference(kind: str, numel: int, k: int, batch: int) -> None:
-    from gradproj.kernels import project_pieces_triton
+    from gradproj.gradients.kernels import project_pieces_triton
 
     g = torch.Generator(device="cuda").manual_seed(numel * 31 + k + batch)
     x = torch.randn(batch, numel, device="cuda", generator=g)
@@ -119,7 +119,7 @@ def test_kernel_matches_reference(kind: str, numel: int, k: int, batch: int) -> 
 def test_many_pieces_cut_into_buffers_equal_one_launch(kind: str) -> None:
     """A LoRA-like layout, projected with buffers far smaller than the gradient (parameters cut
     by columns, several launches) and in one launch: same result, equal to the reference."""
-    from gradproj.kernels import KernelConfig, project_pieces_triton
+    from gradproj.gradients.kernels import KernelConfig, project_pieces_triton
 
     layout = [(f"layers.{i}.{m}.lora_{ab}.weight", n) for i in range(6)
               for m, (na, nb) in (("q_proj", (4608, 4608)), ("v_proj", (4608, 1536)))
@@ -138,7 +138,7 @@ def test_many_pieces_cut_into_buffers_equal_one_launch(kind: str) -> None:
 def test_gradient_over_2_31_elements() -> None:
     """One parameter with B·numel > 2^31: cut by columns (default buffers), and in a single
     launch whose offsets pass 2^31 (64-bit indexing)."""
-    from gradproj.kernels import project_pieces_triton
+    from gradproj.gradients.kernels import project_pieces_triton
 
     kind, k, batch, numel = "rademacher", 64, 2, (1 << 30) + 4099
     name = "huge.weight"
@@ -160,7 +160,7 @@ def test_gradient_over_2_31_elements() -> None:
 
 
 def test_single_piece_api_with_offsets() -> None:
-    from gradproj.kernels import project_triton
+    from gradproj.gradients.kernels import project_triton
 
     kind, k, numel = "gaussian", 512, 10_000
     g = torch.Generator(device="cuda").manual_seed(1)

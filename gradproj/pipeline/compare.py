@@ -1,0 +1,78 @@
+"""How two models value the same pairs: rank agreement of their scores, and sign flips.
+
+Data value is a property of the model: a pair helpful to one can be harmful to another.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from gradproj.core.errors import GradprojError
+from gradproj.attribution.scores import ScoreTable
+
+SIGNED = {"if": "IF > 0 helps", "lossdiff": "LossDiff > 0 helps", "irm": "IRM > 0: fits"}
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Average ranks (ties share their mean rank)."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x))
+    sx = x[order]
+    i = 0
+    while i < len(x):
+        j = i
+        while j + 1 < len(x) and sx[j + 1] == sx[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2
+        i = j + 1
+    return ranks
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def compare_tables(a: ScoreTable, b: ScoreTable) -> dict:
+    """Per shared score: n, Spearman, Pearson, and pairs whose sign differs between a and b."""
+    pos_b = {i: n for n, i in enumerate(b.ids)}
+    common = [i for i in a.ids if i in pos_b]
+    if not common:
+        raise GradprojError("the two score tables share no pair id")
+    ia = np.array([n for n, i in enumerate(a.ids) if i in pos_b])
+    ib = np.array([pos_b[i] for i in np.asarray(a.ids)[ia]])
+    out = {"n_common": len(common), "scores": {}}
+    for name in sorted(set(a.columns) & set(b.columns)):
+        x, y = a[name][ia], b[name][ib]
+        ok = np.isfinite(x) & np.isfinite(y)
+        if ok.sum() < 3:
+            continue
+        x, y = x[ok], y[ok]
+        row = {"n": int(ok.sum()), "spearman": spearman(x, y),
+               "pearson": float(np.corrcoef(x, y)[0, 1])}
+        if name in SIGNED:
+            ids = np.asarray(a.ids)[ia][ok]
+            flip_ab = ids[(x > 0) & (y < 0)].tolist()
+            flip_ba = ids[(x < 0) & (y > 0)].tolist()
+            row["helpful_a_harmful_b"] = len(flip_ab)
+            row["harmful_a_helpful_b"] = len(flip_ba)
+            row["examples"] = (flip_ab[:5], flip_ba[:5])
+        out["scores"][name] = row
+    return out
+
+
+def compare_dirs(dir_a, dir_b) -> dict:
+    tables = []
+    for d in (dir_a, dir_b):
+        path = Path(d) / "scores.parquet"
+        if not path.is_file():
+            raise GradprojError(f"{d}: no scores.parquet (run gradproj score or select first)")
+        tables.append(ScoreTable.read(path))
+    result = compare_tables(*tables)
+    sel = [Path(d) / "selection.json" for d in (dir_a, dir_b)]
+    if all(p.is_file() for p in sel):
+        kept = [set(json.loads(p.read_text())["kept_ids"]) for p in sel]
+        result["selection_overlap"] = len(kept[0] & kept[1]) / max(1, min(map(len, kept)))
+    return result

@@ -1,0 +1,57 @@
+"""Held-out preference metrics of a model: accuracy (share with h > 0), mean margin, mean loss."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from gradproj.core.data import PreferencePair
+from gradproj.core.logprobs import PairLogProbs, pair_logprobs
+from gradproj.core.objectives import make_loss
+from gradproj.core.errors import GradprojError
+from gradproj.core.model import LoadedModel
+from gradproj.core.tokens import tokenize_pairs
+
+
+@dataclass
+class EvalResult:
+    n: int
+    """Pairs scored (after tokenization exclusions)."""
+    accuracy: float
+    """Reward accuracy: share of pairs with margin h_θ(d) > 0 (0 for a fresh adapter: h = 0)."""
+    policy_accuracy: float
+    """Share of pairs with log π_θ(y_w|x) > log π_θ(y_l|x): the policy prefers the chosen answer."""
+    mean_margin: float
+    mean_loss: float
+    n_excluded: int
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def metrics(lp: PairLogProbs, beta: float = 0.1, loss: str = "dpo") -> EvalResult:
+    """Metrics from log-probs already computed."""
+    fn = make_loss(loss, beta)
+    h = fn.margin(lp)
+    prefers = (lp.policy_chosen > lp.policy_rejected).float().mean()
+    return EvalResult(n=len(h), accuracy=float((h > 0).float().mean()),
+                      policy_accuracy=float(prefers),
+                      mean_margin=float(h.mean()), mean_loss=float(fn.from_margin(h).mean()),
+                      n_excluded=0)
+
+
+def evaluate(loaded: LoadedModel, pairs: list[PreferencePair], beta: float = 0.1,
+             max_length: int = 512, batch_size: int = 8, loss: str = "dpo",
+             reference=None) -> EvalResult:
+    """Score ``pairs`` under the loaded adapter (policy) against the adapter disabled (reference).
+
+    ``reference``: (chosen, rejected) reference log-probs of the same pairs, to skip recomputing
+    them when one set of pairs is evaluated under many adapters.
+    """
+    tokenized = tokenize_pairs(pairs, loaded.tokenizer, max_length)
+    if not tokenized.pairs:
+        raise GradprojError("no pair left to evaluate after tokenization")
+    lp = pair_logprobs(loaded.model, tokenized.pairs, loaded.tokenizer.pad_token_id, batch_size,
+                       reference=reference)
+    result = metrics(lp, beta, loss)
+    result.n_excluded = len(tokenized.excluded)
+    return result

@@ -1,0 +1,237 @@
+"""DPO training of the LoRA adapter with trl's DPOTrainer.
+
+This makes the paper's warm-up model θ (1 epoch on all training pairs, from a fresh adapter) and
+auxiliary model θ_V (1 more epoch on the validation pairs, from θ), and the final continued
+training on a selection.
+
+An output folder holds:
+
+- ``adapter_config.json``, ``adapter_model.safetensors`` — the peft adapter;
+- ``optimizer.safetensors`` — AdamW state by parameter name: ``{name}.exp_avg`` and
+  ``{name}.exp_avg_sq`` (fp32), with ``step``, ``betas``, ``eps``, ``weight_decay`` in the
+  safetensors metadata (read back with :func:`load_optimizer_state`);
+- ``lr_schedule.json`` — the learning rate used at every optimizer step;
+- ``train.json`` — the settings, data fingerprint, per-step losses and timings.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from gradproj.core.data import PreferencePair
+from gradproj.core.errors import GradprojError
+from gradproj.core.model import LoadedModel
+from gradproj.core.tokens import tokenize_pairs
+
+log = logging.getLogger(__name__)
+OPTIMIZER_FILE = "optimizer.safetensors"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """How to train the adapter."""
+
+    epochs: float = 1.0
+    """Passes over the pairs."""
+    lr: float = 5e-4
+    """Peak AdamW learning rate."""
+    batch_size: int = 8
+    """Pairs per optimizer step (per device, before accumulation)."""
+    grad_accum: int = 1
+    """Gradient accumulation steps."""
+    beta: float = 0.1
+    """DPO β."""
+    seed: int = 0
+    """Seed of shuffling (and of a fresh adapter's init, set in ModelSettings.lora)."""
+    scheduler: str = "linear"
+    """transformers lr scheduler name (linear, cosine, constant ...)."""
+    warmup_ratio: float = 0.0
+    """Share of steps with a linear learning-rate warm-up, in [0, 1)."""
+    max_length: int = 512
+    """Tokens per sequence (prompt + response); see gradproj.tokens for the truncation rule."""
+
+    def __post_init__(self):
+        if not self.epochs > 0:
+            raise GradprojError(f"--epochs must be > 0, got {self.epochs}")
+        if not self.lr > 0:
+            raise GradprojError(f"--lr must be > 0, got {self.lr}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise GradprojError("--batch-size and --grad-accum must be >= 1")
+        if not self.beta > 0:
+            raise GradprojError(f"--beta must be > 0, got {self.beta}")
+
+
+@dataclass
+class TrainResult:
+    out_dir: Path
+    steps: int
+    losses: list[float]
+    seconds: float
+    n_pairs: int
+    excluded: dict[str, str]
+
+
+def data_fingerprint(pairs: list[PreferencePair]) -> str:
+    """sha256 of the ordered pair ids (ids are content hashes unless the data gives its own)."""
+    return hashlib.sha256("\n".join(p.id for p in pairs).encode()).hexdigest()[:16]
+
+
+def _trainer_class():
+    from transformers import TrainerCallback
+    from trl import DPOTrainer
+
+    class PreTokenizedDPOTrainer(DPOTrainer):
+        """DPOTrainer on pairs already tokenized and truncated by gradproj.tokens, so training
+        sees exactly the tokens that scoring and the gradient store see."""
+
+        def _prepare_dataset(self, dataset, *args, **kwargs):
+            return dataset
+
+    class Record(TrainerCallback):
+        """Collects per-step loss and learning rate; drives a tqdm bar instead of log prints."""
+
+        def __init__(self, show: bool):
+            self.losses, self.lrs, self.show, self.bar = [], [], show, None
+
+        def on_train_begin(self, args, state, control, **kw):
+            if self.show:
+                from tqdm.auto import tqdm
+                self.bar = tqdm(total=state.max_steps, desc="train", unit="step", leave=False)
+
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                self.losses.append(float(logs["loss"]))
+                self.lrs.append(float(logs.get("learning_rate", float("nan"))))
+                if self.bar is not None:
+                    self.bar.update(1)
+                    self.bar.set_postfix(loss=f"{logs['loss']:.4f}")
+
+        def on_train_end(self, args, state, control, **kw):
+            if self.bar is not None:
+                self.bar.close()
+
+    return PreTokenizedDPOTrainer, Record
+
+
+def save_optimizer_state(optimizer, named_params: dict[str, torch.nn.Parameter], path) -> None:
+    """Write AdamW moments by parameter name (see module docstring)."""
+    from safetensors.torch import save_file
+
+    inner = getattr(optimizer, "optimizer", optimizer)
+    by_id = {id(p): n for n, p in named_params.items()}
+    tensors, step = {}, 0
+    group = inner.param_groups[0]
+    for p, state in inner.state.items():
+        name = by_id.get(id(p))
+        if name is None or "exp_avg" not in state:
+            continue
+        tensors[f"{name}.exp_avg"] = state["exp_avg"].detach().float().cpu().contiguous()
+        tensors[f"{name}.exp_avg_sq"] = state["exp_avg_sq"].detach().float().cpu().contiguous()
+        step = int(state["step"])
+    meta = {"step": str(step), "betas": json.dumps(list(group["betas"])),
+            "eps": str(group["eps"]), "weight_decay": str(group.get("weight_decay", 0.0)),
+            "optimizer": type(inner).__name__}
+    save_file(tensors, str(path), metadata=meta)
+
+
+def load_optimizer_state(adapter_dir) -> tuple[dict[str, dict[str, torch.Tensor]], dict]:
+    """({param name: {"exp_avg", "exp_avg_sq"}}, {"step", "betas", "eps", ...}) of a train run."""
+    from safetensors import safe_open
+
+    path = Path(adapter_dir) / OPTIMIZER_FILE
+    if not path.is_file():
+        raise GradprojError(f"{path}: no optimizer state (was the adapter made by gradproj train?)")
+    state: dict[str, dict[str, torch.Tensor]] = {}
+    with safe_open(str(path), framework="pt") as f:
+        raw = f.metadata()
+        for key in f.keys():
+            name, _, kind = key.rpartition(".")
+            state.setdefault(name, {})[kind] = f.get_tensor(key)
+    meta = {"step": int(raw["step"]), "betas": tuple(json.loads(raw["betas"])),
+            "eps": float(raw["eps"]), "weight_decay": float(raw["weight_decay"])}
+    return state, meta
+
+
+def _prepare_out(out_dir: Path, overwrite: bool) -> Path:
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise GradprojError(f"{out_dir}: output folder exists and is not empty (use --force)")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+
+
+def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: TrainSettings,
+                  out_dir, *, overwrite: bool = False, progress: bool = True) -> TrainResult:
+    """Train ``loaded.model``'s adapter in place with DPO on ``pairs`` and save it to ``out_dir``.
+
+    The folder appears complete or not at all: everything is written to a temporary sibling and
+    renamed at the end.
+    """
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from trl import DPOConfig
+
+    out_dir = Path(out_dir)
+    tokenized = tokenize_pairs(pairs, loaded.tokenizer, settings.max_length)
+    if not tokenized.pairs:
+        raise GradprojError("no pair left to train on after tokenization")
+    for pid, why in tokenized.excluded.items():
+        log.warning("pair %s excluded: %s", pid, why)
+    rows = {"prompt_ids": [list(p.prompt_ids) for p in tokenized.pairs],
+            "chosen_ids": [list(p.chosen_ids) for p in tokenized.pairs],
+            "rejected_ids": [list(p.rejected_ids) for p in tokenized.pairs]}
+    tmp = _prepare_out(out_dir, overwrite)
+    try:
+        config = DPOConfig(
+            output_dir=str(tmp / "trainer"), num_train_epochs=settings.epochs,
+            learning_rate=settings.lr, per_device_train_batch_size=settings.batch_size,
+            gradient_accumulation_steps=settings.grad_accum, beta=settings.beta,
+            seed=settings.seed, data_seed=settings.seed, lr_scheduler_type=settings.scheduler,
+            warmup_steps=settings.warmup_ratio, max_length=None, logging_steps=1,
+            save_strategy="no", report_to="none", gradient_checkpointing=False,
+            use_cpu=loaded.device.type == "cpu", dataloader_num_workers=0,
+            disable_tqdm=True, loss_type=["sigmoid"], bf16=False, fp16=False)
+        trainer_cls, record_cls = _trainer_class()
+        record = record_cls(progress)
+        trainer = trainer_cls(model=loaded.model, args=config, train_dataset=Dataset.from_dict(rows),
+                              processing_class=loaded.tokenizer, callbacks=[record])
+        for cb in (PrinterCallback, ProgressCallback):
+            trainer.remove_callback(cb)
+        # trl copies a pretrained adapter into a frozen "ref" adapter and uses it as π_ref. gradproj's
+        # reference is the base model (adapter disabled) at every stage, as in the method.
+        if "ref" in getattr(loaded.model, "peft_config", {}):
+            loaded.model.delete_adapter("ref")
+        start = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - start
+        loaded.model.eval()
+        shutil.rmtree(tmp / "trainer", ignore_errors=True)
+        loaded.model.save_pretrained(str(tmp))
+        save_optimizer_state(trainer.optimizer, loaded.lora_parameters(), tmp / OPTIMIZER_FILE)
+        (tmp / "lr_schedule.json").write_text(json.dumps({"lr": record.lrs}))
+        info = {
+            "settings": asdict(settings), "model": loaded.settings.to_dict(),
+            "base_fingerprint": loaded.base_fingerprint,
+            "adapter_fingerprint": loaded.adapter_fingerprint(),
+            "data_fingerprint": data_fingerprint(pairs), "n_pairs": len(tokenized.pairs),
+            "n_truncated": tokenized.n_truncated, "excluded": tokenized.excluded,
+            "steps": len(record.losses), "losses": record.losses, "seconds": seconds,
+        }
+        (tmp / "train.json").write_text(json.dumps(info, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return TrainResult(out_dir, len(record.losses), record.losses, seconds,
+                       len(tokenized.pairs), tokenized.excluded)
