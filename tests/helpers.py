@@ -137,3 +137,31 @@ def saved_adapter(model_dir, path, seed=1):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.3)
     loaded.model.save_pretrained(str(path))
     return str(path)
+
+
+def score_table(ids, **columns):
+    """A ScoreTable with the given ids and float columns (no model needed)."""
+    import numpy as np
+
+    from gradproj.attribution.scores import ScoreTable
+
+    return ScoreTable(list(ids), {k: np.asarray(v, dtype=float) for k, v in columns.items()})
+
+
+def run_folder(path, table, kept_ids=None):
+    """A select-run folder holding scores.parquet (and selection.json when ``kept_ids``)."""
+    path.mkdir(parents=True, exist_ok=True)
+    table.write(path / "scores.parquet")
+    if kept_ids is not None:
+        (path / "selection.json").write_text(json.dumps({"kept_ids": list(kept_ids)}))
+    return path
+
+
+def is_png(path) -> bool:
+    """Whether ``path`` starts with the PNG signature and opens as an image."""
+    with open(path, "rb") as f:
+        if f.read(8) != b"\x89PNG\r\n\x1a\n":
+            return False
+    import matplotlib.image
+
+    return matplotlib.image.imread(path).ndim == 3

@@ -6,9 +6,11 @@ Data value is a property of the model: a pair helpful to one can be harmful to a
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
+from scipy import stats
 
 from gradproj.core.errors import GradprojError
 from gradproj.attribution.scores import ScoreTable
@@ -16,23 +18,19 @@ from gradproj.attribution.scores import ScoreTable
 SIGNED = {"if": "IF > 0 helps", "lossdiff": "LossDiff > 0 helps", "irm": "IRM > 0: fits"}
 
 
-def _ranks(x: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank)."""
-    order = np.argsort(x, kind="stable")
-    ranks = np.empty(len(x))
-    sx = x[order]
-    i = 0
-    while i < len(x):
-        j = i
-        while j + 1 < len(x) and sx[j + 1] == sx[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2
-        i = j + 1
-    return ranks
-
-
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+    """Spearman's ρ: Pearson r of the average ranks (ties share their mean rank); NaN when
+    either input is constant."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.spearmanr(a, b).statistic)
+
+
+def pearson(a: np.ndarray, b: np.ndarray) -> float:
+    """Pearson's r; NaN when either input is constant."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", stats.ConstantInputWarning)
+        return float(stats.pearsonr(a, b).statistic)
 
 
 def compare_tables(a: ScoreTable, b: ScoreTable) -> dict:
@@ -51,7 +49,7 @@ def compare_tables(a: ScoreTable, b: ScoreTable) -> dict:
             continue
         x, y = x[ok], y[ok]
         row = {"n": int(ok.sum()), "spearman": spearman(x, y),
-               "pearson": float(np.corrcoef(x, y)[0, 1])}
+               "pearson": pearson(x, y)}
         if name in SIGNED:
             ids = np.asarray(a.ids)[ia][ok]
             flip_ab = ids[(x > 0) & (y < 0)].tolist()
