@@ -240,7 +240,7 @@ def main(argv=None) -> int:
     from gradproj.store.build import StoreSettings
     from gradproj.core.data import pairs_from_records
     from gradproj.gradients.perpair import lora_layout
-    from gradproj.gradients.projection import make_projector
+    from gradproj.gradients.projectors import make_projector
     from gradproj.core.tokens import tokenize_pairs
 
     info = C.machine_info()

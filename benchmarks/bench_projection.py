@@ -82,7 +82,7 @@ class TrakDirect:
 
 
 def speed_part(layout, ks, batch, repeats, cache_mb, gemm_mb) -> tuple[list, dict]:
-    from gradproj.gradients.projection import make_projector
+    from gradproj.gradients.projectors import make_projector
 
     P = sum(n for _, n in layout)
     x = torch.randn(batch, P, generator=torch.Generator().manual_seed(1))
@@ -158,7 +158,7 @@ def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size, data="syntheti
                   seeds=(0,), cache=None, max_length=512) -> tuple[list, dict]:
     from scipy.stats import pearsonr, spearmanr
 
-    from gradproj.gradients.projection import make_projector
+    from gradproj.gradients.projectors import make_projector
     from gradproj.core.tokens import tokenize_pairs
 
     train, val, flipped_share = fidelity_pairs(data, n_train, n_val, cache)

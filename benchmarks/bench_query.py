@@ -247,7 +247,7 @@ def measure_disk_read(store_root: Path) -> float | None:
 
 def write_store(root: Path, n: int, seed: int = 0) -> dict:
     """A store of ``n`` random float16 rows (k = 8192) in shards of SHARD_ROWS, via StoreWriter."""
-    from gradproj.gradients.projection import ProjectorSpec
+    from gradproj.gradients.spec import ProjectorSpec
     from gradproj.store.shards import ROW_DTYPE, StoreWriter
 
     rng = np.random.default_rng(seed)

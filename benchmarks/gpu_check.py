@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from gradproj.gradients.projection import HashProjector, ProjectorSpec  # noqa: E402
+from gradproj.gradients.projection import HashProjector  # noqa: E402
+from gradproj.gradients.spec import ProjectorSpec  # noqa: E402
 
 DEVICE = "cuda"
 START = time.perf_counter()

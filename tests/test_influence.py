@@ -35,7 +35,7 @@ from gradproj.attribution.influence import (
     validation_features,
 )
 from gradproj.core.model import ModelSettings, load_model
-from gradproj.gradients.projection import ProjectorSpec
+from gradproj.gradients.spec import ProjectorSpec
 from gradproj.store.shards import ROW_DTYPE, STATUS, Store, StoreWriter
 from gradproj.core.tokens import collate, tokenize_pairs
 

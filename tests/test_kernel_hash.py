@@ -24,18 +24,16 @@ import pytest
 import torch
 
 from gradproj.core.errors import GradprojError
+from gradproj.gradients.counter_hash import GAUSS_TAG as _GAUSS_TAG
+from gradproj.gradients.counter_hash import MAX_NUMEL
+from gradproj.gradients.counter_hash import MUL1 as _MUL1
+from gradproj.gradients.counter_hash import MUL2 as _MUL2
+from gradproj.gradients.counter_hash import entry_reference as _entry_reference
+from gradproj.gradients.counter_hash import param_keys as _keys
 from gradproj.gradients.kernels import Segment, emulate_tile, plan_work, triton_available
 from gradproj.gradients.kernels import triton_projection as tp
-from gradproj.gradients.projection import (
-    _GAUSS_TAG,
-    _MUL1,
-    _MUL2,
-    MAX_NUMEL,
-    ProjectorSpec,
-    _entry_reference,
-    _keys,
-    projection_block,
-)
+from gradproj.gradients.projection import projection_block
+from gradproj.gradients.spec import ProjectorSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [  # (seed, parameter name, k, c0, c1, numel)
@@ -169,8 +167,10 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
 
     itp._patch_lang_tensor = patch_tensor
 
+    from gradproj.gradients.counter_hash import param_keys as _keys
     from gradproj.gradients.kernels import KernelConfig, project_pieces_triton, project_triton
-    from gradproj.gradients.projection import HashProjector, ProjectorSpec, _keys, projection_block
+    from gradproj.gradients.projection import HashProjector, projection_block
+    from gradproj.gradients.spec import ProjectorSpec
 
     SMALL = KernelConfig(block_k=32, block_n=64, num_warps=4)
     PER_ELEMENT = KernelConfig(block_k=32, block_n=32, num_warps=4, per_element=True)

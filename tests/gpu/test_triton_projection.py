@@ -15,7 +15,9 @@ import math
 import pytest
 import torch
 
-from gradproj.gradients.projection import HashProjector, ProjectorSpec, _keys, projection_block
+from gradproj.gradients.counter_hash import param_keys as _keys
+from gradproj.gradients.projection import HashProjector, projection_block
+from gradproj.gradients.spec import ProjectorSpec
 
 HAS_KERNEL = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 pytestmark = [pytest.mark.cuda,

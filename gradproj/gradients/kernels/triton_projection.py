@@ -4,9 +4,9 @@ Each program owns a tile of ``BLOCK_K`` rows of R (output coordinates) and ``BLO
 the batch, and walks over a list of column *segments* (a segment is a run of columns of one
 parameter, with that parameter's two 32-bit hash keys). For every ``BLOCK_N`` columns it makes
 the ``[BLOCK_K, BLOCK_N]`` tile of R in registers from the counter-based hash of
-:mod:`gradproj.projection` — the same ``word(r, w)`` in native uint32 arithmetic (Triton's
-uint32 multiply wraps mod 2³²; the int64 trick of the torch reference is not needed) — and
-multiplies it with the ``[BLOCK_N, BLOCK_B]`` tile of xᵀ on the tensor cores (bf16/fp16
+:mod:`gradproj.gradients.counter_hash` — the same ``word(r, w)`` in native uint32 arithmetic
+(Triton's uint32 multiply wraps mod 2³²; the int64 trick of the torch reference is not needed) —
+and multiplies it with the ``[BLOCK_N, BLOCK_B]`` tile of xᵀ on the tensor cores (bf16/fp16
 operands, fp32 accumulation). Programs that share rows add their partial sums into the fp32
 output with atomics, so the last bits of the result depend on the scheduling (as cuBLAS split-K
 does); the values are the reference's to within the precision bound:
@@ -43,15 +43,8 @@ import torch
 from torch import Tensor
 
 from gradproj.core.errors import GradprojError
-from gradproj.gradients.projection import (
-    _GAUSS_TAG,
-    _MUL1,
-    _MUL2,
-    MAX_K,
-    MAX_NUMEL,
-    ProjectorSpec,
-    _keys,
-)
+from gradproj.gradients.counter_hash import GAUSS_TAG, MAX_K, MAX_NUMEL, MUL1, MUL2, param_keys
+from gradproj.gradients.spec import ProjectorSpec
 
 try:  # Triton is optional: nothing here needs it except the kernel itself.
     import triton
@@ -137,9 +130,9 @@ def triton_available() -> bool:
 def _np_mix32(h: np.ndarray) -> np.ndarray:
     """lowbias32 on a uint32 array (numpy wraps uint32 products mod 2³², like the kernel)."""
     h = h ^ (h >> np.uint32(16))
-    h = h * np.uint32(_MUL1)
+    h = h * np.uint32(MUL1)
     h = h ^ (h >> np.uint32(15))
-    h = h * np.uint32(_MUL2)
+    h = h * np.uint32(MUL2)
     return h ^ (h >> np.uint32(16))
 
 
@@ -169,18 +162,13 @@ def emulate_tile(keys: tuple[int, int], kind: str, r0: int, r1: int, c0: int, c1
     else:
         m = np.arange(start >> 1, stop >> 1, dtype=np.uint64).astype(np.uint32)
         h1 = _np_mix32(row_hash[:, None] ^ _np_mix32(m ^ np.uint32(keys[1]))[None, :])
-        h2 = _np_mix32(h1 ^ np.uint32(_GAUSS_TAG))
+        h2 = _np_mix32(h1 ^ np.uint32(GAUSS_TAG))
         angle = (h2 >> np.uint32(8)).astype(np.float32) * np.float32(TWO_PI_2M24)
         u1 = ((h1 >> np.uint32(8)) + np.uint32(1)).astype(np.float32) * np.float32(2.0 ** -24)
         radius = np.sqrt(np.log(u1) * np.float32(-2.0))
         tile = np.stack([np.cos(angle) * radius, np.sin(angle) * radius], axis=-1)
         tile = tile.reshape(len(rows), -1).astype(np.float32)              # interleave
     return tile[:, c0 - start: c1 - start]
-
-
-def reference_keys(seed: int, name: str, kind: str) -> tuple[int, int]:
-    """The parameter's (row_key, col_key) — gradproj.projection's, re-exported for callers."""
-    return _keys(seed, name, kind)
 
 
 # ---------------------------------------------------------------------------- planning
@@ -399,8 +387,9 @@ def project_triton(x: Tensor, keys: tuple[int, int], k: int, kind: str, col_offs
 
     ``x``: [B, n] (any float dtype; on CUDA, or on CPU under ``TRITON_INTERPRET=1``), the
     parameter's columns ``col_offset .. col_offset + n − 1``; ``keys``: its (row_key, col_key)
-    for ``kind`` (:func:`gradproj.projection._keys`); ``scale`` defaults to 1/√k. ``out``: a
-    float32 [B, k] buffer accumulated into (zeros when not given). Returns ``out``.
+    for ``kind`` (:func:`gradproj.gradients.counter_hash.param_keys`); ``scale`` defaults to
+    1/√k. ``out``: a float32 [B, k] buffer accumulated into (zeros when not given). Returns
+    ``out``.
     """
     _check_k_kind(k, kind)
     if x.dim() != 2 or not x.is_floating_point():
@@ -472,7 +461,7 @@ def project_pieces_triton(spec: ProjectorSpec, pieces: Sequence[tuple[str, Tenso
     for name, x in pieces:
         if x.dim() != 2 or x.shape[0] != batch or x.device != device:
             raise GradprojError(f"gradient piece '{name}' must be [{batch}, numel] on {device}")
-        keys = _keys(spec.seed, name, spec.kind)
+        keys = param_keys(spec.seed, name, spec.kind)
         n, c = x.shape[1], 0
         while c < n:
             if used >= cols_per_buf:
@@ -487,6 +476,6 @@ def project_pieces_triton(spec: ProjectorSpec, pieces: Sequence[tuple[str, Tenso
 
 __all__ = [
     "CONFIG_ENV", "DEFAULT_CONFIG", "KernelConfig", "Segment", "default_config", "emulate_tile",
-    "plan_work", "project_pieces_triton", "project_triton", "reference_keys", "triton_available",
+    "plan_work", "project_pieces_triton", "project_triton", "triton_available",
     "triton_disabled", "triton_importable",
 ]
