@@ -1,3 +1,3 @@
-from .cli import main
+from gradproj.cli import main
 
 main()

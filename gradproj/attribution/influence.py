@@ -23,9 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from gradproj.store.build import FeatureComputer, StoreSettings, store_header
+from gradproj.store.build import FeatureComputer, manifest_settings, store_header
 from gradproj.core.data import PreferencePair
-from gradproj.core.errors import GradprojError
+from gradproj.core.errors import GradprojError, IncompatibleStore
+from gradproj.core.settings import Settings, band, non_negative, parse_floats, positive, setting
 from gradproj.store.index import (
     IndexSettings,
     load_or_build_index,
@@ -36,36 +37,31 @@ from gradproj.store.index import (
     valid_rows,
 )
 from gradproj.core.model import LoadedModel, LoraSettings, ModelSettings, load_model
-from gradproj.gradients.projection import ProjectorSpec
+from gradproj.gradients.spec import ProjectorSpec
 from gradproj.store.shards import STATUS, Store
 from gradproj.core.tokens import tokenize_pairs
 
-MATCHED_FIELDS = ("model", "adapter", "tokenizer_fingerprint", "loss", "grad_type",
+MATCHED_FIELDS = ("model", "adapter", "tokenizer_fingerprint", "objective", "grad_type",
                   "max_length", "projector")
 
 
 @dataclass(frozen=True)
-class InfluenceSettings:
-    tif_band: tuple[float, float] = (0.20, 0.84)
-    """Quantiles (δ_low, δ_high) of IF; TIF keeps the pairs strictly between them."""
-    top_k: int = 10
-    """Most helpful and most harmful training pairs reported per validation pair (0: none)."""
-    normalize: bool = False
-    """Cosine instead of the raw inner product."""
-    index: IndexSettings = field(default_factory=IndexSettings)
-    block_rows: int | None = None
-    """Rows of the store converted to float32 at a time by the streaming (exact, bounded-memory)
-    path; None: as many as fit in 8 MiB (256 rows at k = 8192), which stays in cache."""
-    memory_budget_mb: float = 4096.0
-    """A flat FAISS index is used for top-k only when the store's fp32 features fit in this."""
+class InfluenceSettings(Settings):
+    """How IF is computed and reported for a validation set."""
 
-    def __post_init__(self):
-        lo, hi = self.tif_band
-        if not 0.0 <= lo < hi <= 1.0:
-            raise GradprojError(f"--tif-band must be LOW,HIGH with 0 <= LOW < HIGH <= 1, "
-                                f"got {lo},{hi}")
-        if self.top_k < 0:
-            raise GradprojError("--top-k must be >= 0")
+    tif_band: tuple = setting((0.20, 0.84), "Quantiles LOW,HIGH of IF; TIF keeps the pairs "
+                                            "strictly between them.", parse=parse_floats,
+                              check=band, metavar="LOW,HIGH")
+    top_k: int = setting(10, "Most helpful and most harmful training pairs reported per "
+                             "validation pair (0: none).", check=non_negative)
+    normalize: bool = setting(False, "Cosine instead of the raw inner product.")
+    index: IndexSettings = setting(default_factory=IndexSettings, option="")
+    block_rows: int | None = setting(None, "Rows of the store converted to float32 at a time by "
+                                           "the streaming path (default: 8 MiB worth).",
+                                     cli=False)
+    memory_budget_mb: float = setting(4096.0, "A flat FAISS index is used for top-k only when "
+                                              "the store's fp32 features fit in this.",
+                                      check=positive, cli=False)
 
 
 @dataclass
@@ -114,7 +110,7 @@ def check_compatible(store: Store, header: dict) -> None:
         if key == "projector":
             diff = ProjectorSpec.from_dict(m[key]).diff(ProjectorSpec.from_dict(header[key]))
             if diff:
-                raise GradprojError(f"{store.root}: query differs from the store in field "
+                raise IncompatibleStore(f"{store.root}: query differs from the store in field "
                                     f"'projector.{diff[0]}'")
             continue
         mine, theirs = json.loads(json.dumps(header[key])), m.get(key)
@@ -122,11 +118,11 @@ def check_compatible(store: Store, header: dict) -> None:
             for sub in mine:   # same weights from another path or alias; the adapter fingerprint
                 # covers the LoRA settings
                 if sub not in ("path", "name", "lora") and mine[sub] != theirs.get(sub):
-                    raise GradprojError(f"{store.root}: query differs from the store in field "
+                    raise IncompatibleStore(f"{store.root}: query differs from the store in field "
                                         f"'{key}.{sub}' (store {theirs.get(sub)!r}, query "
                                         f"{mine[sub]!r})")
         elif mine != theirs:
-            raise GradprojError(f"{store.root}: query differs from the store in field '{key}' "
+            raise IncompatibleStore(f"{store.root}: query differs from the store in field '{key}' "
                                 f"(store {theirs!r}, query {mine!r})")
 
 
@@ -151,12 +147,12 @@ def validation_features(store: Store, loaded: LoadedModel,
     the validation gradient (measured on a tiny model: LDS 0.17 against 0.59 for the LESS form;
     docs/results_evidence.md).
     """
-    settings = StoreSettings(**store.manifest["settings"])
-    computer = FeatureComputer(loaded, replace(settings, grad_type="sgd"))
+    settings, pref = manifest_settings(store.manifest)
+    computer = FeatureComputer(loaded, replace(settings, grad_type="sgd"), pref.objective())
     try:
-        check_compatible(store, store_header(loaded, settings, computer.projector.spec.to_dict(),
-                                             ""))
-        tok = tokenize_pairs(val_pairs, loaded.tokenizer, settings.max_length)
+        check_compatible(store, store_header(loaded, settings, pref,
+                                             computer.projector.spec.to_dict(), ""))
+        tok = tokenize_pairs(val_pairs, loaded.tokenizer, pref.max_length)
         if not tok.pairs:
             raise GradprojError("no validation pair left after tokenization")
         feats, rows = computer.features(tok.pairs, dtype=np.float32)

@@ -1,6 +1,7 @@
 """Scores of training pairs: IRM, LossDiff (and IF/TIF from gradproj.influence), one table.
 
-    IRM(d)      = h_θ(d) = β[(log π_θ(y_w|x) − log π_ref(y_w|x)) − (log π_θ(y_l|x) − log π_ref(y_l|x))]
+    IRM(d)      = m_θ(d), the objective's margin (DPO: β[(log π_θ(y_w|x) − log π_ref(y_w|x))
+                  − (log π_θ(y_l|x) − log π_ref(y_l|x))]; see gradproj.core.objectives)
     LossDiff(d) = ℓ(θ; d) − ℓ(θ_V; d)        θ_V: θ trained one more epoch on the validation pairs
 
 Both need forward passes only; the reference log-probs are computed once and reused for θ and
@@ -10,6 +11,7 @@ validation-tuned model fits d better than θ does (first order: LossDiff ≈ η�
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +19,12 @@ import numpy as np
 
 from gradproj.core.data import PreferencePair
 from gradproj.core.logprobs import PairLogProbs, pair_logprobs, response_logprobs
-from gradproj.core.objectives import make_loss
 from gradproj.core.errors import GradprojError
 from gradproj.core.model import LoadedModel
-from gradproj.store.shards import STATUS, Store
+from gradproj.core.objectives import Objective, PreferenceSettings
 from gradproj.core.tokens import tokenize_pairs
+from gradproj.store.shards import STATUS, Store
+from gradproj.training.train import check_adapter_objective
 
 AUX = "aux"
 
@@ -32,6 +35,8 @@ class ScoreTable:
 
     ids: list[str]
     columns: dict[str, np.ndarray] = field(default_factory=dict)
+    meta: dict = field(default_factory=dict)
+    """JSON-ready record kept with the table (e.g. ``objective``: the objective's settings)."""
 
     def __getitem__(self, name: str) -> np.ndarray:
         if name not in self.columns:
@@ -55,25 +60,35 @@ class ScoreTable:
 
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp")
-        pq.write_table(pa.table({"id": self.ids, **self.columns}), tmp)
+        table = pa.table({"id": self.ids, **self.columns})
+        table = table.replace_schema_metadata({"gradproj": json.dumps(self.meta)})
+        pq.write_table(table, tmp)
         tmp.replace(path)
 
     @classmethod
     def read(cls, path) -> ScoreTable:
         import pyarrow.parquet as pq
 
-        data = pq.read_table(path).to_pydict()
+        read = pq.read_table(path)
+        meta = json.loads((read.schema.metadata or {}).get(b"gradproj", b"{}"))
+        data = read.to_pydict()
         ids = data.pop("id")
-        return cls(ids, {k: np.asarray(v, dtype=float) for k, v in data.items()})
+        return cls(ids, {k: np.asarray(v, dtype=float) for k, v in data.items()}, meta)
 
 
 def irm_from_store(store: Store) -> tuple[list[str], np.ndarray]:
-    """(ids, h_θ) from the log-probs a store saved at its adapter — no forward pass."""
-    r, beta = store.rows, float(store.manifest["loss"]["beta"])
-    h = beta * ((r["policy_chosen"] - r["ref_chosen"]) - (r["policy_rejected"] - r["ref_rejected"]))
-    h = h.astype(np.float64)
-    h[r["status"] != STATUS["ok"]] = np.nan
-    return store.ids(), h
+    """(ids, margin m(d)) from the log-probs a store saved at its adapter — no forward pass;
+    the margin of the store's own objective."""
+    import torch
+
+    r = store.rows
+    objective = Objective.from_settings(store.manifest["objective"])
+    lp = PairLogProbs(*(torch.from_numpy(r[k].astype(np.float64)) for k in (
+        "policy_chosen", "policy_rejected", "ref_chosen", "ref_rejected", "len_chosen",
+        "len_rejected")))
+    m = objective.margin(lp).numpy()
+    m[r["status"] != STATUS["ok"]] = np.nan
+    return store.ids(), m
 
 
 def with_aux_adapter(loaded: LoadedModel, aux_path: str):
@@ -86,24 +101,30 @@ def with_aux_adapter(loaded: LoadedModel, aux_path: str):
 
 
 def score_pairs(loaded: LoadedModel, pairs: list[PreferencePair], aux_adapter: str | None,
-                beta: float = 0.1, max_length: int = 512, batch_size: int = 8,
-                loss: str = "dpo", progress=None) -> ScoreTable:
-    """IRM at θ (``loaded``'s active adapter) and, given θ_V, LossDiff and its parts.
+                pref: PreferenceSettings = PreferenceSettings(), batch_size: int = 8,
+                progress=None, force_objective: bool = False) -> ScoreTable:
+    """IRM at θ (``loaded``'s active adapter) and, given θ_V, LossDiff and its parts, under
+    ``pref``'s objective (refused for an adapter trained with another, unless
+    ``force_objective``).
 
-    Columns: ``irm``, ``loss_theta``, and with ``aux_adapter``: ``loss_aux``, ``irm_aux``,
-    ``lossdiff``. Pairs excluded by tokenization get NaN (and are listed by ``tokenize_pairs``).
+    Columns: ``irm`` (the objective's margin), ``loss_theta``, and with ``aux_adapter``:
+    ``loss_aux``, ``irm_aux``, ``lossdiff``. Pairs excluded by tokenization get NaN (and are
+    listed by ``tokenize_pairs``).
     """
-    fn = make_loss(loss, beta)
-    tok = tokenize_pairs(pairs, loaded.tokenizer, max_length)
+    fn = pref.objective()
+    for adapter in (loaded.settings.adapter, aux_adapter):
+        check_adapter_objective(adapter, fn, force_objective)
+    tok = tokenize_pairs(pairs, loaded.tokenizer, pref.max_length)
     if not tok.pairs:
         raise GradprojError("no pair left to score after tokenization")
     pad = loaded.tokenizer.pad_token_id
     ids = [p.id for p in tok.pairs]
-    lp = pair_logprobs(loaded.model, tok.pairs, pad, batch_size, progress=progress)
-    table = ScoreTable([p.id for p in pairs])
+    lp = pair_logprobs(loaded.model, tok.pairs, pad, batch_size, progress=progress,
+                       with_reference=fn.needs_reference)
+    table = ScoreTable([p.id for p in pairs], meta={"objective": fn.settings()})
     h = fn.margin(lp)
     table.add("irm", ids, h.double().numpy())
-    table.add("loss_theta", ids, fn.from_margin(h).double().numpy())
+    table.add("loss_theta", ids, fn.loss_from_margin(h).double().numpy())
     if aux_adapter is not None:
         active = loaded.model.active_adapter
         with_aux_adapter(loaded, aux_adapter)
@@ -114,9 +135,10 @@ def score_pairs(loaded: LoadedModel, pairs: list[PreferencePair], aux_adapter: s
         finally:
             loaded.model.set_adapter(active)
             loaded.model.delete_adapter(AUX)
-        h_aux = fn.margin(PairLogProbs(pc, pr, lp.ref_chosen, lp.ref_rejected))
-        loss_aux = fn.from_margin(h_aux)
+        h_aux = fn.margin(PairLogProbs(pc, pr, lp.ref_chosen, lp.ref_rejected, lp.len_chosen,
+                                       lp.len_rejected))
+        loss_aux = fn.loss_from_margin(h_aux)
         table.add("irm_aux", ids, h_aux.double().numpy())
         table.add("loss_aux", ids, loss_aux.double().numpy())
-        table.add("lossdiff", ids, (fn.from_margin(h) - loss_aux).double().numpy())
+        table.add("lossdiff", ids, (fn.loss_from_margin(h) - loss_aux).double().numpy())
     return table

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from gradproj.core.errors import GradprojError, InputError
+from gradproj.core.settings import Settings, setting
 
 Message = dict  # {"role": str, "content": str}
 Rows = Iterator[tuple[int, Any]]  # (1-based line/row number, record)
@@ -392,3 +393,22 @@ def _record_json(pair: PreferencePair) -> str:
         return json.dumps(dict(pair.record), ensure_ascii=False, default=_plain)
     except (TypeError, ValueError) as exc:
         raise GradprojError(f"{pair.source}: cannot write the record as JSON ({exc})") from None
+
+
+def data_fingerprint(pairs: list[PreferencePair]) -> str:
+    """sha256 of the ordered pair ids (ids are content hashes unless the data gives its own)."""
+    return hashlib.sha256("\n".join(p.id for p in pairs).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class DataSettings(Settings):
+    """Where pairs come from inside a file or dataset: the split and the column names."""
+
+    split: str = setting("train", "Split of a saved DatasetDict or hub dataset.")
+    field: tuple = setting((), "Remap an input column, e.g. --field chosen=better (repeatable; "
+                               "names: prompt, chosen, rejected, id).", multiple=True,
+                           metavar="NAME=COLUMN", parse=tuple)
+
+    def load(self, source) -> list[PreferencePair]:
+        """The validated pairs of ``source`` with this split and column map."""
+        return load_pairs(source, FieldMap.parse(self.field), split=self.split)

@@ -10,12 +10,13 @@ import hashlib
 import importlib.util
 import json
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from gradproj.core.errors import GradprojError
+from gradproj.core.settings import Settings, at_least_one, parse_names, setting
 
 log = logging.getLogger(__name__)
 
@@ -25,47 +26,30 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 @dataclass(frozen=True)
-class LoraSettings:
+class LoraSettings(Settings):
     """A fresh LoRA adapter: ``W x + (alpha / r) B A x`` on every module named in ``targets``."""
 
-    r: int = 8
-    """Rank of the update."""
-    alpha: float = 16.0
-    """Scale numerator: the update is multiplied by alpha / r."""
-    targets: tuple[str, ...] = ("q_proj", "v_proj")
-    """Module names (suffixes) that get an adapter, e.g. q_proj,k_proj,v_proj,o_proj,up_proj."""
-    seed: int = 0
-    """Seed of A's random initialisation (B starts at zero, so a fresh adapter changes nothing)."""
-
-    def __post_init__(self):
-        if self.r < 1:
-            raise GradprojError(f"--lora-r must be >= 1, got {self.r}")
-        if not self.targets:
-            raise GradprojError("--lora-targets must name at least one module")
+    r: int = setting(8, "LoRA rank of a fresh adapter.", check=at_least_one)
+    alpha: float = setting(16.0, "LoRA alpha: the update is scaled by alpha / r.")
+    targets: tuple[str, ...] = setting(("q_proj", "v_proj"), "Comma-separated module names that "
+                                       "get LoRA (q/k/v/o, MLP ...).", parse=parse_names,
+                                       check=(bool, "must name at least one module"),
+                                       metavar="NAMES")
+    seed: int = setting(0, "Seed of A's random initialisation (B starts at zero).", cli=False)
 
 
 @dataclass(frozen=True)
-class ModelSettings:
+class ModelSettings(Settings):
     """Which model to load, where, and with which adapter."""
 
-    model: str = SMOLLM2_ALIAS
-    """HF folder, hub id, path to a .gguf file, or ``smollm2`` (the embedded default)."""
-    adapter: str | None = None
-    """A peft adapter folder to load (trainable); None attaches a fresh adapter from ``lora``."""
-    lora: LoraSettings = field(default_factory=LoraSettings)
-    dtype: str = "float32"
-    """Weights dtype: float32, bfloat16 or float16."""
-    device: str = "auto"
-    """``auto`` (cuda when present, else cpu), ``cpu``, ``cuda``, ``cuda:1`` ..."""
-    trust_remote_code: bool = False
-    """Run model code shipped with a hub repo (off unless asked for)."""
-
-    def __post_init__(self):
-        if self.dtype not in DTYPES:
-            raise GradprojError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+    model: str = setting(SMOLLM2_ALIAS, "HF model folder, hub id, .gguf file, or 'smollm2' "
+                                        "(embedded SmolLM2-135M-Instruct).")
+    adapter: str | None = setting(None, "Existing peft adapter folder to start from (else a "
+                                        "fresh LoRA).")
+    lora: LoraSettings = setting(default_factory=LoraSettings)
+    dtype: str = setting("float32", "Weights dtype.", choices=tuple(DTYPES))
+    device: str = setting("auto", "auto (cuda when present), cpu, cuda, cuda:N.")
+    trust_remote_code: bool = setting(False, "Allow model code from the hub.")
 
 
 @dataclass

@@ -30,23 +30,27 @@ Check = tuple[Callable[[Any], bool], str]
 def setting(default: Any = MISSING, help: str = "", *, choices: tuple | None = None,
             check: Check | None = None, parse: Callable[[str], Any] | None = None,
             metavar: str | None = None, cli: bool = True, multiple: bool = False,
+            option: str | None = None,
             default_factory: Callable[[], Any] | None = None) -> Any:
     """A dataclass field with the metadata the CLI and the checks read.
 
     ``choices``: allowed values; ``check``: (predicate, message) run on the value;
     ``parse``: turns one command-line string into the value (for tuples, bands, maps);
     ``multiple``: a repeatable option whose strings are given to ``parse`` as a tuple;
+    ``option``: the command-line name when it is not the field's (``kind`` → ``index``);
     ``cli=False``: set from Python only.
     """
     meta = {"help": help, "choices": choices, "check": check, "parse": parse,
-            "metavar": metavar, "cli": cli, "multiple": multiple}
+            "metavar": metavar, "cli": cli, "multiple": multiple, "option": option}
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
 
 
-def option_name(name: str) -> str:
-    """The command-line spelling of a field name: ``max_length`` → ``--max-length``."""
+def option_name(name: str, f=None) -> str:
+    """The command-line spelling of a field: ``max_length`` → ``--max-length``."""
+    if f is not None and f.metadata.get("option"):
+        name = f.metadata["option"]
     return "--" + name.replace("_", "-")
 
 
@@ -59,11 +63,11 @@ class Settings:
             value = getattr(self, f.name)
             choices = f.metadata.get("choices")
             if choices is not None and value not in choices:
-                raise BadInput(f"{option_name(f.name)} must be one of "
+                raise BadInput(f"{option_name(f.name, f)} must be one of "
                                f"{', '.join(map(str, choices))}, got {value!r}")
             check = f.metadata.get("check")
             if check is not None and value is not None and not check[0](value):
-                raise BadInput(f"{option_name(f.name)} {check[1]}, got {value!r}")
+                raise BadInput(f"{option_name(f.name, f)} {check[1]}, got {value!r}")
 
     def to_dict(self) -> dict:
         """Plain JSON-ready values (tuples become lists, nested settings become dicts)."""

@@ -19,47 +19,78 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gradproj.store.build import StoreSettings, build_store
-from gradproj.core.data import PreferencePair, load_pairs, write_pairs_jsonl
-from gradproj.core.errors import GradprojError
 from gradproj.attribution.influence import InfluenceSettings, compute_influence, write_influence
-from gradproj.core.model import LoadedModel, ModelSettings, load_model, reattach
 from gradproj.attribution.scores import ScoreTable, score_pairs
-from gradproj.attribution.selection import BAND_SCORES, Selection, overlap_coefficient, select
+from gradproj.attribution.selection import (
+    BAND_SCORES,
+    DEFAULT_LOW_SHARE,
+    METHODS,
+    Selection,
+    overlap_coefficient,
+    select,
+)
+from gradproj.core.data import PreferencePair, data_fingerprint, load_pairs, write_pairs_jsonl
+from gradproj.core.errors import GradprojError, IncompatibleStore
+from gradproj.core.model import LoadedModel, ModelSettings, load_model, reattach
+from gradproj.core.objectives import PreferenceSettings
+from gradproj.core.settings import Settings, band, fraction, parse_floats, setting
+from gradproj.store.build import StoreSettings, build_store
 from gradproj.store.shards import Store, write_json_atomic
-from gradproj.training.train import TrainSettings, data_fingerprint, train_adapter
+from gradproj.training.train import TrainSettings, train_adapter
 
 log = logging.getLogger(__name__)
 NEEDS_IF = ("tif", "top-if")
+RUN_SCHEMA = 2
+"""run.json schema: 2 adds the objective and the shared preference settings."""
 
 
 @dataclass(frozen=True)
-class SelectSettings:
-    method: str = "lossdiff-irm"
-    keep: float = 0.64
-    bands: dict = field(default_factory=dict)
-    """Explicit bands by score name (lossdiff, irm, if); else solved from keep."""
-    low_share: float = 5 / 9
-    seed: int = 0
-    with_if: bool = False
-    """Also compute IF/TIF when the method does not need them (for the report's overlap)."""
+class SelectSettings(Settings):
+    """Which rule keeps which share of the pairs (rerunning with others only reselects)."""
+
+    method: str = setting("lossdiff-irm", "Selection rule.", choices=METHODS)
+    keep: float = setting(0.64, "Fraction of pairs to keep.", check=fraction)
+    lossdiff_band: tuple | None = setting(None, "Explicit LOW,HIGH quantile band of LossDiff "
+                                                "(else solved from --keep).",
+                                          parse=parse_floats, check=band, metavar="LOW,HIGH")
+    irm_band: tuple | None = setting(None, "Explicit LOW,HIGH quantile band of IRM.",
+                                     parse=parse_floats, check=band, metavar="LOW,HIGH")
+    if_band: tuple | None = setting(None, "Explicit LOW,HIGH quantile band of IF (tif).",
+                                    parse=parse_floats, check=band, metavar="LOW,HIGH")
+    low_share: float = setting(DEFAULT_LOW_SHARE, "Share of the trimmed mass taken from each "
+                                                  "score's low tail.",
+                               check=(lambda v: 0 < v < 1, "must be in (0, 1)"))
+    with_if: bool = setting(False, "Also compute IF/TIF when the rule does not need them (for "
+                                   "the report's overlap with TIF).")
+
+    def bands(self) -> dict[str, tuple[float, float]]:
+        """Explicit bands of the scores the rule uses, by score name."""
+        given = {"lossdiff": self.lossdiff_band, "irm": self.irm_band, "if": self.if_band}
+        return {k: tuple(v) for k, v in given.items()
+                if v is not None and k in BAND_SCORES.get(self.method, ())}
+
+    def needs_if(self) -> bool:
+        return self.method in NEEDS_IF or self.with_if or self.if_band is not None
 
 
 @dataclass(frozen=True)
-class RunInputs:
+class RunInputs(Settings):
     """Everything that makes a run's artifacts what they are (method/keep excluded)."""
 
-    model: ModelSettings
-    train: str
-    val: str
-    adapter: str | None = None
-    aux_adapter: str | None = None
-    training: TrainSettings = field(default_factory=TrainSettings)
-    store: StoreSettings = field(default_factory=StoreSettings)
-    tif_band: tuple[float, float] = (0.20, 0.84)
+    model: ModelSettings = setting(default_factory=ModelSettings)
+    train: str = setting(None, "Training pairs to score and select from.", cli=False)
+    val: str = setting(None, "Validation pairs (the target the selection serves).", cli=False)
+    adapter: str | None = setting(None, "θ (else trained: 1 epoch on the training pairs).",
+                                  cli=False)
+    aux_adapter: str | None = setting(None, "θ_V (else trained: 1 epoch on --val from θ).")
+    training: TrainSettings = setting(default_factory=TrainSettings)
+    store: StoreSettings = setting(default_factory=StoreSettings)
+    pref: PreferenceSettings = setting(default_factory=PreferenceSettings)
+    tif_band: tuple = setting((0.20, 0.84), "TIF quantile band LOW,HIGH of the influence step.",
+                              parse=parse_floats, check=band, metavar="LOW,HIGH")
 
 
 @dataclass
@@ -72,9 +103,11 @@ class SelectResult:
 
 
 def _fingerprint(inputs: RunInputs, train: list[PreferencePair], val: list[PreferencePair]):
-    d = json.loads(json.dumps(asdict(inputs)))
+    d = inputs.to_dict()
     d["train_fingerprint"], d["val_fingerprint"] = data_fingerprint(train), data_fingerprint(val)
     d.pop("train"), d.pop("val")
+    d["schema_version"] = RUN_SCHEMA
+    d["objective"] = inputs.pref.objective().settings()
     return d
 
 
@@ -82,6 +115,11 @@ def _claim(out: Path, fingerprint: dict, force: bool) -> None:
     path = out / "run.json"
     if path.is_file():
         old = json.loads(path.read_text())
+        if old.get("schema_version") != RUN_SCHEMA and not force:
+            raise IncompatibleStore(f"{out}: a run folder of schema version "
+                                    f"{old.get('schema_version', 1)} (this gradproj writes "
+                                    f"{RUN_SCHEMA}): rerun with --force to recompute it, or use "
+                                    "another --out")
         if old != fingerprint:
             if not force:
                 diff = sorted(k for k in set(old) | set(fingerprint)
@@ -104,9 +142,12 @@ class Pipeline:
     """The stages of ``select``; each is skipped when its output already exists."""
 
     def __init__(self, inputs: RunInputs, out, *, force: bool = False, progress: bool = True,
-                 loaded: LoadedModel | None = None):
-        """``loaded``: the base model already in memory (its adapter will be swapped)."""
+                 loaded: LoadedModel | None = None, force_objective: bool = False):
+        """``loaded``: the base model already in memory (its adapter will be swapped);
+        ``force_objective``: allow given adapters trained with another objective."""
         self.inputs, self.out, self.progress = inputs, Path(out), progress
+        self.force_objective = force_objective
+        self.objective = inputs.pref.objective()
         self.train = load_pairs(inputs.train)
         self.val = load_pairs(inputs.val)
         _claim(self.out, _fingerprint(inputs, self.train, self.val), force)
@@ -126,7 +167,7 @@ class Pipeline:
         path = self.out / "theta"
         if not (path / "adapter_config.json").is_file():
             train_adapter(self._model(None), self.train, self.inputs.training, path,
-                          overwrite=True, progress=self.progress)
+                          pref=self.inputs.pref, overwrite=True, progress=self.progress)
             self.loaded.settings = replace(self.loaded.settings, adapter=str(path))
             self.stages.append("warm-up θ")
         return str(path)
@@ -138,7 +179,8 @@ class Pipeline:
         if not (path / "adapter_config.json").is_file():
             theta = self.theta()
             train_adapter(self._model(theta), self.val, self.inputs.training, path,
-                          overwrite=True, progress=self.progress)
+                          pref=self.inputs.pref, overwrite=True, progress=self.progress,
+                          force_objective=self.force_objective)
             self.loaded.settings = replace(self.loaded.settings, adapter=str(path))
             self.stages.append("auxiliary θ_V")
         return str(path)
@@ -148,9 +190,10 @@ class Pipeline:
         table = ScoreTable.read(path) if path.is_file() else None
         if table is None:
             theta, aux = self.theta(), self.theta_v()
-            t = self.inputs.training
-            table = score_pairs(self._model(theta), self.train, aux, beta=t.beta,
-                                max_length=t.max_length, batch_size=t.batch_size)
+            table = score_pairs(self._model(theta), self.train, aux, self.inputs.pref,
+                                batch_size=self.inputs.training.batch_size,
+                                force_objective=self.force_objective)
+            table.meta["objective"] = self.objective.settings()
             self.stages.append("scores")
         if need_if and "if" not in table.columns:
             inf = self.influence()
@@ -162,11 +205,10 @@ class Pipeline:
     def influence(self):
         theta = self.theta()
         store_dir = self.out / "store"
-        s = replace(self.inputs.store, beta=self.inputs.training.beta,
-                    max_length=self.inputs.training.max_length)
         if not (store_dir / "manifest.json").is_file() or not Store(store_dir, verify=False).complete:
-            build_store(self._model(theta), self.train, s, store_dir,
-                        resume=store_dir.exists(), progress=self.progress)
+            build_store(self._model(theta), self.train, self.inputs.store, store_dir,
+                        pref=self.inputs.pref, resume=store_dir.exists(),
+                        progress=self.progress, force_objective=self.force_objective)
             self.stages.append("store")
         store = Store(store_dir)
         result = compute_influence([store], self.val,
@@ -178,20 +220,20 @@ class Pipeline:
 
 
 def run_select(inputs: RunInputs, out, settings: SelectSettings = SelectSettings(), *,
-               force: bool = False, progress: bool = True) -> SelectResult:
+               force: bool = False, progress: bool = True,
+               force_objective: bool = False) -> SelectResult:
     """Run (or resume) the pipeline and apply ``settings.method``; writes every output."""
     from gradproj.pipeline.report import write_report
 
-    pipe = Pipeline(inputs, out, force=force, progress=progress)
-    need_if = settings.method in NEEDS_IF or settings.with_if or "if" in settings.bands
-    table = pipe.scores(need_if)
-    bands = {k: v for k, v in settings.bands.items()
-             if k in BAND_SCORES.get(settings.method, ())}
-    sel = select(table, settings.method, settings.keep, bands=bands or None,
-                 low_share=settings.low_share, seed=settings.seed)
+    pipe = Pipeline(inputs, out, force=force, progress=progress,
+                    force_objective=force_objective)
+    table = pipe.scores(settings.needs_if())
+    sel = select(table, settings.method, settings.keep, bands=settings.bands() or None,
+                 low_share=settings.low_share, seed=inputs.training.seed)
     by_id = {p.id: p for p in pipe.train}
     write_pairs_jsonl([by_id[i] for i in sel.kept], pipe.out / "selected.jsonl")
-    info = dict(sel.to_dict(), keep=settings.keep, low_share=settings.low_share,
+    info = dict(sel.to_dict(), objective=pipe.objective.settings(), keep=settings.keep,
+                low_share=settings.low_share, settings=settings.to_dict(),
                 computed=pipe.stages, kept_ids=sel.kept)
     if "if" in table.columns:
         tif = select(table, "tif", settings.keep, low_share=settings.low_share)

@@ -21,58 +21,50 @@ import numpy as np
 import torch
 
 from gradproj import __version__
-from gradproj.core.data import PreferencePair
-from gradproj.core.objectives import make_loss
+from gradproj.core.data import PreferencePair, data_fingerprint
 from gradproj.core.errors import GradprojError
-from gradproj.gradients.perpair import PerPairGradients, adam_precondition, lora_layout
 from gradproj.core.memory import release_heap
 from gradproj.core.model import LoadedModel
-from gradproj.gradients.projection import make_projector
-from gradproj.store.shards import ROW_DTYPE, STATUS, Store, StoreWriter, merge_rank_manifests, rank_manifest_path
+from gradproj.core.objectives import Objective, PreferenceSettings
+from gradproj.core.settings import Settings, at_least_one, non_negative, setting
 from gradproj.core.tokens import batches, tokenize_pairs
-from gradproj.training.train import data_fingerprint, load_optimizer_state
+from gradproj.gradients.perpair import PerPairGradients, adam_precondition, lora_layout
+from gradproj.gradients.projectors import make_projector
+from gradproj.gradients.spec import KINDS
+from gradproj.store.shards import (
+    ROW_DTYPE,
+    STATUS,
+    Store,
+    StoreWriter,
+    merge_rank_manifests,
+    rank_manifest_path,
+)
+from gradproj.training.train import check_adapter_objective, load_optimizer_state
 
 log = logging.getLogger(__name__)
 
-PROJECTOR_KINDS = ("rademacher", "gaussian", "sjlt", "trak-basic", "trak-cuda")
-
-
 @dataclass(frozen=True)
-class StoreSettings:
-    """How to compute and store the features; all of it goes into the manifest."""
+class StoreSettings(Settings):
+    """How to compute and store the features; all of it goes into the manifest (the objective
+    and max_length come from PreferenceSettings, shared with training and scoring)."""
 
-    proj_dim: int = 8192
-    """k, the projected dimension."""
-    proj_kind: str = "rademacher"
-    """rademacher | gaussian | sjlt (ours, device-independent) | trak-basic | trak-cuda (TRAK's)."""
-    seed: int = 0
-    """Projection seed: R is a pure function of (seed, parameter name, row, column)."""
-    grad_type: str = "sgd"
-    """sgd: the plain gradient; adam: LESS-style m'/(√v' + ε) from the adapter's optimizer state."""
-    loss: str = "dpo"
-    """Pairwise loss whose gradient is stored (dpo or slic)."""
-    beta: float = 0.1
-    max_length: int = 512
-    batch_size: int = 8
-    """Pairs per forward/backward pass."""
-    proj_batch: int = 64
-    """Pairs buffered before a projection call (amortises generating R)."""
-    shard_size: int = 1024
-    """Rows per shard file; the unit of resume."""
-    proj_cache_mb: float = 0.0
-    """Memory budget for caching blocks of R across calls (0: generate on the fly)."""
-    sjlt_s: int = 4
-    """Non-zeros per input coordinate of the sparse (sjlt) projection."""
-
-    def __post_init__(self):
-        if self.proj_kind not in PROJECTOR_KINDS:
-            raise GradprojError(f"--proj-kind must be one of {', '.join(PROJECTOR_KINDS)}, "
-                                f"got {self.proj_kind!r}")
-        if self.grad_type not in ("sgd", "adam"):
-            raise GradprojError(f"--grad-type must be sgd or adam, got {self.grad_type!r}")
-        for name in ("proj_dim", "batch_size", "proj_batch", "shard_size"):
-            if getattr(self, name) < 1:
-                raise GradprojError(f"--{name.replace('_', '-')} must be >= 1")
+    proj_dim: int = setting(8192, "k, the projected dimension.", check=at_least_one)
+    proj_kind: str = setting("rademacher", "Projection: rademacher, gaussian, sjlt (ours, "
+                                           "device-independent) or TRAK's trak-basic, trak-cuda.",
+                             choices=KINDS)
+    seed: int = setting(0, "Projection seed: R is a pure function of (seed, parameter, row, "
+                           "column).")
+    grad_type: str = setting("sgd", "sgd: the plain gradient; adam: LESS-style m'/(sqrt(v')+eps) "
+                                    "from the adapter's optimizer state.", choices=("sgd", "adam"))
+    batch_size: int = setting(8, "Pairs per forward/backward pass.", check=at_least_one)
+    proj_batch: int = setting(64, "Pairs buffered before a projection call (amortises "
+                                  "generating R).", check=at_least_one)
+    shard_size: int = setting(1024, "Rows per shard file; the unit of resume.",
+                              check=at_least_one)
+    proj_cache_mb: float = setting(0.0, "Memory budget for caching blocks of R across calls "
+                                        "(0: generate on the fly).", check=non_negative)
+    sjlt_s: int = setting(4, "Non-zeros per input coordinate of the sparse (sjlt) projection.",
+                          check=at_least_one)
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
@@ -84,9 +76,9 @@ def tokenizer_fingerprint(tokenizer) -> str:
     return h.hexdigest()[:16]
 
 
-def store_header(loaded: LoadedModel, settings: StoreSettings, spec_dict: dict,
-                 data_fp: str) -> dict:
-    """The manifest fields a query must match (see gradproj.influence)."""
+def store_header(loaded: LoadedModel, settings: StoreSettings, pref: PreferenceSettings,
+                 spec_dict: dict, data_fp: str) -> dict:
+    """The manifest fields a query must match (see gradproj.attribution.influence)."""
     ms = loaded.settings
     return {
         "gradproj_version": __version__,
@@ -95,26 +87,34 @@ def store_header(loaded: LoadedModel, settings: StoreSettings, spec_dict: dict,
         "adapter": {"path": ms.adapter, "fingerprint": loaded.adapter_fingerprint()},
         "tokenizer_fingerprint": tokenizer_fingerprint(loaded.tokenizer),
         "data_fingerprint": data_fp,
-        "loss": {"name": settings.loss, "beta": settings.beta},
+        "objective": pref.objective().settings(),
+        "preference": pref.to_dict(),
         "grad_type": settings.grad_type,
-        "max_length": settings.max_length,
+        "max_length": pref.max_length,
         "projector": spec_dict,
         "storage_dtype": "float16",
-        "settings": asdict(settings),
+        "settings": settings.to_dict(),
     }
+
+
+def manifest_settings(manifest: dict) -> tuple[StoreSettings, PreferenceSettings]:
+    """The store and preference settings a store was built with."""
+    return (StoreSettings.from_dict(manifest["settings"]),
+            PreferenceSettings.from_dict(manifest["preference"]))
 
 
 class FeatureComputer:
     """Per-pair gradients → (optional Adam preconditioning) → projection, for batches of pairs."""
 
-    def __init__(self, loaded: LoadedModel, settings: StoreSettings, device=None):
+    def __init__(self, loaded: LoadedModel, settings: StoreSettings, objective: Objective,
+                 device=None):
         self.loaded, self.settings = loaded, settings
         layout = lora_layout(loaded.model)
         self.projector = make_projector(settings.proj_kind, settings.proj_dim, layout,
                                         seed=settings.seed, sjlt_s=settings.sjlt_s,
                                         cache_mb=settings.proj_cache_mb,
                                         device=device or loaded.device)
-        self.grads = PerPairGradients(loaded.model, make_loss(settings.loss, settings.beta))
+        self.grads = PerPairGradients(loaded.model, objective)
         self.adam = None
         if settings.grad_type == "adam":
             if loaded.settings.adapter is None:
@@ -179,6 +179,8 @@ class FeatureComputer:
                     lp.policy_rejected[j])
                 r["ref_chosen"], r["ref_rejected"] = float(lp.ref_chosen[j]), float(
                     lp.ref_rejected[j])
+                r["len_chosen"], r["len_rejected"] = float(lp.len_chosen[j]), float(
+                    lp.len_rejected[j])
             buffer.append({n: v.detach() for n, v in g.items()})
             del pg, g
             i += len(batch)
@@ -195,9 +197,12 @@ class FeatureComputer:
 
 
 def build_store(loaded: LoadedModel, pairs: list[PreferencePair], settings: StoreSettings,
-                out, *, resume: bool = False, progress: bool = True, rank: int = 0,
-                world_size: int = 1, barrier=None) -> Store:
-    """Write the store for ``pairs`` at ``out`` (continuing a partial one with ``resume``).
+                out, *, pref: PreferenceSettings = PreferenceSettings(), resume: bool = False,
+                progress: bool = True, rank: int = 0, world_size: int = 1, barrier=None,
+                force_objective: bool = False) -> Store:
+    """Write the store of ``pref``'s objective for ``pairs`` at ``out`` (continuing a partial
+    one with ``resume``). An adapter trained with another objective is refused unless
+    ``force_objective``.
 
     In a torchrun build every rank calls this with its ``rank``, the ``world_size`` and a
     ``barrier`` callable: rank r computes shards i with i % world_size == r (shard boundaries do
@@ -206,12 +211,14 @@ def build_store(loaded: LoadedModel, pairs: list[PreferencePair], settings: Stor
     """
     from tqdm.auto import tqdm
 
-    tok = tokenize_pairs(pairs, loaded.tokenizer, settings.max_length)
+    objective = pref.objective()
+    check_adapter_objective(loaded.settings.adapter, objective, force_objective)
+    tok = tokenize_pairs(pairs, loaded.tokenizer, pref.max_length)
     too_long = [p.id for p in tok.pairs if len(p.id) > ROW_DTYPE["id"].itemsize // 4]
     if too_long:
         raise GradprojError(f"pair id {too_long[0]!r} is longer than 64 characters")
-    computer = FeatureComputer(loaded, settings)
-    header = store_header(loaded, settings, computer.projector.spec.to_dict(),
+    computer = FeatureComputer(loaded, settings, objective)
+    header = store_header(loaded, settings, pref, computer.projector.spec.to_dict(),
                           data_fingerprint(pairs))
     header["excluded"] = tok.excluded
     start = time.perf_counter()

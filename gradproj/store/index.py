@@ -25,27 +25,24 @@ import numpy as np
 import torch
 
 from gradproj.core.errors import GradprojError
+from gradproj.core.settings import Settings, at_least_one, setting
 from gradproj.store.shards import STATUS, Store, write_json_atomic
 
 
 @dataclass(frozen=True)
-class IndexSettings:
-    kind: str = "flat"
-    """flat (exact) or ivf-pq (compressed, approximate)."""
-    nlist: int = 256
-    """IVF cells (ivf-pq)."""
-    m: int = 64
-    """PQ sub-quantizers; must divide k (ivf-pq)."""
-    nprobe: int = 32
-    """Cells visited per query (ivf-pq)."""
-    part_rows: int = 1_000_000
-    """ivf-pq: rows per index file; the parts are searched together through IndexShards."""
-    refine: int = 10
-    """ivf-pq: fetch refine · top_k candidates, re-rank them exactly from the store (1: off)."""
+class IndexSettings(Settings):
+    """Which FAISS index answers the top-k search."""
 
-    def __post_init__(self):
-        if self.kind not in ("flat", "ivf-pq"):
-            raise GradprojError(f"--index must be flat or ivf-pq, got {self.kind!r}")
+    kind: str = setting("flat", "FAISS index for the top-k search: flat (exact) or ivf-pq "
+                                "(compressed, approximate).", choices=("flat", "ivf-pq"),
+                        option="index")
+    nlist: int = setting(256, "IVF cells (ivf-pq).", check=at_least_one)
+    m: int = setting(64, "PQ sub-quantizers; must divide k (ivf-pq).", check=at_least_one)
+    nprobe: int = setting(32, "Cells visited per query (ivf-pq).", check=at_least_one)
+    part_rows: int = setting(1_000_000, "ivf-pq: rows per index file; the parts are searched "
+                                        "together.", check=at_least_one, cli=False)
+    refine: int = setting(10, "ivf-pq: fetch refine x top-k candidates and re-rank them "
+                              "exactly from the store (1: off).", check=at_least_one)
 
     def filename(self) -> str:
         return "index-flat" if self.kind == "flat" else f"index-ivfpq-{self.nlist}-{self.m}"

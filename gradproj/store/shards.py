@@ -37,9 +37,10 @@ from pathlib import Path
 import numpy as np
 
 from gradproj.core.errors import CorruptStore, GradprojError, IncompatibleStore
-from gradproj.gradients.projection import ProjectorSpec
+from gradproj.gradients.spec import ProjectorSpec
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: rows hold the response lengths, the manifest the objective record (1 still opens)."""
 VERIFIED_FILE = "verified.json"
 RACY_NS = 2_000_000_000
 STATUS = {"ok": 0, "non-finite": 1}
@@ -54,7 +55,40 @@ ROW_DTYPE = np.dtype([
     ("policy_rejected", "f4"),     # log π_θ(y_l|x)
     ("ref_chosen", "f4"),          # log π_ref(y_w|x)
     ("ref_rejected", "f4"),        # log π_ref(y_l|x)
+    ("len_chosen", "f4"),          # |y_w|, response tokens (length-normalised objectives)
+    ("len_rejected", "f4"),        # |y_l|
 ])
+ROW_DTYPE_V1 = np.dtype(ROW_DTYPE.descr[:-2])
+
+
+def current_rows(rows: np.ndarray) -> np.ndarray:
+    """Row records in ROW_DTYPE: schema-1 rows get NaN response lengths."""
+    if rows.dtype == ROW_DTYPE:
+        return rows
+    out = np.zeros(len(rows), ROW_DTYPE)
+    for name in rows.dtype.names:
+        out[name] = rows[name]
+    out["len_chosen"] = out["len_rejected"] = np.nan
+    return out
+
+
+def upgrade_manifest(manifest: dict) -> dict:
+    """A schema-1 manifest in schema-2 form: its ``loss`` {name, beta} becomes the objective
+    record (DPO or SLiC with δ = 1, the only ones schema 1 could hold); loss, β and max_length
+    leave the store settings for the preference settings."""
+    if manifest.get("schema_version") != 1:
+        return manifest
+    m = dict(manifest)
+    loss = m.pop("loss", {"name": "dpo", "beta": 0.1})
+    params = {"delta": 1.0} if loss["name"] == "slic" else {}
+    m["objective"] = {"name": loss["name"], "beta": float(loss["beta"]), "params": params}
+    m["preference"] = {"loss": loss["name"], "beta": float(loss["beta"]),
+                       "loss_param": [f"{k}={v}" for k, v in params.items()],
+                       "max_length": m.get("max_length")}
+    m["settings"] = {k: v for k, v in m.get("settings", {}).items()
+                     if k not in ("loss", "beta", "max_length")}
+    m["schema_version_on_disk"] = 1
+    return m
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -277,9 +311,12 @@ class Store:
             self.manifest = json.loads(path.read_text())
         except json.JSONDecodeError as err:
             raise CorruptStore(f"{path}: invalid JSON ({err.msg})") from None
-        if self.manifest.get("schema_version") != SCHEMA_VERSION:
-            raise IncompatibleStore(f"{path}: schema version {self.manifest.get('schema_version')} "
-                                f"is not {SCHEMA_VERSION}")
+        version = self.manifest.get("schema_version")
+        if version not in (1, SCHEMA_VERSION):
+            raise IncompatibleStore(f"{path}: schema version {version} is not one this gradproj "
+                                    f"reads (1, {SCHEMA_VERSION}): rebuild the store with "
+                                    "gradproj build-store")
+        self.manifest = upgrade_manifest(self.manifest)
         self.shards = [ShardInfo(**s) for s in self.manifest["shards"]]
         if verify not in (True, False, "auto"):
             raise ValueError(f"verify must be True, False or 'auto', got {verify!r}")
@@ -349,8 +386,8 @@ class Store:
     def rows(self) -> np.ndarray:
         """All row records (ROW_DTYPE [N]) in store order."""
         if self._rows is None:
-            parts = [np.load(self.root / "shards" / f"{s.name}.rows.npy", allow_pickle=False)
-                     for s in self.shards]
+            parts = [current_rows(np.load(self.root / "shards" / f"{s.name}.rows.npy",
+                                          allow_pickle=False)) for s in self.shards]
             self._rows = np.concatenate(parts) if parts else np.zeros(0, ROW_DTYPE)
         return self._rows
 
@@ -359,8 +396,12 @@ class Store:
         ids are 256 B a row) in memory: the row files are memory-mapped."""
         if self._rows is not None:
             return self._rows[name]
-        parts = [np.array(np.load(self.root / "shards" / f"{s.name}.rows.npy", mmap_mode="r",
-                                  allow_pickle=False)[name]) for s in self.shards]
+        parts = []
+        for s in self.shards:
+            rows = np.load(self.root / "shards" / f"{s.name}.rows.npy", mmap_mode="r",
+                           allow_pickle=False)
+            parts.append(np.array(rows[name]) if name in rows.dtype.names
+                         else np.full(len(rows), np.nan, ROW_DTYPE[name]))
         return np.concatenate(parts) if parts else np.zeros(0, ROW_DTYPE[name])
 
     def ids(self) -> list[str]:
@@ -387,7 +428,7 @@ class Store:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
 
 
-SPEC_FIELDS = ("projector", "model", "adapter", "tokenizer_fingerprint", "loss", "grad_type",
+SPEC_FIELDS = ("projector", "model", "adapter", "tokenizer_fingerprint", "objective", "grad_type",
                "max_length", "storage_dtype")
 
 
@@ -418,7 +459,7 @@ def merge_stores(sources: list[Store], out) -> Store:
         raise GradprojError(f"{root}: already exists")
     header = {k: v for k, v in first.items()
               if k not in ("shards", "rows", "complete", "schema_version", "timing", "excluded",
-                           "data_fingerprint", "world_size")}
+                           "data_fingerprint", "world_size", "schema_version_on_disk")}
     header["merged_from"] = [str(st.root) for st in sources]
     header["data_fingerprint"] = hashlib.sha256(
         "".join(st.manifest["data_fingerprint"] for st in sources).encode()).hexdigest()[:16]

@@ -1,4 +1,5 @@
-"""Held-out preference metrics of a model: accuracy (share with h > 0), mean margin, mean loss."""
+"""Held-out preference metrics of a model under an objective: reward accuracy (share with
+margin > 0), policy accuracy, mean margin, mean loss."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ from dataclasses import asdict, dataclass
 
 from gradproj.core.data import PreferencePair
 from gradproj.core.logprobs import PairLogProbs, pair_logprobs
-from gradproj.core.objectives import make_loss
 from gradproj.core.errors import GradprojError
+from gradproj.core.objectives import Objective, PreferenceSettings
 from gradproj.core.model import LoadedModel
 from gradproj.core.tokens import tokenize_pairs
 
@@ -28,30 +29,30 @@ class EvalResult:
         return asdict(self)
 
 
-def metrics(lp: PairLogProbs, beta: float = 0.1, loss: str = "dpo") -> EvalResult:
+def metrics(lp: PairLogProbs, objective: Objective) -> EvalResult:
     """Metrics from log-probs already computed."""
-    fn = make_loss(loss, beta)
-    h = fn.margin(lp)
+    m = objective.margin(lp)
     prefers = (lp.policy_chosen > lp.policy_rejected).float().mean()
-    return EvalResult(n=len(h), accuracy=float((h > 0).float().mean()),
-                      policy_accuracy=float(prefers),
-                      mean_margin=float(h.mean()), mean_loss=float(fn.from_margin(h).mean()),
-                      n_excluded=0)
+    return EvalResult(n=len(m), accuracy=float((m > 0).float().mean()),
+                      policy_accuracy=float(prefers), mean_margin=float(m.mean()),
+                      mean_loss=float(objective.loss_from_margin(m).mean()), n_excluded=0)
 
 
-def evaluate(loaded: LoadedModel, pairs: list[PreferencePair], beta: float = 0.1,
-             max_length: int = 512, batch_size: int = 8, loss: str = "dpo",
+def evaluate(loaded: LoadedModel, pairs: list[PreferencePair],
+             pref: PreferenceSettings = PreferenceSettings(), batch_size: int = 8,
              reference=None) -> EvalResult:
-    """Score ``pairs`` under the loaded adapter (policy) against the adapter disabled (reference).
+    """Score ``pairs`` under the loaded adapter (policy) against the adapter disabled (reference),
+    with ``pref``'s objective.
 
     ``reference``: (chosen, rejected) reference log-probs of the same pairs, to skip recomputing
     them when one set of pairs is evaluated under many adapters.
     """
-    tokenized = tokenize_pairs(pairs, loaded.tokenizer, max_length)
+    objective = pref.objective()
+    tokenized = tokenize_pairs(pairs, loaded.tokenizer, pref.max_length)
     if not tokenized.pairs:
         raise GradprojError("no pair left to evaluate after tokenization")
     lp = pair_logprobs(loaded.model, tokenized.pairs, loaded.tokenizer.pad_token_id, batch_size,
-                       reference=reference)
-    result = metrics(lp, beta, loss)
+                       reference=reference, with_reference=objective.needs_reference)
+    result = metrics(lp, objective)
     result.n_excluded = len(tokenized.excluded)
     return result

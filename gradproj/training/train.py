@@ -16,59 +16,44 @@ An output folder holds:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from gradproj.core.data import PreferencePair
-from gradproj.core.errors import GradprojError
+from gradproj.core.data import PreferencePair, data_fingerprint
+from gradproj.core.errors import BadInput, GradprojError
+from gradproj.core.logprobs import PairLogProbs, adapter_disabled, sequence_logprobs
 from gradproj.core.model import LoadedModel
-from gradproj.core.tokens import tokenize_pairs
+from gradproj.core.objectives import Objective, PreferenceSettings, check_objective
+from gradproj.core.settings import Settings, at_least_one, positive, setting, unit_interval
+from gradproj.core.tokens import PairBatch, tokenize_pairs
 
 log = logging.getLogger(__name__)
 OPTIMIZER_FILE = "optimizer.safetensors"
+TRAIN_SCHEMA = 2
+"""train.json schema: 2 adds the objective record (1: DPO implied, β in settings)."""
 
 
 @dataclass(frozen=True)
-class TrainSettings:
-    """How to train the adapter."""
+class TrainSettings(Settings):
+    """How to train the adapter (the objective and max_length are in PreferenceSettings)."""
 
-    epochs: float = 1.0
-    """Passes over the pairs."""
-    lr: float = 5e-4
-    """Peak AdamW learning rate."""
-    batch_size: int = 8
-    """Pairs per optimizer step (per device, before accumulation)."""
-    grad_accum: int = 1
-    """Gradient accumulation steps."""
-    beta: float = 0.1
-    """DPO β."""
-    seed: int = 0
-    """Seed of shuffling (and of a fresh adapter's init, set in ModelSettings.lora)."""
-    scheduler: str = "linear"
-    """transformers lr scheduler name (linear, cosine, constant ...)."""
-    warmup_ratio: float = 0.0
-    """Share of steps with a linear learning-rate warm-up, in [0, 1)."""
-    max_length: int = 512
-    """Tokens per sequence (prompt + response); see gradproj.tokens for the truncation rule."""
-
-    def __post_init__(self):
-        if not self.epochs > 0:
-            raise GradprojError(f"--epochs must be > 0, got {self.epochs}")
-        if not self.lr > 0:
-            raise GradprojError(f"--lr must be > 0, got {self.lr}")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            raise GradprojError("--batch-size and --grad-accum must be >= 1")
-        if not self.beta > 0:
-            raise GradprojError(f"--beta must be > 0, got {self.beta}")
+    epochs: float = setting(1.0, "Passes over the pairs.", check=positive)
+    lr: float = setting(5e-4, "Peak AdamW learning rate.", check=positive)
+    batch_size: int = setting(8, "Pairs per optimizer step (per device, before accumulation); "
+                                 "also pairs per forward pass when scoring.", check=at_least_one)
+    grad_accum: int = setting(1, "Gradient accumulation steps.", check=at_least_one)
+    seed: int = setting(0, "Seed of shuffling and of a fresh adapter's init.")
+    scheduler: str = setting("linear", "transformers lr scheduler (linear, cosine, constant ...).")
+    warmup_ratio: float = setting(0.0, "Share of steps with a linear learning-rate warm-up.",
+                                  check=unit_interval)
 
 
 @dataclass
@@ -81,21 +66,41 @@ class TrainResult:
     excluded: dict[str, str]
 
 
-def data_fingerprint(pairs: list[PreferencePair]) -> str:
-    """sha256 of the ordered pair ids (ids are content hashes unless the data gives its own)."""
-    return hashlib.sha256("\n".join(p.id for p in pairs).encode()).hexdigest()[:16]
+def objective_loss(model, inputs: dict, objective: Objective, unwrapped=None) -> torch.Tensor:
+    """Per-pair loss [B] of a trl-collated DPO batch (``input_ids`` [2B, T], chosen rows first,
+    ``attention_mask``, ``completion_mask``): the same sums gradproj's scores and store use."""
+    batch = PairBatch([""] * (len(inputs["input_ids"]) // 2), inputs["input_ids"],
+                      inputs["attention_mask"], inputs["completion_mask"].float())
+    policy = sequence_logprobs(model, batch)
+    b = len(batch)
+    if objective.needs_reference:
+        with torch.no_grad(), adapter_disabled(unwrapped if unwrapped is not None else model):
+            ref = sequence_logprobs(model, batch)
+        reference = (ref[:b], ref[b:])
+    else:
+        reference = (torch.zeros_like(policy[:b]), torch.zeros_like(policy[:b]))
+    return objective(PairLogProbs.from_rows(policy, reference, batch.response_lengths()))
 
 
-def _trainer_class():
+def _trainer_class(objective: Objective):
     from transformers import TrainerCallback
     from trl import DPOTrainer
 
     class PreTokenizedDPOTrainer(DPOTrainer):
-        """DPOTrainer on pairs already tokenized and truncated by gradproj.tokens, so training
-        sees exactly the tokens that scoring and the gradient store see."""
+        """DPOTrainer on pairs already tokenized and truncated by gradproj.core.tokens, so
+        training sees exactly the tokens that scoring and the gradient store see. Where trl
+        has no loss_type for ``objective`` (SimPO, SLiC with δ ≠ 1), the loss is gradproj's
+        own, computed from the same collated batch."""
 
         def _prepare_dataset(self, dataset, *args, **kwargs):
             return dataset
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if objective.trl_matches():
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = objective_loss(model, inputs, objective,
+                                  self.accelerator.unwrap_model(model)).mean()
+            return (loss, {}) if return_outputs else loss
 
     class Record(TrainerCallback):
         """Collects per-step loss and learning rate; drives a tqdm bar instead of log prints."""
@@ -169,9 +174,44 @@ def _prepare_out(out_dir: Path, overwrite: bool) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
 
 
+def read_train_record(adapter_dir) -> dict | None:
+    """The ``train.json`` of an adapter made by gradproj train, or None for another adapter."""
+    path = Path(adapter_dir) / "train.json"
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise BadInput(f"{path}: invalid JSON ({err.msg})") from None
+
+
+def adapter_objective(adapter_dir) -> dict | None:
+    """The objective record an adapter was trained with (records before schema 2: DPO with
+    the β of its settings); None when the adapter was not made by gradproj train."""
+    record = read_train_record(adapter_dir)
+    if record is None:
+        return None
+    if "objective" in record:
+        return record["objective"]
+    return {"name": "dpo", "beta": float(record.get("settings", {}).get("beta", 0.1)),
+            "params": {}}
+
+
+def check_adapter_objective(adapter_dir, objective: Objective, force: bool = False) -> None:
+    """Refuse ``objective`` for an adapter trained with another one (one line, exit 2)."""
+    if adapter_dir is None:
+        return
+    recorded = adapter_objective(adapter_dir)
+    if recorded is not None:
+        check_objective(recorded, objective, f"adapter {adapter_dir}", force)
+
+
 def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: TrainSettings,
-                  out_dir, *, overwrite: bool = False, progress: bool = True) -> TrainResult:
-    """Train ``loaded.model``'s adapter in place with DPO on ``pairs`` and save it to ``out_dir``.
+                  out_dir, *, pref: PreferenceSettings = PreferenceSettings(),
+                  overwrite: bool = False, progress: bool = True,
+                  force_objective: bool = False) -> TrainResult:
+    """Train ``loaded.model``'s adapter in place on ``pairs`` with ``pref``'s objective and save
+    it to ``out_dir``; continuing an adapter of another objective needs ``force_objective``.
 
     The folder appears complete or not at all: everything is written to a temporary sibling and
     renamed at the end.
@@ -180,8 +220,10 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from trl import DPOConfig
 
+    objective = pref.objective()
+    check_adapter_objective(loaded.settings.adapter, objective, force_objective)
     out_dir = Path(out_dir)
-    tokenized = tokenize_pairs(pairs, loaded.tokenizer, settings.max_length)
+    tokenized = tokenize_pairs(pairs, loaded.tokenizer, pref.max_length)
     if not tokenized.pairs:
         raise GradprojError("no pair left to train on after tokenization")
     for pid, why in tokenized.excluded.items():
@@ -194,13 +236,14 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
         config = DPOConfig(
             output_dir=str(tmp / "trainer"), num_train_epochs=settings.epochs,
             learning_rate=settings.lr, per_device_train_batch_size=settings.batch_size,
-            gradient_accumulation_steps=settings.grad_accum, beta=settings.beta,
+            gradient_accumulation_steps=settings.grad_accum, beta=objective.beta,
             seed=settings.seed, data_seed=settings.seed, lr_scheduler_type=settings.scheduler,
             warmup_steps=settings.warmup_ratio, max_length=None, logging_steps=1,
             save_strategy="no", report_to="none", gradient_checkpointing=False,
             use_cpu=loaded.device.type == "cpu", dataloader_num_workers=0,
-            disable_tqdm=True, loss_type=["sigmoid"], bf16=False, fp16=False)
-        trainer_cls, record_cls = _trainer_class()
+            disable_tqdm=True, loss_type=[objective.trl_loss_type or "sigmoid"],
+            bf16=False, fp16=False)
+        trainer_cls, record_cls = _trainer_class(objective)
         record = record_cls(progress)
         trainer = trainer_cls(model=loaded.model, args=config, train_dataset=Dataset.from_dict(rows),
                               processing_class=loaded.tokenizer, callbacks=[record])
@@ -219,8 +262,9 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
         save_optimizer_state(trainer.optimizer, loaded.lora_parameters(), tmp / OPTIMIZER_FILE)
         (tmp / "lr_schedule.json").write_text(json.dumps({"lr": record.lrs}))
         info = {
-            "settings": asdict(settings), "model": loaded.settings.to_dict(),
-            "base_fingerprint": loaded.base_fingerprint,
+            "schema_version": TRAIN_SCHEMA, "objective": objective.settings(),
+            "preference": pref.to_dict(), "settings": settings.to_dict(),
+            "model": loaded.settings.to_dict(), "base_fingerprint": loaded.base_fingerprint,
             "adapter_fingerprint": loaded.adapter_fingerprint(),
             "data_fingerprint": data_fingerprint(pairs), "n_pairs": len(tokenized.pairs),
             "n_truncated": tokenized.n_truncated, "excluded": tokenized.excluded,
