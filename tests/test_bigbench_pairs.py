@@ -1,6 +1,6 @@
-"""benchmarks/bigbench_pairs.py on a tiny fake BIG-bench sdist built here (no network, no real
-archive): pair content, skipped examples, seeded splits, stratification, caps, the refusals and
-the written files."""
+"""gradproj.experiments.bigbench and its command line benchmarks/bigbench_pairs.py on a tiny fake
+BIG-bench sdist built here (no network, no real archive): pair content, skipped examples, seeded
+splits, stratification, caps, the refusals and the written files."""
 
 from __future__ import annotations
 
@@ -16,9 +16,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-import bigbench_pairs as bb  # noqa: E402
+import bigbench_pairs as cli  # noqa: E402
 
 from gradproj.core.data import load_pairs  # noqa: E402
+from gradproj.experiments import bigbench as bb  # noqa: E402
 
 TASKS = ("alpha", "beta", "gamma")
 
@@ -168,13 +169,13 @@ def test_function_uses_the_cache_dir(tmp_path, monkeypatch):
 def test_reserved_tasks_are_refused(task, archive, capsys):
     with pytest.raises(bb.BigbenchError, match="reserved for independent evaluation"):
         bb.PairSettings(tasks=("alpha", task))
-    assert bb.main(["--tasks", f"alpha,{task}", "--archive", str(archive)]) == 2
+    assert cli.main(["--tasks", f"alpha,{task}", "--archive", str(archive)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"task '{task}' is reserved" in err
 
 
 def test_cli_prints_the_table(archive, tmp_path, capsys):
-    assert bb.main(["--tasks", "alpha,gamma", "--archive", str(archive),
+    assert cli.main(["--tasks", "alpha,gamma", "--archive", str(archive),
                     "--out", str(tmp_path / "out"), "--max-train", "5"]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["task", "train", "val", "test", "skipped"]
@@ -190,7 +191,7 @@ def test_cli_prints_the_table(archive, tmp_path, capsys):
     (["--max-val", "0"], "--max-val must be at least 1"),
 ])
 def test_bad_input_exits_2(args, message, archive, tmp_path, capsys):
-    assert bb.main([*args, "--archive", str(archive), "--out", str(tmp_path / "o")]) == 2
+    assert cli.main([*args, "--archive", str(archive), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and message in err
 
@@ -209,10 +210,10 @@ def test_missing_archive_and_failing_pip(tmp_path, monkeypatch, capsys):
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found")
 
     monkeypatch.setattr(bb.subprocess, "run", fake_run)
-    assert bb.main(["--cache-dir", str(tmp_path / "cache")]) == 2
+    assert cli.main(["--cache-dir", str(tmp_path / "cache")]) == 2
     assert calls[0][1:] == ["-m", "pip", "download", "--no-deps", "bigbench==1.0.0",
                             "-d", str(tmp_path / "cache")]
     err = capsys.readouterr().err.splitlines()
     assert "pip could not download bigbench==1.0.0 (ERROR: No matching distribution" in err[-1]
-    assert bb.main(["--archive", str(tmp_path / "missing.tar.gz")]) == 2
+    assert cli.main(["--archive", str(tmp_path / "missing.tar.gz")]) == 2
     assert "no archive at" in capsys.readouterr().err

@@ -14,97 +14,74 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-from gradproj.store.build import StoreSettings
 from gradproj.core.data import write_pairs_jsonl
-from gradproj.core.logprobs import response_logprobs
-from gradproj.training.evaluate import EvalResult, evaluate
-from gradproj.core.model import ModelSettings, load_model, reattach
-from gradproj.pipeline.run import Pipeline, RunInputs
-from gradproj.attribution.selection import overlap_coefficient, select
+from gradproj.core.model import ModelSettings, load_model
+from gradproj.core.objectives import PreferenceSettings
+from gradproj.core.settings import Settings, at_least_one, fraction, positive, setting
+from gradproj.experiments.runner import Continuation, HeldOut, continue_on_rules
+from gradproj.experiments.scoring import score_run
 from gradproj.experiments.synthetic import make_task
-from gradproj.core.tokens import tokenize_pairs
-from gradproj.training.train import TrainSettings, train_adapter
+from gradproj.store.build import StoreSettings
+from gradproj.training.evaluate import EvalResult
+from gradproj.training.train import TrainSettings
 
 RULES = ("all", "random", "top-if", "tif", "lossdiff", "irm", "lossdiff-irm")
 MAX_LENGTH = 96
 
 
 @dataclass(frozen=True)
-class DemoSettings:
-    model: str = "smollm2"
-    n_train: int = 32
-    n_test: int = 24
-    flip: float = 0.25
-    keep: float = 0.64
-    epochs: float = 1.0
-    """Epochs of every training stage (warm-up, auxiliary, continued)."""
-    lr: float = 2e-3
-    seed: int = 0
-    out: str = "runs/demo"
-    device: str = "auto"
+class DemoSettings(Settings):
+    model: str = setting("smollm2", "Model: the embedded SmolLM2, a folder or a hub id.")
+    n_train: int = setting(32, "Training pairs.", check=at_least_one)
+    n_test: int = setting(24, "Held-out test pairs.", check=at_least_one)
+    flip: float = setting(0.25, "Share of training pairs flipped.",
+                          check=(lambda v: 0 <= v < 1, "must be in [0, 1)"))
+    keep: float = setting(0.64, "Keep fraction of every rule.", check=fraction)
+    epochs: float = setting(1.0, "Epochs of every training stage (warm-up, auxiliary, "
+                                 "continued).", check=positive)
+    lr: float = setting(2e-3, "Learning rate.", check=positive)
+    seed: int = setting(0, "Task and training seed.")
+    out: str = setting("runs/demo", "Folder for the demo's data, adapters and results.")
+    device: str = setting("auto", "auto, cpu, cuda.")
 
 
 def run_demo(s: DemoSettings, echo=print) -> dict:
     """Run the demo, print its table, and write ``out/results.json``."""
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
-    clock = {"start": time.perf_counter()}
-
-    def lap(name):
-        now = time.perf_counter()
-        clock[name] = now - clock.pop("_last", clock["start"])
-        clock["_last"] = now
-
+    start = time.perf_counter()
     task = make_task(n_train=s.n_train, n_val=max(8, s.n_train // 4), n_test=s.n_test,
                      flip=s.flip, seed=s.seed)
-    for name in ("train", "val", "test"):
-        write_pairs_jsonl(getattr(task, name), out / f"{name}.jsonl")
+    write_pairs_jsonl(task.test, out / "test.jsonl")      # train and val: by score_run
     (out / "flipped.json").write_text(json.dumps(sorted(task.flipped)))
     echo(f"task: {len(task.train)} train pairs ({len(task.flipped)} flipped), {len(task.val)} "
          f"val, {len(task.test)} test -> {out}")
 
     loaded = load_model(ModelSettings(model=s.model, device=s.device))
-    test_tok = tokenize_pairs(task.test, loaded.tokenizer, MAX_LENGTH).pairs
-    ref = response_logprobs(loaded.model, test_tok, loaded.tokenizer.pad_token_id,
-                            reference=True)
-    before = evaluate(loaded, task.test, max_length=MAX_LENGTH, reference=ref)
-    lap("load + base eval")
+    pref = PreferenceSettings(max_length=MAX_LENGTH)
+    heldout = HeldOut(loaded, task.test, pref)
+    before = heldout.evaluate(loaded)
+    clock = {"load + base eval": time.perf_counter() - start}
 
-    training = TrainSettings(epochs=s.epochs, lr=s.lr, batch_size=8, seed=s.seed,
-                             max_length=MAX_LENGTH)
-    inputs = RunInputs(model=loaded.settings, train=str(out / "train.jsonl"),
-                       val=str(out / "val.jsonl"), training=training,
-                       store=StoreSettings(proj_dim=2048, max_length=MAX_LENGTH, batch_size=8))
-    pipe = Pipeline(inputs, out / "select", force=True, progress=False, loaded=loaded)
-    theta = pipe.theta()
-    lap("warm-up θ")
-    pipe.theta_v()
-    lap("auxiliary θ_V")
-    table = pipe.scores(need_if=True)
-    lap("scores + store + IF")
+    training = TrainSettings(epochs=s.epochs, lr=s.lr, batch_size=8, seed=s.seed)
+    scored = score_run(loaded, task.train, task.val, out, training,
+                       StoreSettings(proj_dim=2048, batch_size=8), pref)
+    clock.update(scored.seconds)
+    cont = Continuation(scored.loaded, heldout, training, pref, out / "continued",
+                        keep_adapters=True)
+    warm = cont.evaluate()
 
-    loaded = reattach(pipe.loaded, theta)
-    warm = evaluate(loaded, task.test, max_length=MAX_LENGTH, reference=ref)
-    by_id = {p.id: p for p in task.train}
-    tif_kept = select(table, "tif", s.keep).kept
-    rows = []
-    for rule in RULES:
-        sel = select(table, rule, s.keep, seed=s.seed)
-        removed = len(task.flipped - set(sel.kept)) / max(1, len(task.flipped))
-        loaded = reattach(loaded, theta)
-        train_adapter(loaded, [by_id[i] for i in sel.kept], replace(training, seed=s.seed),
-                      out / "continued" / rule, overwrite=True, progress=False)
-        result = evaluate(loaded, task.test, max_length=MAX_LENGTH, reference=ref)
-        rows.append({"rule": rule, "kept": len(sel.kept), "flips_removed": removed,
-                     "overlap_tif": overlap_coefficient(sel.kept, tif_kept), **result.to_dict()})
-        lap(f"continue on {rule}")
-    total = time.perf_counter() - clock.pop("start")
-    clock.pop("_last", None)
+    def lap(row):
+        clock[f"continue on {row['rule']}"] = row["train_seconds"] + row["eval_seconds"]
+
+    rows = continue_on_rules(cont, scored.table, task.train, RULES, s.keep, (s.seed,),
+                             task.flipped, on_row=lap)
+    total = time.perf_counter() - start
     _print(echo, s, before, warm, rows, clock, total)
-    results = {"settings": asdict(s), "before": before.to_dict(), "warm_up": warm.to_dict(),
+    results = {"settings": s.to_dict(), "before": before.to_dict(), "warm_up": warm.to_dict(),
                "rules": rows, "seconds": clock, "total_seconds": total}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results

@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass
 
 from gradproj.core.data import PreferencePair, pairs_from_records
+from gradproj.experiments.noise import flip_records
 
 
 def _addition(rng: random.Random):
@@ -72,19 +73,6 @@ def make_records(n: int, seed: int, prefix: str) -> list[dict]:
                      "chosen": prompt + [{"role": "assistant", "content": c}],
                      "rejected": prompt + [{"role": "assistant", "content": r}]})
     return rows
-
-
-def flip_records(rows: list[dict], fraction: float, seed: int) -> tuple[list[dict], set[str]]:
-    """Swap chosen/rejected in round(fraction · n) randomly chosen rows (copies)."""
-    rng = random.Random(seed)
-    picked = set(rng.sample(range(len(rows)), round(fraction * len(rows))))
-    out = []
-    for i, row in enumerate(rows):
-        row = dict(row)
-        if i in picked:
-            row["chosen"], row["rejected"] = row["rejected"], row["chosen"]
-        out.append(row)
-    return out, {rows[i]["id"] for i in picked}
 
 
 def make_task(n_train: int = 96, n_val: int = 24, n_test: int = 48, flip: float = 0.25,

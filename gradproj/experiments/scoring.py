@@ -1,0 +1,86 @@
+"""The paper's scoring stages, each timed: θ, θ_V, IRM + LossDiff, the store at θ, IF.
+
+1. θ: ``training`` on the training pairs from a fresh adapter;
+2. θ_V: ``aux_epochs`` (default: the training epochs) on the validation pairs, from θ;
+3. IRM and LossDiff (forward passes), 4. the gradient store at θ, 5. validation gradients and
+   IF / TIF — 3 to 5 through :class:`gradproj.pipeline.run.Pipeline` (what ``gradproj select``
+   runs) with θ and θ_V given, the store built here first so that its time is its own.
+
+Folder: ``work/{train,val}.jsonl``, ``work/theta``, ``work/theta_v``, ``work/select`` (the
+pipeline's folder: scores.parquet, store/, influence/).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from gradproj.attribution.scores import ScoreTable
+from gradproj.core.data import PreferencePair, write_pairs_jsonl
+from gradproj.core.errors import GradprojError
+from gradproj.core.model import LoadedModel, reattach
+from gradproj.core.objectives import PreferenceSettings
+from gradproj.pipeline.run import Pipeline, RunInputs
+from gradproj.store.build import StoreSettings, build_store
+from gradproj.training.train import TrainSettings, train_adapter
+
+STAGES = ("warm-up θ", "auxiliary θ_V", "scores (IRM + LossDiff)", "store build",
+          "IF (val gradients + query)")
+
+
+@dataclass
+class Scored:
+    theta: str
+    theta_v: str
+    table: ScoreTable
+    """irm, loss_theta, lossdiff, … and if, tif per training pair."""
+    store: Path
+    loaded: LoadedModel
+    """The model with θ active."""
+    seconds: dict[str, float] = field(default_factory=dict)
+    """Stage (:data:`STAGES`) → wall seconds."""
+
+
+def score_run(loaded: LoadedModel, train: list[PreferencePair], val: list[PreferencePair],
+              work: str | Path, training: TrainSettings, store: StoreSettings,
+              pref: PreferenceSettings = PreferenceSettings(), *,
+              aux_epochs: float | None = None, tif_band=(0.20, 0.84),
+              log: Callable[[str], None] | None = None) -> Scored:
+    """Run the stages of the module docstring; ``log`` gets one line per finished stage."""
+    work = Path(work)
+    work.mkdir(parents=True, exist_ok=True)
+    for name, pairs in (("train", train), ("val", val)):
+        write_pairs_jsonl(pairs, work / f"{name}.jsonl")
+    seconds: dict[str, float] = {}
+
+    def timed(stage: str, fn):
+        t = time.perf_counter()
+        out = fn()
+        seconds[stage] = time.perf_counter() - t
+        if log is not None:
+            log(f"{stage}: {seconds[stage]:.0f}s")
+        return out
+
+    theta, theta_v = work / "theta", work / "theta_v"
+    fresh = reattach(loaded, None)
+    timed(STAGES[0], lambda: train_adapter(fresh, train, training, theta, pref=pref,
+                                           overwrite=True, progress=False))
+    model = reattach(fresh, str(theta))
+    aux = training if aux_epochs is None else replace(training, epochs=aux_epochs)
+    timed(STAGES[1], lambda: train_adapter(model, val, aux, theta_v, pref=pref, overwrite=True,
+                                           progress=False))
+    model = reattach(model, str(theta))
+    inputs = RunInputs(model=model.settings, train=str(work / "train.jsonl"),
+                       val=str(work / "val.jsonl"), adapter=str(theta), aux_adapter=str(theta_v),
+                       training=training, store=store, pref=pref, tif_band=tif_band)
+    pipe = Pipeline(inputs, work / "select", force=True, progress=False, loaded=model)
+    timed(STAGES[2], lambda: pipe.scores(need_if=False))
+    timed(STAGES[3], lambda: build_store(model, train, store, work / "select" / "store",
+                                         pref=pref, progress=False))
+    table = timed(STAGES[4], lambda: pipe.scores(need_if=True))
+    if "store" in pipe.stages:
+        raise GradprojError(f"{work / 'select'}: the pipeline rebuilt the store built here")
+    return Scored(str(theta), str(theta_v), table, work / "select" / "store", pipe.loaded,
+                  seconds)

@@ -1,0 +1,130 @@
+"""Statistics of the experiments: ranks, correlations, AUROC and intervals (scipy underneath).
+
+Every function takes array-likes of equal length and drops the positions where any input is
+not finite (NaN marks a pair that could not be scored); a statistic with too few points or no
+spread is NaN, never an exception.
+
+    rank r_i        average rank of x_i among x, 1..n (ties share their mean rank)
+    Spearman ρ      Pearson correlation of the ranks
+    Pearson r       cov(x, y) / (σ_x σ_y)
+    AUROC           P(s⁺ > s⁻) + ½ P(s⁺ = s⁻) = U / (n⁺ n⁻), U the Mann–Whitney statistic
+    Fisher interval tanh(atanh r ± z / √(n − 3))
+    mean interval   x̄ ± t_{n−1, 0.975} · s / √n  (paired difference: the same of a − b)
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from scipy import stats as st
+
+
+def finite(*arrays) -> list[np.ndarray]:
+    """The arrays as float64 [n], restricted to positions where every one is finite."""
+    xs = [np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays]
+    ok = np.ones(len(xs[0]), bool)
+    for x in xs:
+        if len(x) != len(ok):
+            raise ValueError(f"arrays of different lengths: {[len(v) for v in xs]}")
+        ok &= np.isfinite(x)
+    return [x[ok] for x in xs]
+
+
+def ranks(x) -> np.ndarray:
+    """Average ranks 1..n along the last axis ([n] or [m, n]); ties get their mean rank."""
+    return st.rankdata(np.asarray(x, dtype=np.float64), axis=-1)
+
+
+def _flat(x: np.ndarray) -> bool:
+    return len(x) < 2 or np.ptp(x) == 0
+
+
+def pearson(x, y) -> float:
+    """Pearson r over the finite pairs; NaN with fewer than 2 or a constant side."""
+    x, y = finite(x, y)
+    if _flat(x) or _flat(y):
+        return float("nan")
+    return float(st.pearsonr(x, y).statistic)
+
+
+def spearman(x, y) -> float:
+    """Spearman ρ (Pearson of average ranks) over the finite pairs; NaN as :func:`pearson`."""
+    x, y = finite(x, y)
+    if _flat(x) or _flat(y):
+        return float("nan")
+    return float(st.spearmanr(x, y).statistic)
+
+
+def fisher_ci(r: float, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Approximate 95% interval of a Pearson r from n pairs (Fisher z; NaN when undefined)."""
+    if not math.isfinite(r) or n < 4 or abs(r) >= 1:
+        return float("nan"), float("nan")
+    m, s = math.atanh(r), 1 / math.sqrt(n - 3)
+    return math.tanh(m - z * s), math.tanh(m + z * s)
+
+
+def auroc(scores, positive) -> float:
+    """P(score of a positive > score of a negative) + ½ P(tie), over finite scores.
+
+    ``scores`` [n] float, ``positive`` [n] bool; NaN when one class is empty.
+    """
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    pos = np.asarray(positive, dtype=bool).reshape(-1)
+    ok = np.isfinite(s)
+    s, pos = s[ok], pos[ok]
+    n1, n0 = int(pos.sum()), int((~pos).sum())
+    if n1 == 0 or n0 == 0:
+        return float("nan")
+    u = st.mannwhitneyu(s[pos], s[~pos], alternative="two-sided").statistic
+    return float(u / (n1 * n0))
+
+
+def bootstrap_spearman_ci(x, y, reps: int = 2000, seed: int = 0,
+                          level: float = 0.95) -> tuple[float, float]:
+    """Percentile interval of Spearman(x, y) over ``reps`` resamples of the pairs (with
+    replacement, seeded); resamples without spread on a side are left out. NaN when none."""
+    x, y = finite(x, y)
+    if len(x) < 2 or reps < 1:
+        return float("nan"), float("nan")
+    idx = np.random.default_rng(seed).integers(0, len(x), (reps, len(x)))
+    rx, ry = ranks(x[idx]), ranks(y[idx])                     # [reps, n] each
+    rx -= rx.mean(1, keepdims=True)
+    ry -= ry.mean(1, keepdims=True)
+    den = np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
+    rho = np.divide((rx * ry).sum(1), den, out=np.full(reps, np.nan), where=den > 0)
+    rho = rho[np.isfinite(rho)]
+    if not len(rho):
+        return float("nan"), float("nan")
+    lo, hi = np.quantile(rho, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def mean_std(xs) -> tuple[float, float]:
+    """Mean and sample std (ddof=1) of the finite values; std 0 for one value or no spread."""
+    (x,) = finite(xs)
+    if not len(x):
+        return float("nan"), float("nan")
+    if _flat(x):
+        return float(x.mean()), 0.0
+    return float(x.mean()), float(x.std(ddof=1))
+
+
+def mean_ci(xs, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high): the t interval x̄ ± t_{n−1} · s/√n of the finite values (the interval
+    is NaN for fewer than two values, and collapses to the mean when they are all equal)."""
+    (x,) = finite(xs)
+    if not len(x):
+        return float("nan"), float("nan"), float("nan")
+    m = float(x.mean())
+    if len(x) < 2:
+        return m, float("nan"), float("nan")
+    half = float(st.sem(x)) * float(st.t.ppf((1 + level) / 2, len(x) - 1))
+    return m, m - half, m + half
+
+
+def paired_difference_ci(a, b, level: float = 0.95) -> tuple[float, float, float]:
+    """(mean, low, high) of a_i − b_i over the pairs where both are finite (t interval): e.g.
+    one rule's accuracy minus another's, paired by seed."""
+    a, b = finite(a, b)
+    return mean_ci(a - b, level)

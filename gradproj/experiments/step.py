@@ -1,0 +1,59 @@
+"""A hand-written training step (the floor a store build is timed against) and adapter snapshots.
+
+One step on a batch of B pairs (a :class:`gradproj.core.tokens.PairBatch`, 2B rows):
+
+    reference  r = log π_ref(rows)        no grad, adapter off (skipped for reference-free losses)
+    policy     π = log π_θ(rows)          with grad
+    loss       L = (1/B) Σ_i ℓ(θ; d_i)    ℓ the objective on PairLogProbs.from_rows(π, r, |y|)
+    update     ∇_θ L, then optimizer.step()   (θ = the trainable LoRA weights)
+
+This is the work of one trl DPOTrainer step without trl's per-step machinery.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gradproj.core.logprobs import PairLogProbs, adapter_disabled, sequence_logprobs
+from gradproj.core.objectives import Objective
+from gradproj.core.tokens import PairBatch
+
+
+def trainable(model) -> dict[str, torch.nn.Parameter]:
+    """name → parameter of every trainable (LoRA) parameter of ``model``, in model order."""
+    return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+
+def snapshot(model) -> dict[str, torch.Tensor]:
+    """Detached copies of the trainable parameters (restore them with :func:`restore`)."""
+    return {n: p.detach().clone() for n, p in trainable(model).items()}
+
+
+@torch.no_grad()
+def restore(model, state: dict[str, torch.Tensor]) -> None:
+    """Copy ``state`` back into the trainable parameters in place and clear their ``.grad``."""
+    for name, p in trainable(model).items():
+        p.copy_(state[name])
+        p.grad = None
+
+
+def objective_step(model, batch: PairBatch, objective: Objective,
+                   optimizer: torch.optim.Optimizer) -> torch.Tensor:
+    """One optimizer step of the mean objective over ``batch`` (see the module docstring);
+    ``batch`` must be on the model's device. Returns L (detached scalar). The model is in train
+    mode during the step and in eval mode after it."""
+    b = len(batch)
+    model.train()
+    if objective.needs_reference:
+        with torch.no_grad(), adapter_disabled(model):
+            ref = sequence_logprobs(model, batch)
+    else:
+        ref = torch.zeros(2 * b, device=batch.input_ids.device)
+    policy = sequence_logprobs(model, batch)
+    lp = PairLogProbs.from_rows(policy, (ref[:b], ref[b:]), batch.response_lengths())
+    loss = objective(lp).mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    model.eval()
+    return loss.detach()
