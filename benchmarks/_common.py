@@ -1,137 +1,63 @@
-"""Shared helpers of bench_build.py and bench_projection.py: machine and commit info, timing,
-median of interleaved repeats, JSON writing, benchmark-sized chat records, markdown tables.
+"""Shared helpers of the benchmarks: this checkout's machine info (gradproj.experiments.measure),
+quiet libraries, JSON writing, markdown tables, benchmark-sized chat records, SmolLM2 loading.
 
-Not gradproj code: nothing here is imported by the package or the tests.
+Not gradproj code: nothing here is imported by the package.
 """
 
 from __future__ import annotations
 
-import datetime
+import contextlib
 import json
+import logging
 import os
-import platform
 import random
-import statistics
-import subprocess
 import sys
-import time
-from collections.abc import Callable, Sequence
+import warnings
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-# ------------------------------------------------------------------------------ machine
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from gradproj.experiments.measure import (  # noqa: E402,F401  (used as C.<name>)
+    end_of_run, interleaved, machine_line, median, rss_gib, timed)
 
 
-def _ram_gib() -> float:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemTotal:"):
-                    return round(int(line.split()[1]) / 2**20, 1)
-    except OSError:
-        pass
-    return float("nan")
+def machine_info(packages=()) -> dict:
+    """gradproj.experiments.measure.machine_info of this checkout."""
+    from gradproj.experiments.measure import machine_info as info
+
+    return info(ROOT, packages)
 
 
-def git_commit() -> str:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                             capture_output=True, text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=ROOT, capture_output=True, text=True).stdout.strip()
-        return out + ("-dirty" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
-def machine_info() -> dict:
-    """nproc, CPU model, RAM, load average at start, torch version and threads, commit, date."""
+@contextlib.contextmanager
+def quiet(threads: int | None = None):
+    """torch threads (when given); no progress bars, warnings or library logging below ERROR;
+    all restored afterwards (benchmarks' main() is also called in-process by tests)."""
     import torch
+    from transformers.utils import logging as hf_logging
 
+    old_threads, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
+    loggers = [logging.getLogger(n) for n in ("transformers", "trl", "peft", "datasets",
+                                              "gradproj")]
+    levels = [lg.level for lg in loggers]
+    if threads:
+        torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        load = [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        load = None
-    return {
-        "nproc": os.cpu_count(),
-        "cpu_model": _cpu_model(),
-        "ram_gib": _ram_gib(),
-        "loadavg_at_start": load,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "commit": git_commit(),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-    }
-
-
-def machine_line(info: dict) -> str:
-    return (f"{info['nproc']} × {info['cpu_model']}, {info['ram_gib']} GiB RAM, "
-            f"torch {info['torch']} ({info['torch_threads']} threads), load average at start "
-            f"{info['loadavg_at_start']}; commit `{info['commit']}`, {info['date']}")
-
-
-# ------------------------------------------------------------------------------ timing
-
-def timed(fn: Callable[[], object]) -> tuple[float, object]:
-    """(seconds, result) of one call."""
-    t = time.perf_counter()
-    out = fn()
-    return time.perf_counter() - t, out
-
-
-def median(xs: Sequence[float]) -> float:
-    xs = [x for x in xs if x == x]
-    return float(statistics.median(xs)) if xs else float("nan")
-
-
-def interleaved(variants: dict[str, Callable[[], float]], repeats: int,
-                log: Callable[[str], None] = print) -> dict[str, list[float]]:
-    """Run every variant once per repeat, rotating the order each repeat so that load drifts
-    affect them alike; each callable returns its own measured seconds. Returns name → list."""
-    names = list(variants)
-    out: dict[str, list[float]] = {n: [] for n in names}
-    for rep in range(repeats):
-        order = names[rep % len(names):] + names[:rep % len(names)]
-        for name in order:
-            s = variants[name]()
-            out[name].append(s)
-            log(f"  repeat {rep + 1}/{repeats}  {name:<28s} {s:9.3f} s")
-    return out
-
-
-def rss_gib() -> dict:
-    """Current and peak resident memory of this process (GiB), from /proc/self/status."""
-    out = {}
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                key, _, rest = line.partition(":")
-                if key in ("VmRSS", "VmHWM"):
-                    out[key] = round(int(rest.split()[0]) / 2**20, 2)
-    except OSError:
-        pass
-    return out
-
-
-def end_of_run() -> dict:
-    """What every benchmark JSON ends with: the load average and this process's memory."""
-    return {"loadavg_at_end": [round(x, 2) for x in os.getloadavg()], "memory_gib": rss_gib()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.set_num_threads(old_threads)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -5,31 +5,21 @@ weights), CPU, with generated chat pairs of about 64 tokens per sequence (gradpr
 families, lengthened: see benchmarks/_common.sized_records; the real token counts are printed):
 
 * ``train step``  — a hand-written DPO training step on the same PairBatch objects the build
-  sees: a reference forward with the adapter disabled under no_grad, a policy forward with
-  grad, ``DPOLoss(...).mean()``, backward, ``AdamW.step()`` (the floor: a store cannot be much
-  cheaper than one backward pass). The adapter is restored after every step (untimed).
-* ``build <kind>`` — ``gradproj.build.FeatureComputer(loaded, StoreSettings(proj_dim=k,
-  proj_kind=kind, batch_size, proj_batch, max_length)).features(pairs)``, i.e. per-pair
-  gradients by hooks (one backward per batch) then projection of every ``proj_batch`` pairs.
-  The two are measured side by side *inside one run*: the FeatureComputer's gradient callable
-  is wrapped so that, for every batch it makes, one training step on that very PairBatch runs
-  just before (even batches) or just after (odd batches) its per-pair gradients; the build's
-  time is the features() wall time minus those training steps. On a shared, noisy machine this
-  keeps load changes (which here reach 2× within minutes) out of the ratio.
-  Once per repeat the FeatureComputer runs for real with ``rademacher`` (the default kind);
-  its projection calls are captured, and the other kinds' projectors (gaussian, sjlt,
-  rademacher with a ``proj_cache_mb`` budget, warm) are timed on exactly those captured
-  gradient buffers, with the same ``.float().cpu().numpy().astype(float16)`` the
-  FeatureComputer does. A kind's build time is then ``build(rademacher) −
-  projection(rademacher) + projection(kind)`` — the gradient phase does not depend on the
-  projector. (``--direct`` runs the FeatureComputer for every kind instead, each with its own
-  interleaved training steps: the same quantity end to end, at one more gradient pass per kind.)
-* ``LESS-style`` — what LESS does: a batch-size-1 loop (``gradproj.grads.
-  per_pair_gradients_loop`` on one pair at a time: reference forward, policy forward,
-  ``autograd.grad``) and traker's ``BasicProjector`` (via ``make_projector("trak-basic")``)
-  projecting each gradient on its own. Slow: timed on ``--less-pairs`` pairs per repeat.
-* ``trl DPOTrainer`` (``--trl``) — ``gradproj.train.train_adapter`` for one epoch on the same
-  pairs (TrainResult.seconds = ``trainer.train()`` only), a reference line.
+  sees (reference forward, policy forward + backward, AdamW step; the adapter is restored after
+  every step, untimed): the floor, a store cannot be much cheaper than one backward pass.
+* ``build <kind>`` — ``FeatureComputer(...).features(pairs)`` (per-pair gradients by hooks, then
+  projection of every ``proj_batch`` pairs), measured side by side with the training steps
+  *inside one run* (gradproj.experiments.buildcost: a step on every batch, just before or just
+  after its gradients), which keeps load changes (here up to 2× within minutes) out of the
+  ratio. Once per repeat the FeatureComputer runs for real with ``rademacher``; the other
+  kinds' projectors (gaussian, sjlt, rademacher with a ``proj_cache_mb`` budget, warm) are
+  timed on exactly the captured projection inputs: build(kind) = build(rademacher) −
+  projection(rademacher) + projection(kind). (``--direct`` runs the FeatureComputer for every
+  kind instead, each with its own interleaved training steps.)
+* ``LESS-style`` — a batch-size-1 autograd loop (``per_pair_gradients_loop``) and traker's
+  ``BasicProjector`` projecting each gradient on its own. Slow: ``--less-pairs`` per repeat.
+* ``trl DPOTrainer`` (``--trl``) — ``train_adapter`` for one epoch on the same pairs
+  (``trainer.train()`` only), a reference line.
 
 Each repeat runs every variant once, in an order rotated per repeat; ratios are taken inside a
 run (builds) or a repeat (LESS, trl) and the median over repeats is reported. The machine is
@@ -51,161 +41,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
 
-
-# ------------------------------------------------------------------------------ variants
-
-class _Tee:
-    """Stands in for a FeatureComputer's projector: records the inputs, then projects."""
-
-    def __init__(self, inner):
-        self.inner, self.inputs = inner, []
-
-    def project(self, grads):
-        self.inputs.append(grads)
-        return self.inner.project(grads)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
-def _lora_params(loaded):
-    return [p for p in loaded.model.parameters() if p.requires_grad]
-
-
-class TrainStep:
-    """The floor: one hand-written DPO training step on a PairBatch — reference forward with
-    the adapter disabled under no_grad, policy forward with grad, DPOLoss mean, backward,
-    AdamW step. The adapter is restored after every step (so every build gradient is taken at
-    the same weights) and .grad is cleared; neither is timed."""
-
-    def __init__(self, loaded, beta: float, lr: float):
-        from gradproj.core.objectives import DPOLoss
-
-        self.loaded, self.loss_fn = loaded, DPOLoss(beta)
-        self.params = _lora_params(loaded)
-        self.saved = [p.detach().clone() for p in self.params]
-        self.opt = torch.optim.AdamW(self.params, lr=lr)
-
-    def __call__(self, batch) -> float:
-        from gradproj.core.logprobs import PairLogProbs, adapter_disabled, sequence_logprobs
-
-        model, n = self.loaded.model, len(batch)
-        model.train()
-        t0 = time.perf_counter()
-        batch = batch.to(self.loaded.device)
-        with torch.no_grad(), adapter_disabled(model):
-            ref = sequence_logprobs(model, batch)
-        pol = sequence_logprobs(model, batch)
-        loss = self.loss_fn(PairLogProbs(pol[:n], pol[n:], ref[:n], ref[n:])).mean()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        self.opt.step()
-        seconds = time.perf_counter() - t0
-        model.eval()
-        with torch.no_grad():
-            for p, s in zip(self.params, self.saved):
-                p.copy_(s)
-                p.grad = None
-        return seconds
-
-
-class _Interleaved:
-    """Stands in for FeatureComputer.grads: for every batch the FeatureComputer makes, one
-    training step on the very same PairBatch runs just before (even batches) or just after
-    (odd batches) its per-pair gradients, so that load changes hit both alike; both are timed
-    separately."""
-
-    def __init__(self, inner, step: TrainStep):
-        self.inner, self.step = inner, step
-        self.train_s: list[float] = []
-        self.grad_s: list[float] = []
-
-    def __call__(self, batch, *args, **kwargs):
-        train_first = len(self.grad_s) % 2 == 0
-        if train_first:
-            self.train_s.append(self.step(batch))
-        t0 = time.perf_counter()
-        out = self.inner(batch, *args, **kwargs)
-        self.grad_s.append(time.perf_counter() - t0)
-        if not train_first:
-            self.train_s.append(self.step(batch))
-        return out
-
-    def close(self):
-        self.inner.close()
-
-
-def build_pass(loaded, pairs, settings, step: TrainStep) -> dict:
-    """One real FeatureComputer.features run with a training step interleaved per batch.
-
-    ``wall`` = features() wall time minus the training steps; ``train`` = Σ training steps;
-    ``gradients`` = Σ per-pair gradient calls (hooks, one backward per batch); ``projection``
-    = the FeatureComputer's own projection seconds; ``inputs`` = the captured projection
-    inputs."""
-    from gradproj.store.build import FeatureComputer
-
-    fc = FeatureComputer(loaded, settings)
-    tee, inter = _Tee(fc.projector), _Interleaved(fc.grads, step)
-    fc.projector, fc.grads = tee, inter
-    try:
-        t0 = time.perf_counter()
-        feats, _ = fc.features(pairs)
-        wall = time.perf_counter() - t0
-    finally:
-        fc.close()
-    assert feats.shape == (len(pairs), settings.proj_dim)
-    train = sum(inter.train_s)
-    return {"wall": wall - train, "train": train, "gradients": sum(inter.grad_s),
-            "projection": fc.seconds["projection"], "inputs": tee.inputs}
-
-
-def projection_only(projector, inputs) -> float:
-    """Seconds of what FeatureComputer's flush does with each captured buffer, for one
-    projector (the torch.cat of the per-batch pieces is already done in ``inputs``)."""
-    t0 = time.perf_counter()
-    for merged in inputs:
-        projector.project(merged).float().cpu().numpy().astype(np.float16)
-    return time.perf_counter() - t0
-
-
-def less_pass(loaded, pairs, trak, beta: float) -> dict:
-    """LESS-style: bs=1 autograd loop + traker BasicProjector one gradient at a time."""
-    from gradproj.core.objectives import make_loss
-    from gradproj.gradients.perpair import per_pair_gradients_loop
-    from gradproj.core.tokens import collate
-
-    loss_fn, pad = make_loss("dpo", beta), loaded.tokenizer.pad_token_id
-    names = [n for n, _ in trak.layout]
-    tg = tp = 0.0
-    for p in pairs:
-        t0 = time.perf_counter()
-        g = per_pair_gradients_loop(loaded.model, loss_fn, collate([p], pad).to(loaded.device))
-        t1 = time.perf_counter()
-        flat = torch.cat([g[n] for n in names], dim=1)
-        trak.project(flat).float().cpu().numpy().astype(np.float16)
-        t2 = time.perf_counter()
-        tg, tp = tg + t1 - t0, tp + t2 - t1
-    return {"wall": tg + tp, "gradients": tg, "projection": tp}
-
-
-def trl_pass(loaded, raw_pairs, settings, lr: float) -> float:
-    """Seconds of trainer.train() for one epoch of trl's DPOTrainer (gradproj.train)."""
+def trl_pass(loaded, raw_pairs, settings, pref, lr: float) -> float:
+    """Seconds of trainer.train() for one epoch of trl's DPOTrainer (train_adapter); the
+    adapter is restored afterwards."""
+    from gradproj.experiments.step import restore, snapshot
     from gradproj.training.train import TrainSettings, train_adapter
 
-    params = _lora_params(loaded)
-    saved = [p.detach().clone() for p in params]
+    saved = snapshot(loaded.model)
     with tempfile.TemporaryDirectory(prefix="gradproj-bench-build-") as tmp:
-        res = train_adapter(loaded, raw_pairs, TrainSettings(
-            epochs=1.0, lr=lr, batch_size=settings.batch_size, beta=settings.beta,
-            max_length=settings.max_length), Path(tmp) / "adapter", progress=False)
+        res = train_adapter(loaded, raw_pairs, TrainSettings(epochs=1.0, lr=lr,
+                            batch_size=settings.batch_size), Path(tmp) / "adapter", pref=pref,
+                            progress=False)
     loaded.model.eval()
-    with torch.no_grad():
-        for p, s in zip(params, saved):
-            p.copy_(s)
-            p.grad = None
+    restore(loaded.model, saved)
     return res.seconds
 
 
@@ -253,10 +102,11 @@ def main(argv=None) -> int:
     layout = lora_layout(loaded.model)
     P = sum(n for _, n in layout)
 
-    max_length = 4 * args.tokens
+    pref = PreferenceSettings(max_length=4 * args.tokens)
+    objective = pref.objective()
     records = C.sized_records(args.pairs, 0, "bench", loaded.tokenizer, args.tokens)
     raw_pairs = pairs_from_records(records, origin="<bench>")
-    tok = tokenize_pairs(raw_pairs, loaded.tokenizer, max_length)
+    tok = tokenize_pairs(raw_pairs, loaded.tokenizer, pref.max_length)
     assert not tok.excluded and tok.n_truncated == 0
     pairs = tok.pairs
     stats = C.token_stats(pairs)
@@ -268,7 +118,7 @@ def main(argv=None) -> int:
     if kinds[0] != "rademacher" and not args.direct:
         kinds = ["rademacher"] + [k for k in kinds if k != "rademacher"]
     settings = {kind: StoreSettings(proj_dim=args.k, proj_kind=kind, batch_size=args.batch_size,
-                                    proj_batch=args.proj_batch, max_length=max_length)
+                                    proj_batch=args.proj_batch)
                 for kind in kinds}
     main_settings = settings[kinds[0]]
     others = {} if args.direct else {kind: make_projector(kind, args.k, layout)
@@ -288,7 +138,7 @@ def main(argv=None) -> int:
     raw: dict[str, list] = {"train": [], "less": [], "trl": []}
     raw.update({f"build {k}": [] for k in kinds})
     raw.update({f"build {k}": [] for k in others})
-    step = TrainStep(loaded, main_settings.beta, args.lr)
+    step = TrainStep(loaded, objective, args.lr)
     warmed = False
 
     def run_build():
@@ -296,7 +146,7 @@ def main(argv=None) -> int:
         if args.direct:
             walls = []
             for kind in kinds:
-                r = build_pass(loaded, pairs, settings[kind], step)
+                r = build_pass(loaded, pairs, settings[kind], objective, step)
                 r.pop("inputs")
                 raw[f"build {kind}"].append(r)
                 if kind == kinds[0]:
@@ -305,7 +155,7 @@ def main(argv=None) -> int:
                 C.log(f"      {kind}: build {r['wall']:.1f} s (gradients {r['gradients']:.1f}"
                       f", projection {r['projection']:.1f}), train steps {r['train']:.1f} s")
             return sum(walls)
-        r = build_pass(loaded, pairs, main_settings, step)
+        r = build_pass(loaded, pairs, main_settings, objective, step)
         inputs = r.pop("inputs")
         raw[f"build {kinds[0]}"].append(r)
         raw["train"].append({"wall": r["train"]})
@@ -313,9 +163,9 @@ def main(argv=None) -> int:
               f"projection {r['projection']:.1f}), train steps {r['train']:.1f} s")
         for name, proj in others.items():
             if name == "rademacher cache" and not warmed:
-                projection_only(proj, inputs[:1])   # fill the cache (a one-time cost)
+                projection_seconds(proj, inputs[:1])   # fill the cache (a one-time cost)
                 warmed = True
-            s = projection_only(proj, inputs)
+            s = projection_seconds(proj, inputs)
             raw[f"build {name}"].append({
                 "wall": r["wall"] - r["projection"] + s, "train": r["train"],
                 "gradients": r["gradients"], "projection": s, "derived": True})
@@ -323,7 +173,7 @@ def main(argv=None) -> int:
         return r["wall"] + r["train"]
 
     def run_less():
-        r = less_pass(loaded, less_pairs, trak, main_settings.beta)
+        r = less_pass(loaded, less_pairs, trak, objective)
         raw["less"].append(r)
         return r["wall"]
 
@@ -332,7 +182,7 @@ def main(argv=None) -> int:
         variants["LESS-style"] = run_less
     if args.trl:
         variants["trl"] = lambda: (raw["trl"].append({"wall": trl_pass(
-            loaded, raw_pairs, main_settings, args.lr)}) or raw["trl"][-1]["wall"])
+            loaded, raw_pairs, main_settings, pref, args.lr)}) or raw["trl"][-1]["wall"])
     C.log(f"{args.repeats} repeats of {list(variants)} (rotated order)")
     C.interleaved(variants, args.repeats, C.log)
 

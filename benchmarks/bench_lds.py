@@ -71,12 +71,9 @@ retraining is a real DPO run of the 135M model, so the sizes are small (the comm
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import sys
 import tempfile
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -286,32 +283,9 @@ def parse_args(argv):
     return args
 
 
-@contextlib.contextmanager
-def quiet(threads: int):
-    """torch threads, no progress bars or warnings from transformers; all restored afterwards
-    (main is also called in-process by the smoke test)."""
-    from transformers.utils import logging as hf_logging
-
-    old_threads, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
-    tf_log = logging.getLogger("transformers")
-    old_level = tf_log.level
-    torch.set_num_threads(threads)
-    hf_logging.disable_progress_bar()
-    tf_log.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        torch.set_num_threads(old_threads)
-        tf_log.setLevel(old_level)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    with quiet(args.threads):
+    with C.quiet(args.threads):
         run(args)
     return 0
 

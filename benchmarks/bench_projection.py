@@ -19,14 +19,14 @@ pieces, P = 460 800), a fixed random batch x [B, P] (B = 64), for k in {512, 204
 Repeats run every variant once in a rotated order; the table gives median seconds and the
 median of the per-repeat ratios to the GEMM limit.
 
-Part 2, fidelity. Per-pair DPO-loss gradients of the LoRA weights (PerPairGradients, exact,
-fp32, unprojected) for --train-pairs pairs of ``gradproj.synthetic.make_task`` (25 % flipped)
-and --val-pairs validation pairs, at a non-trivial adapter: the fresh LoRA with B set to
-N(0, 0.004²) (B = 0 at init makes every lora_A gradient zero). v = the mean validation gradient;
-exact scores g_i·v against projected (P g_i)·(P v) for every kind (rademacher, gaussian, sjlt,
-trak-basic) and k in {512, 2048, 8192}: Spearman (scipy.stats.spearmanr), Pearson and the share
-of pairs whose score keeps its sign, one projection seed (0). The PNG has Spearman vs k per
-kind and the speed table as a plot.
+Part 2, fidelity. Per-pair DPO-loss gradients of the LoRA weights (exact, fp32, unprojected:
+gradproj.experiments.exact) for --train-pairs pairs of the generated task (25 % flipped) and
+--val-pairs validation pairs (gradproj.experiments.tasks), at a non-trivial adapter: the fresh
+LoRA with B set to N(0, 0.004²) (B = 0 at init makes every lora_A gradient zero). v = the mean
+validation gradient; exact scores g_i·v against projected (P g_i)·(P v) for every kind
+(rademacher, gaussian, sjlt, trak-basic) and k in {512, 2048, 8192}: Spearman, Pearson and the
+share of pairs whose score keeps its sign, one projection seed (0). The PNG has Spearman vs k
+per kind and the speed table as a plot.
 
     .venv/bin/python benchmarks/bench_projection.py           # full
     .venv/bin/python benchmarks/bench_projection.py --quick   # k = 512 only, 40 + 8 pairs
@@ -123,55 +123,32 @@ def speed_part(layout, ks, batch, repeats, cache_mb, gemm_mb) -> tuple[list, dic
 
 # ------------------------------------------------------------------------------ fidelity
 
-def gradients(loaded, pairs, batch_size: int, beta: float) -> torch.Tensor:
-    """[n, P] fp32 exact per-pair gradients (PerPairGradients, one backward per batch)."""
-    from gradproj.core.objectives import make_loss
-    from gradproj.gradients.perpair import PerPairGradients
-    from gradproj.core.tokens import batches
-
-    out = []
-    with PerPairGradients(loaded.model, make_loss("dpo", beta)) as ppg:
-        for b in batches(pairs, batch_size, loaded.tokenizer.pad_token_id):
-            pg = ppg(b.to(loaded.device))
-            assert bool(pg.finite.all())
-            out.append(pg.flat().cpu())
-    return torch.cat(out)
-
-
-def fidelity_pairs(data: str, n_train: int, n_val: int, cache=None):
-    """(train pairs, validation pairs, flipped share): the generated task (25 % flipped) or
-    BIG-bench multiple-choice pairs (benchmarks/bigbench_pairs.py, clean)."""
-    from gradproj.core.data import pairs_from_records
-    from gradproj.experiments.synthetic import make_task
-
-    if data == "synthetic":
-        task = make_task(n_train=n_train, n_val=n_val, n_test=1, flip=0.25, seed=0)
-        return task.train, task.val, len(task.flipped) / n_train
-    from bigbench_pairs import bigbench_pairs
-    splits = bigbench_pairs(seed=0, max_train=n_train, max_val=n_val, max_test=1,
-                            cache_dir=cache)
-    return (pairs_from_records(splits["train"], origin="<bigbench train>"),
-            pairs_from_records(splits["val"], origin="<bigbench val>"), 0.0)
-
-
 def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size, data="synthetic",
                   seeds=(0,), cache=None, max_length=512) -> tuple[list, dict]:
-    from scipy.stats import pearsonr, spearmanr
-
-    from gradproj.gradients.projectors import make_projector
+    """Exact scores g_i·v (gradproj.experiments.exact) against projected (P g_i)·(P v) for
+    every kind and k; train pairs of the task of ``data`` (synthetic: 25 % flipped; BIG-bench:
+    clean)."""
+    from gradproj.core.objectives import make_objective
     from gradproj.core.tokens import tokenize_pairs
+    from gradproj.experiments.exact import exact_gradients, influence
+    from gradproj.experiments.stats import pearson, spearman
+    from gradproj.experiments.tasks import load_task
+    from gradproj.gradients.projectors import make_projector
 
-    train, val, flipped_share = fidelity_pairs(data, n_train, n_val, cache)
-    tr = tokenize_pairs(train, loaded.tokenizer, max_length).pairs
-    va = tokenize_pairs(val, loaded.tokenizer, max_length).pairs
+    task = load_task(data, n_train, n_val, 1, 0.25 if data == "synthetic" else 0.0, 0,
+                     cache_dir=cache)
+    tr = tokenize_pairs(task.train, loaded.tokenizer, max_length).pairs
+    va = tokenize_pairs(task.val, loaded.tokenizer, max_length).pairs
     C.log(f"fidelity: gradients of {len(tr)} train + {len(va)} validation pairs")
-    t, G = C.timed(lambda: gradients(loaded, tr, batch_size, 0.1))
-    _, V = C.timed(lambda: gradients(loaded, va, batch_size, 0.1))
+    dpo = make_objective("dpo", 0.1)
+    t, G = C.timed(lambda: exact_gradients(loaded, tr, dpo, batch_size, device="cpu"))
+    _, V = C.timed(lambda: exact_gradients(loaded, va, dpo, batch_size, device="cpu"))
     C.log(f"  gradients: {t:.0f} s for {len(tr)} pairs; |g| median "
           f"{G.norm(dim=1).median():.3g}")
     v = V.mean(0)
-    exact = (G.double() @ v.double()).numpy()
+    exact = influence(G, V)
     X = torch.cat([G, v[None]])
+    flipped_share = len(task.flipped) / max(1, len(task.train))
     rows, info = [], {"n_train": len(tr), "n_val": len(va), "tokens": C.token_stats(tr),
                       "exact_mean": float(exact.mean()), "exact_std": float(exact.std()),
                       "flipped_share": flipped_share, "data": data, "seeds": list(seeds)}
@@ -183,8 +160,8 @@ def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size, data="syntheti
                 t, Y = C.timed(lambda: proj.project(X).double())
                 est = (Y[:-1] @ Y[-1]).numpy()
                 per_seed.append({
-                    "seed": seed, "spearman": float(spearmanr(exact, est).statistic),
-                    "pearson": float(pearsonr(exact, est).statistic),
+                    "seed": seed, "spearman": spearman(exact, est),
+                    "pearson": pearson(exact, est),
                     "rel_error": float(np.linalg.norm(est - exact) / np.linalg.norm(exact)),
                     "sign_agreement": float(np.mean(np.sign(est) == np.sign(exact))),
                     "seconds": t})

@@ -43,12 +43,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import shutil
-import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -56,6 +53,10 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from gradproj.experiments import measure  # noqa: E402
+from gradproj.experiments.measure import (PeakSampler, drop_caches, median,  # noqa: E402
+                                          proc_status, reset_peak_rss)
 
 K = 8192
 M = 256
@@ -65,182 +66,18 @@ QUERIES = ("mean", "matvec", "topk", "mean_ref")
 REF_ROWS = 256
 
 
-# ------------------------------------------------------------------------------ helpers
-
-def median(xs):
-    return float(statistics.median(xs)) if xs else float("nan")
-
-
-def proc_status() -> dict[str, int]:
-    """VmRSS, VmHWM, RssAnon, RssFile of this process, in bytes."""
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile", "RssShmem"):
-                out[key] = int(rest.split()[0]) * 1024
-    return out
-
-
-class PeakSampler:
-    """Samples RssAnon / RssFile every ``interval`` s in a thread (VmHWM gives the exact total)."""
-
-    def __init__(self, interval: float = 0.002):
-        self.interval = interval
-        self.peak = {"RssAnon": 0, "RssFile": 0}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self):
-        while not self._stop.is_set():
-            s = proc_status()
-            for key in self.peak:
-                self.peak[key] = max(self.peak[key], s.get(key, 0))
-            time.sleep(self.interval)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        s = proc_status()
-        for key in self.peak:
-            self.peak[key] = max(self.peak[key], s.get(key, 0))
-
-
-def reset_hwm() -> bool:
-    """Reset VmHWM (peak RSS) of this process: ``echo 5 > /proc/self/clear_refs``."""
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        return True
-    except OSError:
-        return False
-
-
-def drop_caches() -> bool:
-    """Drop the page cache (root only); False when not permitted."""
-    os.sync()
-    try:
-        with open("/proc/sys/vm/drop_caches", "w") as f:
-            f.write("3")
-        return True
-    except OSError:
-        return False
-
-
 def machine_info() -> dict:
-    cpu = "?"
-    with open("/proc/cpuinfo") as f:
-        for line in f:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem = 0
-    with open("/proc/meminfo") as f:
-        for line in f:
-            if line.startswith("MemTotal"):
-                mem = int(line.split()[1]) * 1024
-    import torch
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT,
-                                capture_output=True, text=True, check=True).stdout.strip()
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "gradproj"], cwd=ROOT,
-                                    capture_output=True, text=True).stdout.strip())
-    except (OSError, subprocess.CalledProcessError):
-        commit, dirty = "?", False
-    return {"nproc": os.cpu_count(), "cpu": cpu, "ram_gib": round(mem / 2**30, 1),
-            "python": platform.python_version(), "numpy": np.__version__,
-            "torch": torch.__version__, "torch_threads": torch.get_num_threads(),
-            "commit": commit, "gradproj_dirty": dirty,
-            "loadavg_start": os.getloadavg()}
+    return measure.machine_info(ROOT)
 
 
-# ------------------------------------------------------------------------------ limits
-
-def measure_limits(repeats: int = 5) -> dict:
-    """Memory read bandwidth (bytes/s) and fp32 matmul FLOP/s, medians of ``repeats``."""
-    import torch
-
-    def timed(fn, n):
-        ts = []
-        for _ in range(n):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return ts
-
-    a = np.ones(2**29, np.float32)                  # 2 GiB, every page touched
-    b = np.empty_like(a)
-    b[:] = 0
-    ta = torch.from_numpy(a)
-    nbytes = a.nbytes
-    out = {}
-    out["bw_torch_sum"] = nbytes / median(timed(lambda: ta.sum(), repeats))       # all threads
-    out["bw_numpy_sum"] = nbytes / median(timed(lambda: a.sum(), repeats))        # one thread
-    out["bw_numpy_copy"] = 2 * nbytes / median(timed(lambda: np.copyto(b, a), repeats))
-    del a, b, ta
-    # the cast every streaming query does on each block, float16 → float32 (source bytes/s)
-    h = np.random.default_rng(0).standard_normal((SHARD_ROWS, K), dtype=np.float32).astype(
-        np.float16)
-    out["cast_numpy_f16_f32"] = h.nbytes / median(timed(lambda: h.astype(np.float32), repeats))
-    th = torch.from_numpy(h)
-    out["cast_torch_f16_f32"] = h.nbytes / median(timed(lambda: th.float(), repeats))
-    f = np.zeros(h.shape, np.float32)                    # into memory already mapped: no faults
-    tf = torch.from_numpy(f)
-    out["cast_numpy_into_f16_f32"] = h.nbytes / median(timed(lambda: np.copyto(f, h), repeats))
-    out["cast_torch_into_f16_f32"] = h.nbytes / median(timed(lambda: tf.copy_(th), repeats))
-    del h, th, f, tf
-    x, w = torch.randn(4096, K), torch.randn(K, M)
-    x @ w
-    out["matmul_flops_nn"] = 2 * 4096 * K * M / median(timed(lambda: x @ w, max(repeats, 9)))
-    # the shape stream_topk multiplies: [M, k] @ block.T, block [16384, k]
-    y = torch.randn(SHARD_ROWS, K)
-    out["matmul_flops_nt"] = 2 * M * K * SHARD_ROWS / median(timed(lambda: w.T @ y.T, repeats))
-    del x, w, y
-    out["matmul_flops"] = max(out["matmul_flops_nn"], out["matmul_flops_nt"])
-    out["bandwidth"] = max(out["bw_torch_sum"], out["bw_numpy_sum"])
-    return out
+def measure_limits() -> dict:
+    """Memory read bandwidth and fp32 matmul FLOP/s of this query's shapes (and casts)."""
+    return measure.machine_limits(K, M, SHARD_ROWS)
 
 
 def quick_limits() -> dict:
     """The two limits again, small and fast, measured next to a query in the same process."""
-    import torch
-
-    a = np.ones(2**27, np.float32)                  # 512 MiB
-    ta = torch.from_numpy(a)
-    ts, tn = [], []
-    for _ in range(5):
-        t = time.perf_counter()
-        ta.sum()
-        ts.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        a.sum()
-        tn.append(time.perf_counter() - t)
-    bw = max(a.nbytes / median(ts), a.nbytes / median(tn))
-    del a, ta
-    x, w = torch.randn(4096, K), torch.randn(K, M)
-    tm = []
-    for _ in range(4):
-        t = time.perf_counter()
-        x @ w
-        tm.append(time.perf_counter() - t)
-    return {"bandwidth": bw, "matmul_flops": 2 * 4096 * K * M / median(tm[1:])}
-
-
-def measure_disk_read(store_root: Path) -> float | None:
-    """Sequential read rate (bytes/s) of the store's feature files right after a cache drop."""
-    if not drop_caches():
-        return None
-    buf = bytearray(1 << 24)
-    total, t = 0, time.perf_counter()
-    for path in sorted((store_root / "shards").glob("*.grads.npy")):
-        with open(path, "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                total += n
-    return total / (time.perf_counter() - t)
+    return measure.bandwidth_and_flops(K, M)
 
 
 # ------------------------------------------------------------------------------ stores
@@ -310,7 +147,7 @@ def worker(args: dict) -> dict:
     lim_before = quick_limits()
     load_before = os.getloadavg()[0]
     base = proc_status()
-    hwm_reset = reset_hwm()
+    hwm_reset = reset_peak_rss()
     base_hwm = proc_status()["VmHWM"]
     times, result = [], None
     with PeakSampler() as sampler:
@@ -391,7 +228,8 @@ def synthetic_part(sizes, repeats, tmp: Path, verify_n: int) -> list[dict]:
                 t = time.perf_counter()
                 Store(root, verify=True)
                 entry["verify_cold_seconds"] = time.perf_counter() - t
-            entry["disk_read_bps"] = measure_disk_read(root)
+            entry["disk_read_bps"] = measure.disk_read_rate(
+                sorted((root / "shards").glob("*.grads.npy")))
             print(f"[N={n}]   verify (sha256): warm {entry['verify_warm_seconds']:.1f} s, cold "
                   f"{entry.get('verify_cold_seconds', float('nan')):.1f} s; disk read "
                   f"{(entry['disk_read_bps'] or float('nan')) / 1e9:.2f} GB/s", flush=True)
@@ -425,22 +263,24 @@ def synthetic_part(sizes, repeats, tmp: Path, verify_n: int) -> list[dict]:
 def smollm_step(args: dict) -> dict:
     """Runs in a subprocess (a fresh heap each time: see smollm_part): load SmolLM2, then time
     either a store build of ``n`` pairs or answering ``n_val`` validation pairs from a store."""
-    from gradproj.store.build import StoreSettings, build_store
-    from gradproj.core.data import pairs_from_records
     from gradproj.attribution.influence import InfluenceSettings, compute_influence
+    from gradproj.core.data import pairs_from_records
     from gradproj.core.model import ModelSettings, load_model
-    from gradproj.store.shards import Store
+    from gradproj.core.objectives import PreferenceSettings
     from gradproj.experiments.synthetic import make_records
+    from gradproj.store.build import StoreSettings, build_store
+    from gradproj.store.shards import Store
 
     t = time.perf_counter()
     loaded = load_model(ModelSettings(model="smollm2", device="cpu"))
     out = {"load_seconds": time.perf_counter() - t, "anon_after_load": proc_status()["RssAnon"],
            "loadavg_1min": [os.getloadavg()[0]]}
     if args["step"] == "build":
-        settings = StoreSettings(proj_dim=K, max_length=64, batch_size=8)
+        settings = StoreSettings(proj_dim=K, batch_size=8)
         pairs = pairs_from_records(make_records(args["n"], 0, "train"), origin="<bench train>")
         t = time.perf_counter()
-        store = build_store(loaded, pairs, settings, args["root"], progress=False)
+        store = build_store(loaded, pairs, settings, args["root"],
+                            pref=PreferenceSettings(max_length=64), progress=False)
         out.update(seconds=time.perf_counter() - t, timing=store.manifest.get("timing"),
                    rows=len(store))
     else:
@@ -631,7 +471,7 @@ def plot(results: dict, path: Path) -> None:
     ax.set(xscale="log", xlabel="N rows", ylabel="MiB", ylim=(0, None),
            title="peak memory during the query")
     ax.legend(fontsize=7)
-    fig.suptitle(f"gradproj query benchmark — {results['machine']['cpu']}, "
+    fig.suptitle(f"gradproj query benchmark — {results['machine']['cpu_model']}, "
                  f"{results['machine']['nproc']} cores, commit {results['machine']['commit']}")
     fig.tight_layout()
     fig.savefig(path, dpi=110)

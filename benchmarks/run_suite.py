@@ -118,12 +118,7 @@ def render_select(res: dict) -> list[str]:
              f"flipped), {res['task']['n_val']} val, {res['task']['n_val2']} second val, "
              f"{res['task']['n_test']} test; keep {res['settings']['keep']}; seeds "
              f"{res['settings']['seeds']}.", ""]
-    for part in (S.table_lines, S.score_lines, S.noise_lines, S.selection_lines, S.cost_lines,
-                 S.stage_lines):
-        if part is S.table_lines and not res.get("rules"):
-            continue
-        lines += part(res) + [""]
-    return lines
+    return lines + S.report_lines(res)
 
 
 def write_report(out: Path, runs: list[dict], quick: bool, info: dict) -> Path:

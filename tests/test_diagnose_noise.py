@@ -1,4 +1,5 @@
-"""benchmarks/diagnose_noise.py: AUROC of IF, of the cosine (IF / ‖g‖) and of −‖g‖, per task."""
+"""gradproj.experiments.noise.norm_diagnosis and its script benchmarks/diagnose_noise.py: AUROC of
+IF, of the cosine (IF / ‖g‖) and of −‖g‖, per task."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import diagnose_noise as D  # noqa: E402
+
+from gradproj.experiments.noise import norm_diagnosis, norm_diagnosis_lines  # noqa: E402
 
 
 def _auroc_loop(scores, positive):
@@ -32,7 +35,7 @@ def test_diagnose_separates_norm_from_direction():
     score[7] = np.nan                     # a non-finite row is left out everywhere
     table = {"ids": ids, "flipped": flipped.tolist(),
              "if": [None if not np.isfinite(s) else float(s) for s in score]}
-    res = D.diagnose(table, dict(zip(ids, norm.tolist())))
+    res = norm_diagnosis(table, dict(zip(ids, norm.tolist())))
 
     ok = np.isfinite(score)
     assert res["all"]["n"] == int(ok.sum())
@@ -44,7 +47,7 @@ def test_diagnose_separates_norm_from_direction():
         m = ok & np.array([i.startswith(task + "-") for i in ids])
         assert res[task]["n"] == int(m.sum())
         assert np.isclose(res[task]["cosine"], _auroc_loop(cos[m], ~flipped[m]))
-    assert "| all |" in "\n".join(D.table_lines(res))
+    assert "| all |" in "\n".join(norm_diagnosis_lines(res))
 
 
 class _FakeStore:

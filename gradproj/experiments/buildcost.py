@@ -1,0 +1,132 @@
+"""What a gradient-store build costs against the floor, a plain training step, measured side by
+side inside one run so that load changes on a shared machine hit both alike.
+
+* :class:`TrainStep` — one hand-written step (:func:`gradproj.experiments.step.objective_step`)
+  on a PairBatch, the adapter restored after it (untimed): every build gradient is taken at the
+  same weights.
+* :func:`build_pass` — one real ``FeatureComputer.features`` run (per-pair gradients by hooks,
+  one backward per batch, then projection of every ``proj_batch`` pairs) whose gradient callable
+  is wrapped so that a training step on the very same PairBatch runs just before (even batches)
+  or just after (odd batches) it. Build time = features() wall time − the training steps. The
+  projection inputs are recorded, so that other projectors can be timed on exactly those
+  buffers (:func:`projection_seconds`): build(kind) = build − projection + projection(kind).
+* :func:`less_pass` — what LESS does: a batch-size-1 autograd loop
+  (``per_pair_gradients_loop``) and a projector called on each gradient on its own.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from gradproj.core.model import LoadedModel
+from gradproj.core.objectives import Objective
+from gradproj.core.tokens import PairBatch, TokenizedPair, collate
+from gradproj.experiments.step import objective_step, restore, snapshot, trainable
+from gradproj.gradients.perpair import per_pair_gradients_loop
+from gradproj.store.build import FeatureComputer, StoreSettings
+
+
+class TrainStep:
+    """Callable: seconds of one training step on a batch, the adapter restored afterwards."""
+
+    def __init__(self, loaded: LoadedModel, objective: Objective, lr: float):
+        self.loaded, self.objective = loaded, objective
+        self.saved = snapshot(loaded.model)
+        self.opt = torch.optim.AdamW(list(trainable(loaded.model).values()), lr=lr)
+
+    def __call__(self, batch: PairBatch) -> float:
+        t0 = time.perf_counter()
+        objective_step(self.loaded.model, batch.to(self.loaded.device), self.objective, self.opt)
+        seconds = time.perf_counter() - t0
+        restore(self.loaded.model, self.saved)
+        return seconds
+
+
+class RecordingProjector:
+    """Stands in for a FeatureComputer's projector: records each input [B, P], then projects."""
+
+    def __init__(self, inner):
+        self.inner, self.inputs = inner, []
+
+    def project(self, grads):
+        self.inputs.append(grads)
+        return self.inner.project(grads)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+class InterleavedSteps:
+    """Stands in for FeatureComputer.grads: a training step on the same batch runs before (even
+    calls) or after (odd calls) the per-pair gradients; both are timed separately."""
+
+    def __init__(self, inner, step: TrainStep):
+        self.inner, self.step = inner, step
+        self.train_s: list[float] = []
+        self.grad_s: list[float] = []
+
+    def __call__(self, batch, *args, **kwargs):
+        train_first = len(self.grad_s) % 2 == 0
+        if train_first:
+            self.train_s.append(self.step(batch))
+        t0 = time.perf_counter()
+        out = self.inner(batch, *args, **kwargs)
+        self.grad_s.append(time.perf_counter() - t0)
+        if not train_first:
+            self.train_s.append(self.step(batch))
+        return out
+
+    def close(self):
+        self.inner.close()
+
+
+def build_pass(loaded: LoadedModel, pairs: list[TokenizedPair], settings: StoreSettings,
+               objective: Objective, step: TrainStep) -> dict:
+    """One FeatureComputer.features run with a training step interleaved per batch: ``wall``
+    (features() minus the steps), ``train`` (Σ steps), ``gradients`` (Σ per-pair gradient
+    calls), ``projection`` (the computer's projection seconds), ``inputs`` (projection inputs)."""
+    fc = FeatureComputer(loaded, settings, objective)
+    tee, inter = RecordingProjector(fc.projector), InterleavedSteps(fc.grads, step)
+    fc.projector, fc.grads = tee, inter
+    try:
+        t0 = time.perf_counter()
+        feats, _ = fc.features(pairs)
+        wall = time.perf_counter() - t0
+    finally:
+        fc.close()
+    if feats.shape != (len(pairs), settings.proj_dim):
+        raise RuntimeError(f"features of shape {feats.shape}, expected "
+                           f"{(len(pairs), settings.proj_dim)}")
+    train = sum(inter.train_s)
+    return {"wall": wall - train, "train": train, "gradients": sum(inter.grad_s),
+            "projection": fc.seconds["projection"], "inputs": tee.inputs}
+
+
+def projection_seconds(projector, inputs: list[torch.Tensor]) -> float:
+    """Seconds of what FeatureComputer does with each recorded buffer, for ``projector``:
+    project, then ``.float().cpu().numpy().astype(float16)``."""
+    t0 = time.perf_counter()
+    for merged in inputs:
+        projector.project(merged).float().cpu().numpy().astype(np.float16)
+    return time.perf_counter() - t0
+
+
+def less_pass(loaded: LoadedModel, pairs: list[TokenizedPair], projector,
+              objective: Objective) -> dict:
+    """LESS-style: one pair at a time, autograd gradient then its own projection (``projector``
+    with a ``layout``); seconds of each part and in all."""
+    pad = loaded.tokenizer.pad_token_id
+    names = [n for n, _ in projector.layout]
+    tg = tp = 0.0
+    for p in pairs:
+        t0 = time.perf_counter()
+        g = per_pair_gradients_loop(loaded.model, objective, collate([p], pad).to(loaded.device))
+        t1 = time.perf_counter()
+        projector.project(torch.cat([g[n] for n in names], dim=1)).float().cpu().numpy().astype(
+            np.float16)
+        t2 = time.perf_counter()
+        tg, tp = tg + t1 - t0, tp + t2 - t1
+    return {"wall": tg + tp, "gradients": tg, "projection": tp}
