@@ -3,12 +3,32 @@
 from __future__ import annotations
 
 import json
+import typing
+from dataclasses import MISSING, dataclass, fields
 
+import click
 import pytest
 from click.testing import CliRunner
 from helpers import SAMPLE, write_jsonl
 
+from gradproj.attribution.influence import InfluenceSettings
 from gradproj.cli import main
+from gradproj.cli.options import settings_from, settings_options
+from gradproj.core.data import DataSettings
+from gradproj.core.errors import BadInput
+from gradproj.core.model import ModelSettings
+from gradproj.core.objectives import OBJECTIVES, PreferenceSettings
+from gradproj.core.settings import (
+    Settings,
+    at_least_one,
+    field_choices,
+    option_name,
+    parse_floats,
+    setting,
+)
+from gradproj.pipeline.run import SelectSettings
+from gradproj.store.build import StoreSettings
+from gradproj.training.train import TrainSettings
 
 GOOD = {"prompt": "one plus two", "chosen": "three", "rejected": "four"}
 
@@ -111,8 +131,154 @@ def test_demo_runs_on_a_tiny_model(tiny_char_llama, tmp_path):
     assert len(flipped) == 2
 
 
-def test_every_command_documents_its_options():
-    for command in ("train", "evaluate", "demo", "build-store", "inspect", "influence",
-                    "select", "score", "compare"):
-        result = _run(command, "--help")
-        assert result.exit_code == 0 and "--" in result.output
+COMMAND_SETTINGS = {
+    "train": (ModelSettings, DataSettings, PreferenceSettings, TrainSettings),
+    "evaluate": (ModelSettings, DataSettings, PreferenceSettings),
+    "build-store": (ModelSettings, DataSettings, PreferenceSettings, StoreSettings),
+    "influence": (DataSettings, InfluenceSettings),
+    "select": (ModelSettings, PreferenceSettings, SelectSettings),
+    "score": (ModelSettings, PreferenceSettings),
+}
+
+
+def _leaf_fields(cls, prefix=""):
+    """(option name, field) of every command-line field of a settings class, nested ones too."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if not f.metadata.get("cli", True):
+            continue
+        kind = hints[f.name]
+        if isinstance(kind, type) and issubclass(kind, Settings):
+            sub = f.metadata.get("option")
+            yield from _leaf_fields(kind, prefix + (f"{f.name}_" if sub is None else sub))
+        else:
+            yield option_name(prefix + (f.metadata.get("option") or f.name)), f
+
+
+@pytest.mark.parametrize("command", list(COMMAND_SETTINGS))
+def test_options_are_generated_from_the_settings_fields(command):
+    """Each setting's option, help, default and choices come from its dataclass field."""
+    params = {p.opts[0]: p for p in _command(command).params}
+    for cls in COMMAND_SETTINGS[command]:
+        for name, f in _leaf_fields(cls):
+            assert name in params, (command, name)
+            param = params[name]
+            assert param.help == f.metadata["help"] and f.metadata["help"], (command, name)
+            if field_choices(f):
+                assert list(param.type.choices) == [str(c) for c in field_choices(f)]
+            if f.default not in (MISSING, None) and not f.metadata.get("multiple"):
+                want = f.default if not isinstance(f.default, tuple) else ",".join(
+                    map(str, f.default))
+                assert param.default == want, (command, name, param.default)
+
+
+def test_loss_option_lists_exactly_the_registered_objectives():
+    for command in ("train", "evaluate", "build-store", "select", "score"):
+        loss = next(p for p in _command(command).params if p.name == "loss")
+        assert list(loss.type.choices) == list(OBJECTIVES), command
+        assert any(p.name == "loss_param" and p.multiple for p in _command(command).params)
+
+
+@dataclass(frozen=True)
+class Inner(Settings):
+    width: int = setting(3, "Width.", check=at_least_one)
+
+
+@dataclass(frozen=True)
+class Outer(Settings):
+    band: tuple = setting((0.1, 0.9), "Band.", parse=parse_floats)
+    name: str = setting("a", "Name.", choices=("a", "b"))
+    flag: bool = setting(False, "Flag.")
+    inner: Inner = setting(default_factory=Inner)
+    hidden: int = setting(7, "Python only.", cli=False)
+
+
+def test_generated_options_round_trip_a_nested_settings_class():
+    got = {}
+
+    @click.command()
+    @settings_options(Outer)
+    def cmd(**kw):
+        got["value"] = settings_from(Outer, kw)
+        got["left"] = kw
+
+    res = CliRunner().invoke(cmd, ["--band", "0.2,0.5", "--name", "b", "--flag",
+                                   "--inner-width", "5"])
+    assert res.exit_code == 0, res.output
+    assert got["value"] == Outer(band=(0.2, 0.5), name="b", flag=True, inner=Inner(width=5))
+    assert got["left"] == {}
+    CliRunner().invoke(cmd, [])
+    assert got["value"] == Outer()
+    res = CliRunner().invoke(cmd, ["--name", "c"])
+    assert res.exit_code == 2 and "'c' is not one of 'a', 'b'" in res.output
+    with pytest.raises(BadInput, match="--width must be >= 1, got 0"):
+        Outer(inner=Inner(width=0))
+    res = CliRunner().invoke(cmd, ["--inner-width", "0"])
+    assert isinstance(res.exception, BadInput)
+    assert str(res.exception) == "--inner-width must be >= 1, got 0"
+    assert _run("train", "--data", "x", "--out", "y", "--lora-r", "0").stderr.strip() == (
+        "gradproj: error: --lora-r must be >= 1, got 0")
+    assert "--hidden" not in CliRunner().invoke(cmd, ["--help"]).output
+
+
+def test_an_internal_error_is_reported_as_a_bug(monkeypatch, sample_jsonl, tmp_path):
+    import gradproj.training.evaluate as ev
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(ev, "evaluate", broken)
+    monkeypatch.setattr("gradproj.core.model.load_model", lambda settings: None)
+    result = CliRunner().invoke(main, ["evaluate", "--data", sample_jsonl])
+    assert result.exit_code == 1
+    assert "Traceback" in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "gradproj: internal error (a bug in gradproj, please report it with the traceback "
+        "above): RuntimeError: boom")
+
+
+def _command(name):
+    return main.commands[name]
+
+
+def test_objective_is_recorded_end_to_end_and_a_mismatch_is_refused(tiny_llama, sample_jsonl,
+                                                                    tmp_path):
+    """train, build-store and select with --loss ipo carry one objective record; build-store
+    with --loss dpo on the IPO adapter is refused in one line (exit 2) unless forced."""
+    common = ["--model", tiny_llama, "--device", "cpu", "--max-length", "64"]
+    ipo = ["--loss", "ipo", "--beta", "0.5"]
+    theta = tmp_path / "theta"
+    res = _run("train", *common, *ipo, "--data", sample_jsonl, "--out", str(theta),
+               "--batch-size", "3")
+    assert res.exit_code == 0, res.output
+    res = _run("build-store", *common, *ipo, "--adapter", str(theta), "--data", sample_jsonl,
+               "--out", str(tmp_path / "store"), "--proj-dim", "32")
+    assert res.exit_code == 0, res.output
+    res = _run("select", *common, *ipo, "--adapter", str(theta), "--train", sample_jsonl,
+               "--val", sample_jsonl, "--out", str(tmp_path / "sel"), "--batch-size", "3",
+               "--proj-dim", "32", "--with-if")
+    assert res.exit_code == 0, res.output
+    record = {"name": "ipo", "beta": 0.5, "params": {}}
+    assert json.loads((theta / "train.json").read_text())["objective"] == record
+    assert json.loads((tmp_path / "store" / "manifest.json").read_text())["objective"] == record
+    selection = json.loads((tmp_path / "sel" / "selection.json").read_text())
+    assert selection["objective"] == record
+    assert json.loads((tmp_path / "sel" / "theta_v" / "train.json").read_text())[
+        "objective"] == record
+    assert json.loads((tmp_path / "sel" / "store" / "manifest.json").read_text())[
+        "objective"] == record
+
+    res = _run("build-store", *common, "--loss", "dpo", "--adapter", str(theta), "--data",
+               sample_jsonl, "--out", str(tmp_path / "store-dpo"), "--proj-dim", "32")
+    assert res.exit_code == 2
+    assert res.stderr.strip() == (
+        f"gradproj: error: adapter {theta}: made with objective ipo (beta=0.5), requested dpo "
+        "(beta=0.1) (use --force-objective to allow this)")
+    assert not (tmp_path / "store-dpo").exists()
+    res = _run("build-store", *common, "--loss", "dpo", "--adapter", str(theta), "--data",
+               sample_jsonl, "--out", str(tmp_path / "store-dpo"), "--proj-dim", "32",
+               "--force-objective")
+    assert res.exit_code == 0, res.output
+    res = _run("score", *common, "--loss", "simpo", "--adapter", str(theta), "--train",
+               sample_jsonl, "--val", sample_jsonl, "--out", str(tmp_path / "score-simpo"))
+    assert res.exit_code == 2 and "made with objective ipo" in res.stderr

@@ -15,7 +15,7 @@ from gradproj.store.build import StoreSettings, build_store
 from gradproj.cli import main
 from gradproj.core.data import load_pairs
 from gradproj.core.logprobs import pair_logprobs, sequence_logprobs
-from gradproj.core.objectives import DPOLoss
+from gradproj.core.objectives import DPO, PreferenceSettings
 from gradproj.core.errors import GradprojError
 from gradproj.store.index import (
     IndexSettings,
@@ -39,6 +39,8 @@ from gradproj.gradients.spec import ProjectorSpec
 from gradproj.store.shards import ROW_DTYPE, STATUS, Store, StoreWriter
 from gradproj.core.tokens import collate, tokenize_pairs
 
+PREF32 = PreferenceSettings(max_length=32)
+
 
 def _exact_grad(loaded, pairs):
     """∇_θ of the mean DPO loss over ``pairs`` (LoRA params, flattened), by plain autograd."""
@@ -49,7 +51,7 @@ def _exact_grad(loaded, pairs):
     lp = sequence_logprobs(loaded.model, batch)
     n = len(tok)
     ref.policy_chosen, ref.policy_rejected = lp[:n], lp[n:]
-    loss = DPOLoss(0.1)(ref).mean()
+    loss = DPO(0.1)(ref).mean()
     return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, params)]).double()
 
 
@@ -60,8 +62,9 @@ def built(tiny_llama, tmp_path_factory):
     train = write_jsonl(root / "train.jsonl", random_rows(40, seed=1))
     val = write_jsonl(root / "val.jsonl", random_rows(6, seed=7))
     loaded = load_model(ModelSettings(model=tiny_llama, adapter=adapter, device="cpu"))
-    settings = StoreSettings(proj_dim=1024, batch_size=4, shard_size=16, max_length=32)
-    store = build_store(loaded, load_pairs(train), settings, root / "store", progress=False)
+    settings = StoreSettings(proj_dim=1024, batch_size=4, shard_size=16)
+    store = build_store(loaded, load_pairs(train), settings, root / "store", pref=PREF32,
+                        progress=False)
     return {"root": root, "loaded": loaded, "store": store, "train": train, "val": val,
             "adapter": adapter, "model": tiny_llama}
 
@@ -316,13 +319,13 @@ def test_adam_store_is_queried_with_plain_validation_gradients(tiny_llama, tmp_p
     train = load_pairs(write_jsonl(tmp_path / "train.jsonl", random_rows(12, seed=3)))
     val = load_pairs(write_jsonl(tmp_path / "val.jsonl", random_rows(4, seed=4)))
     loaded = load_model(ModelSettings(model=tiny_llama, device="cpu"))
-    train_adapter(loaded, train, TrainSettings(epochs=1, lr=1e-2, batch_size=4, max_length=32),
-                  tmp_path / "theta", progress=False)
+    train_adapter(loaded, train, TrainSettings(epochs=1, lr=1e-2, batch_size=4),
+                  tmp_path / "theta", pref=PREF32, progress=False)
     loaded = load_model(ModelSettings(model=tiny_llama, adapter=str(tmp_path / "theta"),
                                       device="cpu"))
-    stores = {g: build_store(loaded, train, StoreSettings(proj_dim=256, batch_size=4,
-                                                          max_length=32, grad_type=g),
-                             tmp_path / g, progress=False) for g in ("sgd", "adam")}
+    stores = {g: build_store(loaded, train, StoreSettings(proj_dim=256, batch_size=4, grad_type=g),
+                             tmp_path / g, pref=PREF32, progress=False)
+              for g in ("sgd", "adam")}
     assert not np.allclose(stores["sgd"].features(), stores["adam"].features())
     v_sgd = validation_features(stores["sgd"], loaded, val)
     v_adam = validation_features(stores["adam"], loaded, val)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from helpers import SAMPLE, loop_logprob, perturb_lora
 
 from gradproj.core.data import pairs_from_records
-from gradproj.core.logprobs import PairLogProbs, pair_logprobs, sequence_logprobs
-from gradproj.core.objectives import DPOLoss, SLiCLoss, make_loss
-from gradproj.core.errors import GradprojError
+from gradproj.core.logprobs import pair_logprobs, sequence_logprobs
+from gradproj.core.objectives import DPO
 from gradproj.core.model import LoraSettings, ModelSettings, load_model
 from gradproj.core.tokens import collate, tokenize_pairs
 
@@ -38,44 +35,16 @@ def test_sequence_logprobs_equal_token_loop(arch, targets, request):
             loop_logprob(loaded.model, p.prompt_ids, p.rejected_ids), abs=1e-5)
 
 
-def test_margin_and_losses_match_hand_computation():
-    lp = PairLogProbs(torch.tensor([-3.0, -10.0]), torch.tensor([-5.0, -2.0]),
-                      torch.tensor([-4.0, -9.0]), torch.tensor([-4.5, -2.5]))
-    beta = 0.1
-    # h = β[(πw − rw) − (πl − rl)]
-    expected_h = [beta * ((-3 + 4) - (-5 + 4.5)), beta * ((-10 + 9) - (-2 + 2.5))]
-    dpo = DPOLoss(beta)
-    assert dpo.margin(lp).tolist() == pytest.approx(expected_h, abs=1e-7)
-    assert dpo(lp).tolist() == pytest.approx(
-        [-math.log(1 / (1 + math.exp(-h))) for h in expected_h], abs=1e-7)
-    slic = SLiCLoss(beta, delta=1.0)
-    assert slic(lp).tolist() == pytest.approx([max(0.0, 1.0 - h) for h in expected_h], abs=1e-7)
-    assert SLiCLoss(beta, delta=0.1)(lp).tolist() == pytest.approx([0.0, 0.1 + 0.15], abs=1e-7)
-
-
-def test_dpo_loss_is_stable_for_large_margins():
-    h = torch.tensor([-1000.0, 0.0, 1000.0])
-    out = DPOLoss().from_margin(h)
-    assert out.tolist() == pytest.approx([1000.0, math.log(2), 0.0], abs=1e-6)
-
-
-def test_loss_settings_are_validated():
-    with pytest.raises(GradprojError, match="--beta must be > 0"):
-        DPOLoss(0.0)
-    with pytest.raises(GradprojError, match="--loss must be one of dpo, slic"):
-        make_loss("ipo")
-
-
 def test_fresh_adapter_reference_gives_zero_margin(tiny_llama):
     loaded = load_model(ModelSettings(model=tiny_llama, device="cpu"))
     tok = tokenize_pairs(_pairs(), loaded.tokenizer, max_length=64).pairs
     lp = pair_logprobs(loaded.model, tok, loaded.tokenizer.pad_token_id, batch_size=4)
     assert torch.equal(lp.policy_chosen, lp.ref_chosen)   # LoRA B = 0: adapter is a no-op
-    assert DPOLoss().margin(lp).abs().max().item() == 0.0
+    assert DPO().margin(lp).abs().max().item() == 0.0
     perturb_lora(loaded.model)
     lp2 = pair_logprobs(loaded.model, tok, loaded.tokenizer.pad_token_id, batch_size=4,
                         reference=(lp.ref_chosen, lp.ref_rejected))
-    assert DPOLoss().margin(lp2).abs().max().item() > 1e-3
+    assert DPO().margin(lp2).abs().max().item() > 1e-3
     # the reference computed with the adapter disabled after the change is unchanged
     lp3 = pair_logprobs(loaded.model, tok, loaded.tokenizer.pad_token_id, batch_size=3)
     assert torch.allclose(lp3.ref_chosen, lp.ref_chosen, atol=1e-6)
@@ -90,3 +59,20 @@ def test_batch_size_does_not_change_logprobs(tiny_gpt2):
     a = pair_logprobs(loaded.model, tok, loaded.tokenizer.pad_token_id, batch_size=1)
     b = pair_logprobs(loaded.model, tok, loaded.tokenizer.pad_token_id, batch_size=6)
     assert torch.allclose(a.policy_rejected, b.policy_rejected, atol=1e-5)
+
+
+def test_lengths_are_response_token_counts_and_reference_free_skips_the_pass(tiny_llama):
+    loaded = load_model(ModelSettings(model=tiny_llama, device="cpu"))
+    perturb_lora(loaded.model)
+    tok = tokenize_pairs(_pairs(), loaded.tokenizer, max_length=64).pairs
+    lp = pair_logprobs(loaded.model, tok, loaded.tokenizer.pad_token_id)
+    assert lp.len_chosen.tolist() == [float(len(p.chosen_ids)) for p in tok]
+    assert lp.len_rejected.tolist() == [float(len(p.rejected_ids)) for p in tok]
+    batch = collate(tok, loaded.tokenizer.pad_token_id)
+    b = len(tok)
+    assert batch.response_lengths()[:b].tolist() == lp.len_chosen.tolist()
+    assert batch.response_lengths()[b:].tolist() == lp.len_rejected.tolist()
+    free = pair_logprobs(loaded.model, tok, loaded.tokenizer.pad_token_id, with_reference=False)
+    assert free.ref_chosen.abs().max().item() == 0.0 and lp.ref_chosen.abs().min().item() > 0
+    assert torch.equal(free.policy_chosen, lp.policy_chosen)
+

@@ -90,3 +90,15 @@ def test_compare_two_runs(tiny_char_llama, task, tmp_path):
     same = CliRunner().invoke(main, ["compare", str(a), str(a), "--out", str(tmp_path / "d.json")])
     assert json.loads((tmp_path / "d.json").read_text())["scores"]["irm"]["spearman"] == \
         pytest.approx(1.0)
+
+
+def test_a_run_folder_of_an_older_schema_is_refused_in_one_line(task, tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"model": {}, "training": {"beta": 0.1}}))
+    res = _select("unused-model", task, out)
+    assert res.exit_code == 2
+    assert res.stderr.strip() == (
+        f"gradproj: error: {out}: a run folder of schema version 1 (this gradproj writes 2): "
+        "rerun with --force to recompute it, or use another --out")
+    assert json.loads((out / "run.json").read_text())["training"] == {"beta": 0.1}

@@ -10,6 +10,7 @@ from helpers import SAMPLE, loop_logprob, saved_adapter
 from gradproj.store.build import StoreSettings, build_store
 from gradproj.core.data import pairs_from_records
 from gradproj.core.model import ModelSettings, load_model
+from gradproj.core.objectives import PreferenceSettings
 from gradproj.attribution.scores import ScoreTable, irm_from_store, score_pairs
 from gradproj.core.tokens import tokenize_pairs
 
@@ -47,7 +48,8 @@ def test_irm_and_lossdiff_equal_hand_computation(tiny_llama, tmp_path):
     lossdiff = [loss(h(pt, i)) - loss(h(pv, i)) for i in range(len(pairs))]
 
     loaded = load_model(ModelSettings(model=tiny_llama, adapter=theta, device="cpu"))
-    table = score_pairs(loaded, pairs, theta_v, beta=BETA, max_length=64, batch_size=4)
+    table = score_pairs(loaded, pairs, theta_v, PreferenceSettings(beta=BETA, max_length=64),
+                        batch_size=4)
     assert np.allclose(table["irm"], irm, atol=1e-5)
     assert np.allclose(table["lossdiff"], lossdiff, atol=1e-5)
     assert np.allclose(table["loss_theta"] - table["loss_aux"], table["lossdiff"])
@@ -55,7 +57,8 @@ def test_irm_and_lossdiff_equal_hand_computation(tiny_llama, tmp_path):
     assert loaded.model.active_adapter == "default" and "aux" not in loaded.model.peft_config
 
     # IRM from a store built at θ needs no forward pass and agrees
-    store = build_store(loaded, pairs, StoreSettings(proj_dim=32, max_length=64), tmp_path / "s",
+    store = build_store(loaded, pairs, StoreSettings(proj_dim=32), tmp_path / "s",
+                        pref=PreferenceSettings(beta=BETA, max_length=64),
                         progress=False)
     ids, h_store = irm_from_store(store)
     assert ids == table.ids and np.allclose(h_store, irm, atol=1e-5)

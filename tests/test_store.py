@@ -20,11 +20,13 @@ from gradproj.cli import main
 from gradproj.core.data import load_pairs
 from gradproj.core.errors import GradprojError
 from gradproj.core.model import ModelSettings, load_model
+from gradproj.core.objectives import PreferenceSettings
 from gradproj.store.shards import ROW_DTYPE, Store, StoreLock, StoreWriter
 
 
 
-SETTINGS = StoreSettings(proj_dim=64, batch_size=3, shard_size=5, proj_batch=4, max_length=32)
+SETTINGS = StoreSettings(proj_dim=64, batch_size=3, shard_size=5, proj_batch=4)
+PREF = PreferenceSettings(max_length=32)
 
 
 @pytest.fixture
@@ -34,7 +36,7 @@ def pairs_file(tmp_path):
 
 def _build(model_dir, pairs_file, out, **kw):
     loaded = load_model(ModelSettings(model=model_dir, device="cpu"))
-    return build_store(loaded, load_pairs(pairs_file), kw.pop("settings", SETTINGS), out,
+    return build_store(loaded, load_pairs(pairs_file), kw.pop("settings", SETTINGS), out, pref=PREF,
                        progress=False, **kw)
 
 
@@ -52,7 +54,9 @@ def test_build_writes_shards_rows_and_manifest(tiny_llama, pairs_file, tmp_path)
     assert np.array_equal(store.rows["policy_chosen"], store.rows["ref_chosen"])
     assert not (tmp_path / "s" / "lock").exists()
     m = store.manifest
-    assert m["projector"]["k"] == 64 and m["loss"] == {"name": "dpo", "beta": 0.1}
+    assert m["projector"]["k"] == 64 and m["objective"] == {"name": "dpo", "beta": 0.1,
+                                                             "params": {}}
+    assert m["preference"]["max_length"] == 32 and m["schema_version"] == 2
     assert all(np.load(tmp_path / "s" / "shards" / f"{s.name}.rows.npy",
                        allow_pickle=False).dtype == ROW_DTYPE for s in store.shards)
     blocks = list(store.blocks(max_rows=4))
@@ -66,7 +70,7 @@ def test_existing_store_needs_resume(tiny_llama, pairs_file, tmp_path):
         _build(tiny_llama, pairs_file, tmp_path / "s")
     with pytest.raises(GradprojError, match="cannot resume: field 'projector' differs"):
         _build(tiny_llama, pairs_file, tmp_path / "s", resume=True,
-               settings=StoreSettings(proj_dim=32, batch_size=3, shard_size=5, max_length=32))
+               settings=StoreSettings(proj_dim=32, batch_size=3, shard_size=5))
 
 
 def test_corrupt_or_missing_shard_is_refused(tiny_llama, pairs_file, tmp_path):
@@ -121,7 +125,7 @@ def test_projection_overflowing_float16_is_flagged_not_stored_as_inf(tiny_llama,
     from gradproj.core.tokens import tokenize_pairs
 
     loaded = load_model(ModelSettings(model=tiny_llama, device="cpu"))
-    fc = FeatureComputer(loaded, SETTINGS)
+    fc = FeatureComputer(loaded, SETTINGS, PREF.objective())
     project = fc.projector.project
 
     def huge_row_1(merged):
@@ -197,6 +201,62 @@ def test_inspect_shows_the_store(tiny_llama, pairs_file, tmp_path):
     res = CliRunner().invoke(main, ["inspect", str(tmp_path / "s")])
     assert res.exit_code == 0, res.output
     assert "23 in 5 shards; ok: 23" in res.output and "kind=rademacher" in res.output
-    assert "k=64" in res.output and "(complete)" in res.output
+    assert "k=64" in res.output and "(complete, schema 2)" in res.output
+    assert "objective    dpo (beta=0.1), gradient sgd, max_length 32" in res.output
     res = CliRunner().invoke(main, ["inspect", str(tmp_path)])
     assert res.exit_code == 2 and "not a gradproj store" in res.stderr
+
+
+def _as_schema_1(root):
+    """Rewrite a store as gradproj wrote it before objectives (schema 1): rows without
+    lengths, the manifest's ``loss`` {name, beta} and loss/beta/max_length in its settings."""
+    from gradproj.store.shards import ROW_DTYPE_V1, sha256_file
+
+    m = json.loads((root / "manifest.json").read_text())
+    for shard in m["shards"]:
+        path = root / "shards" / f"{shard['name']}.rows.npy"
+        rows = np.load(path)
+        old = np.zeros(len(rows), ROW_DTYPE_V1)
+        for name in ROW_DTYPE_V1.names:
+            old[name] = rows[name]
+        np.save(path, old)
+        shard["rows_sha256"] = sha256_file(path)
+    objective = m.pop("objective")
+    m.pop("preference")
+    m["loss"] = {"name": objective["name"], "beta": objective["beta"]}
+    m["settings"].update(loss=objective["name"], beta=objective["beta"],
+                         max_length=m["max_length"])
+    m["schema_version"] = 1
+    (root / "manifest.json").write_text(json.dumps(m))
+    (root / "verified.json").unlink(missing_ok=True)
+
+
+def test_a_schema_1_store_still_opens_and_answers_queries(tiny_llama, pairs_file, tmp_path):
+    from gradproj.attribution.influence import compute_influence
+    from gradproj.attribution.scores import irm_from_store
+
+    new = _build(tiny_llama, pairs_file, tmp_path / "new")
+    old_root = tmp_path / "old"
+    _build(tiny_llama, pairs_file, old_root)
+    _as_schema_1(old_root)
+    old = Store(old_root)
+    assert old.manifest["objective"] == {"name": "dpo", "beta": 0.1, "params": {}}
+    assert old.manifest["schema_version_on_disk"] == 1
+    assert np.isnan(old.rows["len_chosen"]).all() and np.isnan(old.column("len_rejected")).all()
+    assert np.array_equal(old.rows["loss"], new.rows["loss"])
+    assert irm_from_store(old)[1].tolist() == irm_from_store(new)[1].tolist()
+    val = load_pairs(pairs_file)[:4]
+    a = compute_influence([old], val, device="cpu")
+    b = compute_influence([new], val, device="cpu")
+    assert np.array_equal(a.scores, b.scores)
+    res = CliRunner().invoke(main, ["inspect", str(old_root)])
+    assert res.exit_code == 0 and "schema 1" in res.output
+
+    m = json.loads((old_root / "manifest.json").read_text())
+    m["schema_version"] = 3
+    (old_root / "manifest.json").write_text(json.dumps(m))
+    res = CliRunner().invoke(main, ["inspect", str(old_root)])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == (
+        f"gradproj: error: {old_root / 'manifest.json'}: schema version 3 is not one this "
+        "gradproj reads (1, 2): rebuild the store with gradproj build-store")

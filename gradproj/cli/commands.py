@@ -85,12 +85,9 @@ def main(verbose):
     _quiet_libraries(verbose)
 
 
-def _load(kw, adapter=None):
+def _load(settings: ModelSettings):
     from gradproj.core.model import load_model
 
-    settings = settings_from(ModelSettings, kw)
-    if adapter:
-        settings = replace(settings, adapter=adapter)
     return load_model(settings)
 
 
@@ -108,10 +105,12 @@ def train(data, out, init_adapter, force, force_objective, **kw):
     it with its optimizer state, learning-rate schedule and train.json."""
     from gradproj.training.train import train_adapter
 
-    pairs = settings_from(DataSettings, kw).load(data)
     settings, pref = settings_from(TrainSettings, kw), settings_from(PreferenceSettings, kw)
-    loaded = _load(kw, adapter=init_adapter)
-    result = train_adapter(loaded, pairs, settings, out, pref=pref, overwrite=force,
+    model = settings_from(ModelSettings, kw)
+    if init_adapter:
+        model = replace(model, adapter=init_adapter)
+    pairs = settings_from(DataSettings, kw).load(data)
+    result = train_adapter(_load(model), pairs, settings, out, pref=pref, overwrite=force,
                            force_objective=force_objective)
     click.echo(f"trained {result.n_pairs} pairs, {result.steps} steps in {result.seconds:.1f}s; "
                f"final loss {result.losses[-1]:.4f}; adapter in {result.out_dir}")
@@ -130,10 +129,11 @@ def evaluate(data, out, **kw):
     the --loss objective."""
     from gradproj.training.evaluate import evaluate as run_evaluate
 
-    pairs = settings_from(DataSettings, kw).load(data)
     pref = settings_from(PreferenceSettings, kw)
     batch_size = settings_from(TrainSettings, kw, only=("batch_size",)).batch_size
-    result = run_evaluate(_load(kw), pairs, pref, batch_size)
+    model = settings_from(ModelSettings, kw)
+    pairs = settings_from(DataSettings, kw).load(data)
+    result = run_evaluate(_load(model), pairs, pref, batch_size)
     for key, value in result.to_dict().items():
         click.echo(f"{key:16s} {value:.4f}" if isinstance(value, float) else f"{key:16s} {value}")
     if out:
@@ -152,10 +152,11 @@ def build_store_cmd(data, out, resume, force_objective, **kw):
     """Project every pair's LoRA gradient of the objective into a store on disk."""
     from gradproj.store.build import build_store
 
-    pairs = settings_from(DataSettings, kw).load(data)
     settings, pref = settings_from(StoreSettings, kw), settings_from(PreferenceSettings, kw)
     rank, world, barrier = _distributed(kw)
-    store = build_store(_load(kw), pairs, settings, out, pref=pref, resume=resume, rank=rank,
+    model = settings_from(ModelSettings, kw)
+    pairs = settings_from(DataSettings, kw).load(data)
+    store = build_store(_load(model), pairs, settings, out, pref=pref, resume=resume, rank=rank,
                         world_size=world, barrier=barrier, force_objective=force_objective)
     if rank != 0:
         return

@@ -16,7 +16,7 @@ from dataclasses import MISSING, fields
 import click
 
 from gradproj.core.errors import BadInput
-from gradproj.core.settings import Settings, option_name
+from gradproj.core.settings import Settings, field_choices, option_name
 
 
 def _is_settings(kind) -> bool:
@@ -66,7 +66,7 @@ def _option(f, kind, prefix: str):
                             help=help_text)
     if meta.get("parse") is not None and isinstance(default, tuple):
         default = ",".join(map(str, default))
-    choices = meta.get("choices")
+    choices = field_choices(f)
     ctype = click.Choice([str(c) for c in choices]) if choices else _click_type(kind)
     return click.option(name, param, type=ctype, default=default,
                         show_default=default is not None, metavar=meta.get("metavar"),
@@ -108,7 +108,21 @@ def settings_from(cls: type[Settings], kw: dict, *, prefix: str = "", only=None,
             except BadInput as err:
                 raise BadInput(f"{option_name(key, f)}: {err}") from None
         values[f.name] = value
-    return cls(**values, **given)
+    try:
+        return cls(**values, **given)
+    except BadInput as err:
+        raise BadInput(_with_prefix(str(err), cls, prefix)) from None
+
+
+def _with_prefix(message: str, cls, prefix: str) -> str:
+    """A nested class's check names its own field (``--r``): name the option (``--lora-r``)."""
+    if prefix:
+        for f, _ in _selected(cls, None, ()):
+            own = option_name(f.name, f)
+            if message.startswith(own + " "):
+                return option_name(prefix + (f.metadata.get("option") or f.name)) + \
+                    message[len(own):]
+    return message
 
 
 def flatten(*decorators):

@@ -198,7 +198,7 @@ class PreferenceSettings(Settings):
     """
 
     loss: str = setting("dpo", "Preference objective (the loss trained, stored and scored).",
-                        choices=("dpo", "ipo", "slic", "simpo"))
+                        choices=lambda: tuple(OBJECTIVES))
     beta: float = setting(0.1, "β of the objective (IPO: its regularisation τ).", check=positive)
     loss_param: tuple = setting((), "Objective parameter NAME=VALUE (repeatable), e.g. delta=1.0 "
                                     "(slic), gamma=0.5 (simpo).", multiple=True,

@@ -8,7 +8,7 @@ construction (``__post_init__``); the code below them never re-checks.
 
     @dataclass(frozen=True)
     class StoreSettings(Settings):
-        proj_dim: int = setting(8192, "k, the projected dimension.", check=(positive, "must be >= 1"))
+        proj_dim: int = setting(8192, "k, the projected dimension.", check=at_least_one)
 
 Every settings object serialises to JSON (``to_dict``) and back (``from_dict``), so a run's
 settings are written beside its outputs and can be read again.
@@ -27,14 +27,14 @@ from gradproj.core.errors import BadInput
 Check = tuple[Callable[[Any], bool], str]
 
 
-def setting(default: Any = MISSING, help: str = "", *, choices: tuple | None = None,
+def setting(default: Any = MISSING, help: str = "", *, choices: tuple | Callable | None = None,
             check: Check | None = None, parse: Callable[[str], Any] | None = None,
             metavar: str | None = None, cli: bool = True, multiple: bool = False,
             option: str | None = None,
             default_factory: Callable[[], Any] | None = None) -> Any:
     """A dataclass field with the metadata the CLI and the checks read.
 
-    ``choices``: allowed values; ``check``: (predicate, message) run on the value;
+    ``choices``: allowed values (or a callable giving them); ``check``: (predicate, message) run on the value;
     ``parse``: turns one command-line string into the value (for tuples, bands, maps);
     ``multiple``: a repeatable option whose strings are given to ``parse`` as a tuple;
     ``option``: the command-line name when it is not the field's (``kind`` → ``index``);
@@ -45,6 +45,13 @@ def setting(default: Any = MISSING, help: str = "", *, choices: tuple | None = N
     if default_factory is not None:
         return field(default_factory=default_factory, metadata=meta)
     return field(default=default, metadata=meta)
+
+
+def field_choices(f) -> tuple | None:
+    """A field's allowed values; ``choices`` may be a callable read when asked (a registry
+    that grows, such as the objectives)."""
+    choices = f.metadata.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 def option_name(name: str, f=None) -> str:
@@ -61,7 +68,7 @@ class Settings:
     def __post_init__(self):
         for f in fields(self):
             value = getattr(self, f.name)
-            choices = f.metadata.get("choices")
+            choices = field_choices(f)
             if choices is not None and value not in choices:
                 raise BadInput(f"{option_name(f.name, f)} must be one of "
                                f"{', '.join(map(str, choices))}, got {value!r}")

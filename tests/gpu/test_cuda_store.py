@@ -22,6 +22,7 @@ from gradproj.attribution.influence import (
     validation_features,
 )
 from gradproj.core.model import ModelSettings, load_model
+from gradproj.core.objectives import PreferenceSettings
 
 pytestmark = [pytest.mark.cuda,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")]
@@ -31,12 +32,12 @@ def test_cuda_store_and_query_equal_cpu(tiny_llama, tmp_path):
     adapter = saved_adapter(tiny_llama, tmp_path / "adapter")
     train = load_pairs(write_jsonl(tmp_path / "train.jsonl", random_rows(40, seed=1)))
     val = load_pairs(write_jsonl(tmp_path / "val.jsonl", random_rows(6, seed=7)))
-    settings = StoreSettings(proj_dim=512, batch_size=5, shard_size=16, max_length=32)
+    settings = StoreSettings(proj_dim=512, batch_size=5, shard_size=16)
     out = {}
     for device in ("cpu", "cuda"):
         loaded = load_model(ModelSettings(model=tiny_llama, adapter=adapter, device=device))
         store = build_store(loaded, train, settings, tmp_path / f"store-{device}",
-                            progress=False)
+                            pref=PreferenceSettings(max_length=32), progress=False)
         vf = validation_features(store, loaded, val)
         out[device] = (store, vf, mean_influence(store, vf))
     (cs, cv, ci), (gs, gv, gi) = out["cpu"], out["cuda"]
