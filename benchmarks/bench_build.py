@@ -2,7 +2,8 @@
 
 On the embedded SmolLM2-135M-Instruct (LoRA r=8 on q_proj, v_proj; P = 460 800 trainable
 weights), CPU, with generated chat pairs of about 64 tokens per sequence (gradproj.synthetic's
-families, lengthened: see benchmarks/_common.sized_records; the real token counts are printed):
+families, lengthened: gradproj.experiments.synthetic.sized_records; the real token counts are
+printed):
 
 * ``train step``  — a hand-written DPO training step on the same PairBatch objects the build
   sees (reference forward, policy forward + backward, AdamW step; the adapter is restored after
@@ -86,17 +87,21 @@ def main(argv=None) -> int:
         if args.json == C.ROOT / "docs" / "bench_build.json":
             args.json = C.ROOT / "docs" / "bench_build_quick.json"
 
-    from gradproj.store.build import StoreSettings
     from gradproj.core.data import pairs_from_records
+    from gradproj.core.objectives import PreferenceSettings
+    from gradproj.core.tokens import tokenize_pairs
+    from gradproj.experiments.buildcost import TrainStep, build_pass, less_pass, projection_seconds
+    from gradproj.experiments.step import perturb_lora_b
+    from gradproj.experiments.synthetic import sized_records, token_stats
     from gradproj.gradients.perpair import lora_layout
     from gradproj.gradients.projectors import make_projector
-    from gradproj.core.tokens import tokenize_pairs
+    from gradproj.store.build import StoreSettings
 
     info = C.machine_info()
     C.log(f"machine: {C.machine_line(info)}")
     t0 = time.perf_counter()
     loaded = C.load_smollm2()
-    C.perturb_lora_b(loaded, std=4e-3)
+    perturb_lora_b(loaded.model, std=4e-3)
     C.log(f"memory after loading: {C.rss_gib()} GiB")
     C.log(f"loaded SmolLM2 in {time.perf_counter() - t0:.1f} s")
     layout = lora_layout(loaded.model)
@@ -104,15 +109,16 @@ def main(argv=None) -> int:
 
     pref = PreferenceSettings(max_length=4 * args.tokens)
     objective = pref.objective()
-    records = C.sized_records(args.pairs, 0, "bench", loaded.tokenizer, args.tokens)
+    records = sized_records(args.pairs, 0, "bench", loaded.tokenizer, args.tokens)
     raw_pairs = pairs_from_records(records, origin="<bench>")
     tok = tokenize_pairs(raw_pairs, loaded.tokenizer, pref.max_length)
     assert not tok.excluded and tok.n_truncated == 0
     pairs = tok.pairs
-    stats = C.token_stats(pairs)
+    stats = token_stats(pairs)
     C.log(f"{len(pairs)} pairs; tokens per sequence: chosen {stats['chosen_mean']:.1f} "
           f"[{stats['chosen_min']}, {stats['chosen_max']}], rejected {stats['rejected_mean']:.1f}"
-          f" [{stats['rejected_min']}, {stats['rejected_max']}]; response {stats['response_mean']:.1f}")
+          f" [{stats['rejected_min']}, {stats['rejected_max']}]; response "
+          f"{stats['response_mean']:.1f}")
 
     kinds = [k for k in args.kinds.split(",") if k]
     if kinds[0] != "rademacher" and not args.direct:

@@ -299,6 +299,7 @@ def run(args) -> None:
     from gradproj.experiments.lds import half_subsets, lds_row, noise_floor, retrain_subsets
     from gradproj.experiments.runner import Continuation, HeldOut
     from gradproj.experiments.stats import spearman
+    from gradproj.experiments.synthetic import token_stats
     from gradproj.experiments.tiny import save_tiny_llama
     from gradproj.gradients.perpair import lora_layout
     from gradproj.store.build import StoreSettings
@@ -339,7 +340,7 @@ def run(args) -> None:
         flipped = np.array([p.id in flipped_ids for p in train])
         C.log(f"{args.model} on {loaded.device}: LoRA r=8 on {','.join(targets)}, P = {P}; "
               f"{len(train)} train pairs ({int(flipped.sum())} flipped), {len(val)} val; "
-              f"tokens per chosen sequence: {C.token_stats(train_tok.pairs)['chosen_mean']:.0f}")
+              f"tokens per chosen sequence: {token_stats(train_tok.pairs)['chosen_mean']:.0f}")
 
         settings = TrainSettings(epochs=1.0, lr=args.lr, batch_size=args.batch_size,
                                  scheduler=args.scheduler, seed=args.seed)

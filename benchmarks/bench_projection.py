@@ -42,7 +42,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -102,7 +101,7 @@ def speed_part(layout, ks, batch, repeats, cache_mb, gemm_mb) -> tuple[list, dic
         C.log(f"  rademacher cache {cache_mb:.0f} MB holds {100 * frac:.1f}% of R "
               f"(all of R: {P * k * 4 / 2**20:.0f} MB); GEMM block S = "
               f"{projs['GEMM limit (prebuilt R)'].S} columns")
-        t, _ = C.timed(lambda: cached.project(x[:1]))   # fill the cache: one-time cost
+        t, _ = C.timed(lambda c=cached: c.project(x[:1]))   # fill the cache: one-time cost
         C.log(f"  cache fill: {t:.1f} s (one time, not in the table)")
 
         def variant(p):
@@ -132,6 +131,7 @@ def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size, data="syntheti
     from gradproj.core.tokens import tokenize_pairs
     from gradproj.experiments.exact import exact_gradients, influence
     from gradproj.experiments.stats import pearson, spearman
+    from gradproj.experiments.synthetic import token_stats
     from gradproj.experiments.tasks import load_task
     from gradproj.gradients.projectors import make_projector
 
@@ -149,7 +149,7 @@ def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size, data="syntheti
     exact = influence(G, V)
     X = torch.cat([G, v[None]])
     flipped_share = len(task.flipped) / max(1, len(task.train))
-    rows, info = [], {"n_train": len(tr), "n_val": len(va), "tokens": C.token_stats(tr),
+    rows, info = [], {"n_train": len(tr), "n_val": len(va), "tokens": token_stats(tr),
                       "exact_mean": float(exact.mean()), "exact_std": float(exact.std()),
                       "flipped_share": flipped_share, "data": data, "seeds": list(seeds)}
     for k in ks:
@@ -157,7 +157,7 @@ def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size, data="syntheti
             per_seed = []
             for seed in seeds:
                 proj = make_projector(kind, k, layout, seed=seed)
-                t, Y = C.timed(lambda: proj.project(X).double())
+                t, Y = C.timed(lambda p=proj: p.project(X).double())
                 est = (Y[:-1] @ Y[-1]).numpy()
                 per_seed.append({
                     "seed": seed, "spearman": spearman(exact, est),
@@ -254,12 +254,13 @@ def main(argv=None) -> int:
     fid_ks = [int(k) for k in args.fid_ks.split(",")]
     seeds = [int(x) for x in args.fid_seeds.split(",")]
 
+    from gradproj.experiments.step import perturb_lora_b
     from gradproj.gradients.perpair import lora_layout
 
     info = C.machine_info()
     C.log(f"machine: {C.machine_line(info)}")
     loaded = C.load_smollm2()
-    C.perturb_lora_b(loaded, std=4e-3)
+    perturb_lora_b(loaded.model, std=4e-3)
     C.log(f"memory after loading: {C.rss_gib()} GiB")
     layout = lora_layout(loaded.model)
     P = sum(n for _, n in layout)

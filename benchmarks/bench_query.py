@@ -1,26 +1,12 @@
 """Benchmark: cost of an influence query over a gradient store, against the machine's limits.
 
-Part 1 (synthetic stores, written straight to the store format): for N rows of k = 8192 float16
-features, the time of
-
-* ``mean``   — one influence query: ``mean_influence(store, val)``, val = M = 256 vectors (the
-  mean is taken inside), i.e. one pass over the store times one vector;
-* ``matvec`` — the per-pair query: ``stream_matvec(store, Q.T)``, Q [256, k] → the full
-  [N, 256] score matrix, in blocks;
-* ``topk``   — the per-pair top-10: ``stream_topk(store, Q, 10)``;
-* ``mean_ref`` — a reference that is *not* gradproj code: the same mean query with the
-  float16 → float32 cast done by torch, 256 rows at a time into one reused float32 buffer,
-  instead of numpy's ``block.astype(np.float32)`` of the whole block (shows where the time of
-  ``mean`` goes).
-
-Each query runs in its own subprocess (so its peak memory is its own): the first pass after the
-page cache is dropped (``cold``, when this process may write /proc/sys/vm/drop_caches), then
-``--repeats`` warm passes (median reported). The machine's two limits are measured in the same
-run: memory read bandwidth (sum over a 2 GiB float32 array) and fp32 matmul FLOP/s
-(torch [4096, 8192] @ [8192, 256], and the [256, 8192] @ [16384, 8192]ᵀ shape stream_topk
-multiplies; the higher of the two). Both are measured before and after part 1; the fractions use
-the higher of the two measurements. A mean query is reported as (store bytes / time) / bandwidth;
-a per-pair query as (2·N·k·M / time) / FLOP/s, and its bytes fraction as well.
+Part 1 (synthetic stores of N random rows of k = 8192 float16 features, M = 256 validation
+vectors): the queries ``mean`` (one influence query: a pass over the store times ḡ), ``matvec``
+(the full [N, M] score matrix), ``topk`` (per-pair top-10) and ``mean_ref`` (a torch-cast
+reference that is not gradproj code), each in its own subprocess so that its peak memory is its
+own: the first pass after a page-cache drop (``cold``, when permitted), then ``--repeats`` warm
+passes (median), as fractions of the machine's memory bandwidth and matmul FLOP/s measured in
+the same run (gradproj.experiments.querycost and .measure give the definitions).
 
 Part 2 (embedded SmolLM2-135M-Instruct, CPU): a store of ``--pairs`` synthetic training pairs is
 built (= recomputing every training gradient from scratch), then a new 100-pair validation set
@@ -55,154 +41,31 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gradproj.experiments import measure  # noqa: E402
-from gradproj.experiments.measure import (PeakSampler, drop_caches, median,  # noqa: E402
-                                          proc_status, reset_peak_rss)
+from gradproj.experiments.measure import drop_caches, median, proc_status  # noqa: E402
+from gradproj.experiments.querycost import QUERIES, limit_fractions, query_cost, random_store  # noqa: E402
 
 K = 8192
 M = 256
 TOP_K = 10
 SHARD_ROWS = 16384
-QUERIES = ("mean", "matvec", "topk", "mean_ref")
-REF_ROWS = 256
 
 
-def machine_info() -> dict:
-    return measure.machine_info(ROOT)
-
-
-def measure_limits() -> dict:
-    """Memory read bandwidth and fp32 matmul FLOP/s of this query's shapes (and casts)."""
-    return measure.machine_limits(K, M, SHARD_ROWS)
-
-
-def quick_limits() -> dict:
-    """The two limits again, small and fast, measured next to a query in the same process."""
-    return measure.bandwidth_and_flops(K, M)
-
-
-# ------------------------------------------------------------------------------ stores
-
-def write_store(root: Path, n: int, seed: int = 0) -> dict:
-    """A store of ``n`` random float16 rows (k = 8192) in shards of SHARD_ROWS, via StoreWriter."""
-    from gradproj.gradients.spec import ProjectorSpec
-    from gradproj.store.shards import ROW_DTYPE, StoreWriter
-
-    rng = np.random.default_rng(seed)
-    spec = ProjectorSpec(kind="rademacher", k=K)
-    t = time.perf_counter()
-    with StoreWriter(root, {"projector": spec.to_dict()}) as w:
-        for lo in range(0, n, SHARD_ROWS):
-            rows_n = min(SHARD_ROWS, n - lo)
-            f = rng.standard_normal((rows_n, K), dtype=np.float32).astype(np.float16)
-            rows = np.zeros(rows_n, ROW_DTYPE)
-            rows["id"] = [f"r{i}" for i in range(lo, lo + rows_n)]
-            rows["norm"] = np.sqrt(K)        # ~‖row‖ (not used by these queries)
-            w.add_shard(f, rows)
-            del f
-        w.finish()
-    seconds = time.perf_counter() - t
-    return {"seconds": seconds, "bytes": n * K * 2,
-            "disk_bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file())}
-
-
-# ------------------------------------------------------------------------------ worker
-
-def worker(args: dict) -> dict:
-    """Runs in a subprocess: one query type, ``1 + repeats`` passes, its own peak memory."""
-    import torch
-
-    from gradproj.store.index import stream_matvec, stream_topk
-    from gradproj.attribution.influence import ValidationFeatures, mean_influence
-    from gradproj.store.shards import Store
-
-    store = Store(args["store"], verify=False)
-    n, query = len(store), args["query"]
-    rng = np.random.default_rng(1)
-    val = ValidationFeatures([f"v{i}" for i in range(M)],
-                             rng.standard_normal((M, K), dtype=np.float32), {})
-    q = val.features
-
-    def run():
-        if query == "mean":
-            return mean_influence(store, val)
-        if query == "matvec":
-            return stream_matvec(store, q.T)
-        if query == "topk":
-            return stream_topk(store, q, TOP_K)
-        if query == "mean_ref":   # reference, not gradproj: cast by torch into a reused buffer
-            torch.set_num_threads(1)                  # memory-bound: one thread is enough
-            v = torch.from_numpy(val.features.astype(np.float64).mean(0).astype(np.float32))
-            out = torch.empty(n)
-            buf = torch.zeros(REF_ROWS, K)
-            for start, block in store.blocks(65536):
-                block = torch.from_numpy(block)
-                for i in range(0, len(block), REF_ROWS):
-                    part = block[i:i + REF_ROWS]
-                    b = buf[:len(part)]
-                    b.copy_(part)
-                    torch.mv(b, v, out=out[start + i:start + i + len(part)])
-            return out.numpy()
-        raise ValueError(query)
-
-    lim_before = quick_limits()
-    load_before = os.getloadavg()[0]
-    base = proc_status()
-    hwm_reset = reset_peak_rss()
-    base_hwm = proc_status()["VmHWM"]
-    times, result = [], None
-    with PeakSampler() as sampler:
-        for _ in range(1 + args["repeats"]):
-            result = None                              # the previous result is not held twice
-            t = time.perf_counter()
-            result = run()
-            times.append(time.perf_counter() - t)
-    end = proc_status()
-    load_after = os.getloadavg()[0]
-    lim_after = quick_limits()
-    out_bytes = (result[0].nbytes + result[1].nbytes) if isinstance(result, tuple) \
-        else result.nbytes
-    # spot check against a direct computation on the first 1024 rows
-    first = np.asarray(store.shard_features(store.shards[0])[:1024]).astype(np.float64)
-    if query in ("mean", "mean_ref"):
-        expect = first @ q.astype(np.float64).mean(0)
-        got = result[:1024]
-        err = float(np.max(np.abs(got - expect)) / np.max(np.abs(expect)))
-    elif query == "matvec":
-        expect = first @ q.T.astype(np.float64)
-        err = float(np.max(np.abs(result[:1024] - expect)) / np.max(np.abs(expect)))
-    else:
-        ids = result[1]
-        err = 0.0 if ids.shape == (M, TOP_K) and (ids >= 0).all() and (ids < n).all() else 1.0
-    return {"query": query, "n": n, "times": times,
-            "rss_base": base["VmRSS"], "anon_base": base["RssAnon"], "file_base": base["RssFile"],
-            "hwm_reset": hwm_reset, "hwm_base": base_hwm, "hwm": end["VmHWM"],
-            "peak_anon": sampler.peak["RssAnon"], "peak_file": sampler.peak["RssFile"],
-            "output_bytes": int(out_bytes), "rel_err": err,
-            "local_limits": {k: max(lim_before[k], lim_after[k]) for k in lim_before},
-            "local_limits_before": lim_before, "local_limits_after": lim_after,
-            "loadavg_1min": [load_before, load_after]}
-
-
-def fractions(res: dict, n: int, lim: dict, suffix: str = "") -> None:
-    """Store bytes / time over bandwidth; 2·N·k·M / time over matmul FLOP/s (per-pair)."""
-    b = n * K * 2
-    res["bytes_frac" + suffix] = b / res["warm_median"] / lim["bandwidth"]
-    res["bytes_frac_first" + suffix] = b / res["first"] / lim["bandwidth"]
-    if res["query"] in ("matvec", "topk"):
-        res["flop_frac" + suffix] = 2 * n * K * M / res["warm_median"] / lim["matmul_flops"]
+def in_subprocess(flag: str, payload: dict) -> dict:
+    """This script run as ``--<flag> JSON`` in a fresh process (its own heap and peak memory);
+    the last line it prints, parsed."""
+    cmd = [sys.executable, str(Path(__file__).resolve()), flag, json.dumps(payload)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
+                          env=dict(os.environ, PYTHONWARNINGS="ignore"))
+    if proc.returncode:
+        raise RuntimeError(f"{flag} {payload} failed (rc {proc.returncode}):\n"
+                           f"{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 def run_worker(store: Path, query: str, repeats: int, cold: bool) -> dict:
     dropped = drop_caches() if cold else False
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker",
-           json.dumps({"store": str(store), "query": query, "repeats": repeats})]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode:
-        raise RuntimeError(f"worker {query} failed:\n{proc.stderr[-3000:]}")
-    res = json.loads(proc.stdout.strip().splitlines()[-1])
-    res["cold"] = dropped
-    return res
+    res = in_subprocess("--worker", {"store": str(store), "query": query, "repeats": repeats})
+    return dict(res, cold=dropped)
 
 
 # ------------------------------------------------------------------------------ part 1
@@ -213,7 +76,7 @@ def synthetic_part(sizes, repeats, tmp: Path, verify_n: int) -> list[dict]:
         root = tmp / f"store-{n}"
         shutil.rmtree(root, ignore_errors=True)
         print(f"[N={n}] writing store ({n * K * 2 / 1e9:.2f} GB) ...", flush=True)
-        info = write_store(root, n)
+        info = random_store(root, n, K, SHARD_ROWS)
         print(f"[N={n}]   written in {info['seconds']:.1f} s "
               f"({info['bytes'] / info['seconds'] / 1e9:.2f} GB/s incl. sha256 + fsync)",
               flush=True)
@@ -240,7 +103,7 @@ def synthetic_part(sizes, repeats, tmp: Path, verify_n: int) -> list[dict]:
             warm = res["times"][1:]
             res["first"] = res["times"][0]
             res["warm_median"] = median(warm)
-            fractions(res, n, res["local_limits"])
+            limit_fractions(res, n, K, M, res["local_limits"])
             res["peak_rss_increase"] = res["hwm"] - res["hwm_base"] if res["hwm_reset"] else None
             res["peak_anon_increase"] = res["peak_anon"] - res["anon_base"]
             res["peak_file_increase"] = res["peak_file"] - res["file_base"]
@@ -296,13 +159,7 @@ def smollm_step(args: dict) -> dict:
 
 
 def run_smollm_step(args: dict) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--smollm-step", json.dumps(args)]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
-    if proc.returncode:
-        raise RuntimeError(f"SmolLM2 step {args} failed (rc {proc.returncode}):\n"
-                           f"{proc.stderr[-3000:]}")
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return in_subprocess("--smollm-step", args)
 
 
 def smollm_part(n_train: int, n_val: int, tmp: Path, repeats: int, budget_min: float,
@@ -311,7 +168,7 @@ def smollm_part(n_train: int, n_val: int, tmp: Path, repeats: int, budget_min: f
     this CPU the resident memory of a process computing gradients grows by ~0.4 GiB per batch
     of 8 pairs (freed heap that glibc does not give back; see docs/results_query.md), so one
     process doing the estimate, the build and the answers was OOM-killed at 14 GiB."""
-    out = {"n_train_requested": n_train, "n_val": n_val, "machine": machine_info(),
+    out = {"n_train_requested": n_train, "n_val": n_val, "machine": measure.machine_info(ROOT),
            "settings": {"proj_dim": K, "max_length": 64, "batch_size": 8}}
     n = n_train
     if estimate:   # time 64 pairs; a build over the budget falls back to ``fallback`` pairs
@@ -365,10 +222,10 @@ def smollm_part(n_train: int, n_val: int, tmp: Path, repeats: int, budget_min: f
 
 def table(results: dict) -> str:
     lim = results["limits"]
-    lines = [] if "synthetic" not in results else ["| N | store GB | query | cold first pass (s) | warm median (s) | "
-             "GB/s (warm) | % bandwidth | % matmul FLOP/s | limits alongside (GB/s, GFLOP/s) | "
-             "peak RSS +MiB | peak anon +MiB (of it output) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [] if "synthetic" not in results else [
+        "| N | store GB | query | cold first pass (s) | warm median (s) | GB/s (warm) | "
+        "% bandwidth | % matmul FLOP/s | limits alongside (GB/s, GFLOP/s) | peak RSS +MiB | "
+        "peak anon +MiB (of it output) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in results.get("synthetic", []):
         for qn, r in e["queries"].items():
             flop = f"{r['flop_frac']:.1%}" if "flop_frac" in r else "–"
@@ -383,7 +240,8 @@ def table(results: dict) -> str:
                 f"{r['local_limits']['matmul_flops'] / 1e9:.0f} | {rss} | "
                 f"{r['peak_anon_increase'] / 2**20:.0f} ({r['output_bytes'] / 2**20:.0f}) |")
     lines.append("")
-    lines.append(f"Limits (same run, outside the queries): memory read bandwidth {lim['bandwidth'] / 1e9:.1f} GB/s "
+    lines.append("Limits (same run, outside the queries): memory read bandwidth "
+                 f"{lim['bandwidth'] / 1e9:.1f} GB/s "
                  f"(torch sum {lim['bw_torch_sum'] / 1e9:.1f}, numpy sum "
                  f"{lim['bw_numpy_sum'] / 1e9:.1f}, numpy copy {lim['bw_numpy_copy'] / 1e9:.1f} "
                  f"GB/s read+write); fp32 matmul {lim['matmul_flops'] / 1e9:.0f} GFLOP/s "
@@ -526,7 +384,8 @@ def main():
     args = p.parse_args()
 
     if args.worker:
-        print(json.dumps(worker(json.loads(args.worker))))
+        w = json.loads(args.worker)
+        print(json.dumps(query_cost(w["store"], w["query"], w["repeats"], M, TOP_K)))
         return
     if args.smollm_step:
         print(json.dumps(smollm_step(json.loads(args.smollm_step))))
@@ -542,17 +401,18 @@ def main():
                  f"{max(sizes) * K * 2 / 1e9:.1f} GB")
 
     t_start = time.perf_counter()
-    results = {"machine": machine_info(), "quick": args.quick, "k": K, "M": M, "top_k": TOP_K,
+    results = {"machine": measure.machine_info(ROOT), "quick": args.quick, "k": K, "M": M,
+               "top_k": TOP_K,
                "shard_rows": SHARD_ROWS, "repeats": args.repeats,
                "drop_caches_permitted": drop_caches()}
     print(json.dumps(results["machine"]), flush=True)
     print(f"drop_caches permitted: {results['drop_caches_permitted']}", flush=True)
     try:
-        lim0 = measure_limits()
+        lim0 = measure.machine_limits(K, M, SHARD_ROWS)
         print(f"limits: {json.dumps({k: f'{v:.3g}' for k, v in lim0.items()})}", flush=True)
         if not args.skip_synthetic:
             results["synthetic"] = synthetic_part(sizes, args.repeats, args.tmp, verify_n)
-            lim1 = measure_limits()
+            lim1 = measure.machine_limits(K, M, SHARD_ROWS)
             print(f"limits (end): {json.dumps({k: f'{v:.3g}' for k, v in lim1.items()})}",
                   flush=True)
             results["limits_start"], results["limits_end"] = lim0, lim1
@@ -561,7 +421,7 @@ def main():
             lim = {k: max(lim0[k], lim1[k]) for k in lim0}
             for e in results["synthetic"]:
                 for r in e["queries"].values():
-                    fractions(r, e["n"], lim, suffix="_global")
+                    limit_fractions(r, e["n"], K, M, lim, suffix="_global")
             results["limits"] = lim
             save(args, results)                         # keep part 1 if part 2 is cut short
         else:

@@ -31,8 +31,8 @@ Reported:
 * wall time of each stage: model load, warm-up θ, θ_V, scores (IRM + LossDiff), store build, IF,
   and every continued training (and its evaluation).
 
-    .venv/bin/python benchmarks/bench_select.py            # full: 96 train / 24 val / 48 test, 3 seeds
-    .venv/bin/python benchmarks/bench_select.py --quick    # 32 / 8 / 16, 1 seed (a few minutes)
+    .venv/bin/python benchmarks/bench_select.py          # 96 train / 24 val / 48 test, 3 seeds
+    .venv/bin/python benchmarks/bench_select.py --quick  # 32 / 8 / 16, 1 seed (a few minutes)
 
 Writes ``--json`` (default docs/bench_select.json) and ``--png`` (docs/bench_select.png);
 artifacts (pairs, adapters, store) go to ``--work`` (default /tmp/gradproj-bench-select).
@@ -57,9 +57,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
-from gradproj.experiments.noise import (SCORES, auroc_clean_vs_flipped,  # noqa: E402
-                                        noise_lines, per_task_auroc, score_columns,
-                                        score_means, selection_stats)
+from gradproj.experiments.noise import (  # noqa: E402
+    SCORES,
+    auroc_clean_vs_flipped,
+    noise_lines,
+    per_task_auroc,
+    score_columns,
+    score_means,
+    selection_stats,
+)
 from gradproj.experiments.stats import fisher_ci, pearson, spearman  # noqa: E402
 
 ROOT = C.ROOT
@@ -283,33 +289,31 @@ def finish(res: dict, runs: list[dict], stages: dict, t_all: float, partial: boo
 
 # ------------------------------------------------------------------------------ output
 
-def fmt(m, s, pct=False):
-    if pct:
-        return f"{m:.0%} ± {s:.0%}" if s else f"{m:.0%}"
-    return f"{m:.3f} ± {s:.3f}"
+def fmt(r: dict, key: str, spec: str = ".3f") -> str:
+    """``mean ± std`` of an aggregated rule row (the std only when there is one)."""
+    m, sd = r[key], r.get(key + "_std")
+    return f"{m:{spec}}" + (f" ± {sd:{spec}}" if sd else "")
 
 
 def table_lines(res: dict) -> list[str]:
-    n_seeds = len(res["settings"]["seeds"])
-    lines = []
-    lines.append("| model | kept | flips removed | flipped in kept | overlap w/ TIF | "
-                 "policy acc | reward acc | DPO loss | train s |")
-    lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for label, r in (("base (adapter off)", res["base"]), ("warm-up θ", res["theta"]),
-                     ("θ_V (θ + val)", res["theta_v"])):
-        lines.append(f"| {label} | | | | | {r['policy_accuracy']:.3f} | {r['accuracy']:.3f} | "
-                     f"{r['mean_loss']:.4f} | |")
+    """Downstream: every rule's held-out metrics after continued training (mean ± std)."""
+    head = ["model", "kept", "flips removed", "flipped in kept", "overlap w/ TIF", "policy acc",
+            "Δ policy acc vs all (95% CI)", "reward acc", "DPO loss", "train s"]
+    rows = [[label, "", "", "", "", f"{r['policy_accuracy']:.3f}", "", f"{r['accuracy']:.3f}",
+             f"{r['mean_loss']:.4f}", ""]
+            for label, r in (("base (adapter off)", res["base"]), ("warm-up θ", res["theta"]),
+                             ("θ_V (θ + val)", res["theta_v"]))]
     for r in res["rules"]:
-        lines.append(
-            f"| θ + {r['rule']} | {r['kept']:.0f} | {fmt(r['flips_removed'], r['flips_removed_std'], True)} | "
-            f"{fmt(r['flipped_in_kept'], r['flipped_in_kept_std'], True)} | "
-            f"{r['overlap_tif']:.2f}" + (f" ± {r['overlap_tif_std']:.2f}" if r['overlap_tif_std'] else "")
-            + f" | {fmt(r['policy_accuracy'], r['policy_accuracy_std'])} | "
-            f"{fmt(r['accuracy'], r['accuracy_std'])} | "
-            f"{r['mean_loss']:.4f} ± {r['mean_loss_std']:.4f} | {r['train_seconds']:.0f} |")
-    lines.append("")
-    lines.append(f"(mean ± std over {n_seeds} continued-training seed(s); std uses ddof=1)")
-    return lines
+        d = r.get("policy_accuracy_vs_all")
+        rows.append([f"θ + {r['rule']}", f"{r['kept']:.0f}", fmt(r, "flips_removed", ".0%"),
+                     fmt(r, "flipped_in_kept", ".0%"), fmt(r, "overlap_tif", ".2f"),
+                     fmt(r, "policy_accuracy"),
+                     f"{d[0]:+.3f} ({d[1]:+.3f}, {d[2]:+.3f})" if d else "",
+                     fmt(r, "accuracy"), fmt(r, "mean_loss", ".4f"),
+                     f"{r['train_seconds']:.0f}"])
+    return [C.markdown_table(head, rows), "",
+            f"(mean ± std over {len(res['settings']['seeds'])} continued-training seed(s); std "
+            "uses ddof=1; Δ: paired by seed, t interval)"]
 
 
 def score_lines(res: dict) -> list[str]:

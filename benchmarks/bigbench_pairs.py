@@ -16,8 +16,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gradproj.experiments.bigbench import (ARCHIVE_NAME, DEFAULT_TASKS, SPLITS,  # noqa: E402
-                                           BigbenchError, PairSettings, prepare)
+from gradproj.experiments.bigbench import (  # noqa: E402
+    ARCHIVE_NAME,
+    DEFAULT_TASKS,
+    SPLITS,
+    BigbenchError,
+    PairSettings,
+    prepare,
+)
 
 
 def table(meta: Mapping) -> str:

@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from gradproj.experiments.tiny import (random_smollm2, random_token_pairs,  # noqa: E402
+                                       smollm2_lora_layout)
 from gradproj.gradients.projection import HashProjector  # noqa: E402
 from gradproj.gradients.spec import ProjectorSpec  # noqa: E402
 
@@ -60,23 +62,12 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def smol_layout(layers: int = 30) -> list[tuple[str, int]]:
-    """The LoRA (r=8, q_proj + v_proj) layout of SmolLM2-135M: 460,800 entries in 120 pieces."""
-    out = []
-    for i in range(layers):
-        for m, d_out in (("q_proj", 576), ("v_proj", 192)):
-            base = f"base_model.model.model.layers.{i}.self_attn.{m}"
-            out += [(f"{base}.lora_A.default.weight", 8 * 576),
-                    (f"{base}.lora_B.default.weight", d_out * 8)]
-    return out
-
-
 A_CASES = [  # (a): kind, B, layout, k
-    ("rademacher", 64, smol_layout(), 8192), ("gaussian", 64, smol_layout(), 8192),
+    ("rademacher", 64, smollm2_lora_layout(), 8192), ("gaussian", 64, smollm2_lora_layout(), 8192),
     ("rademacher", 1, [("w", 1000)], 512), ("gaussian", 16, [("w", 12305)], 8192),
     ("rademacher", 16, [("w", 1 << 20)], 4096), ("rademacher", 33, [("w", 70001)], 1000)]
 B_SHAPES = [  # (b): label, B, layout, k
-    ("SmolLM2 LoRA", 64, smol_layout(), 8192), ("one piece", 16, [("w", 1 << 20)], 4096)]
+    ("SmolLM2 LoRA", 64, smollm2_lora_layout(), 8192), ("one piece", 16, [("w", 1 << 20)], 4096)]
 
 
 def sync() -> None:
@@ -257,69 +248,36 @@ class TimedProjector:
         if self.fn is None:
             out = self.inner.project(grads)
         else:
-            out = self.fn(self.inner._pieces(grads))
+            out = self.fn([(n, grads[n].flatten(1)) for n, _ in self.inner.layout
+                           if n in grads])
         sync()
         self.seconds += time.perf_counter() - t
         return out
 
 
-def smol_model(device=None, layers: int = 30):
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    cfg = LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536,
-                      num_hidden_layers=layers, num_attention_heads=9, num_key_value_heads=3,
-                      max_position_embeddings=8192, rope_theta=100000.0, rms_norm_eps=1e-5,
-                      tie_word_embeddings=True, pad_token_id=0, bos_token_id=1, eos_token_id=2)
-    torch.manual_seed(0)
-    with torch.device(device or DEVICE):
-        base = AutoModelForCausalLM.from_config(cfg, attn_implementation="eager",
-                                                dtype=torch.float32)
-    lora = LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"],
-                      lora_dropout=0.0, bias="none", task_type="CAUSAL_LM")
-    model = get_peft_model(base, lora)
-    for name, p in model.named_parameters():   # a trained-looking adapter: B ≠ 0
-        if "lora_B" in name:
-            torch.nn.init.normal_(p, std=0.02)
-    model.eval()
-    return model
-
-
-def random_pairs(n: int, seed: int = 0):
-    from gradproj.core.tokens import TokenizedPair
-
-    g = torch.Generator().manual_seed(seed)
-
-    def ids(lo, hi):
-        m = int(torch.randint(lo, hi + 1, (1,), generator=g))
-        return tuple(int(v) for v in torch.randint(3, 49152, (m,), generator=g))
-
-    return [TokenizedPair(f"pair-{i}", ids(24, 40), ids(24, 40), ids(24, 40)) for i in range(n)]
-
-
 def part_c(n_pairs: int, batch_size: int) -> None:
-    from gradproj.store.build import FeatureComputer, StoreSettings
-    from gradproj.core.logprobs import PairLogProbs, adapter_disabled, sequence_logprobs
-    from gradproj.core.objectives import DPOLoss
-    from gradproj.gradients.kernels import project_pieces_triton
     from gradproj.core.model import LoadedModel, ModelSettings
+    from gradproj.core.objectives import DPO
     from gradproj.core.tokens import batches
+    from gradproj.experiments.step import objective_step, trainable
+    from gradproj.gradients.kernels import project_pieces_triton
+    from gradproj.store.build import FeatureComputer, StoreSettings
 
-    model = smol_model()
+    model = random_smollm2(DEVICE)
     device = next(model.parameters()).device
     n_lora = sum(p.numel() for p in model.parameters() if p.requires_grad)
     loaded = LoadedModel(model=model, tokenizer=SimpleNamespace(pad_token_id=0),
                          settings=ModelSettings(model="smollm2-architecture-random-init",
                                                 device=str(device)),
                          base_fingerprint="random-init")
-    pairs, warm = random_pairs(n_pairs), random_pairs(2 * batch_size, seed=1)
+    pairs, warm = random_token_pairs(n_pairs), random_token_pairs(2 * batch_size, seed=1)
     settings = StoreSettings(proj_dim=8192, batch_size=batch_size, proj_batch=64)
     tokens = sum(len(p.prompt_ids) * 2 + len(p.chosen_ids) + len(p.rejected_ids) for p in pairs)
     row("c", "setup", f"{n_pairs} pairs, {tokens / n_pairs / 2:.0f} tokens/sequence",
         f"LoRA P={n_lora}, k=8192, batch {batch_size}, projection every 64 pairs")
     feats = {}
     for label in ("torch reference", "triton"):
-        computer = FeatureComputer(loaded, settings)
+        computer = FeatureComputer(loaded, settings, DPO(0.1))
         if label == "triton":
             spec = computer.projector.spec
             computer.projector = TimedProjector(
@@ -346,23 +304,10 @@ def part_c(n_pairs: int, batch_size: int) -> None:
     row("c", "features: triton vs torch reference (float16 store rows)", f"{rel(a, b):.2e}",
         "relative ‖Δ‖/‖ref‖", rel_features=rel(a, b))
 
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=5e-4)
-    loss_fn = DPOLoss(0.1)
+    opt = torch.optim.AdamW(list(trainable(model).values()), lr=5e-4)
 
-    def step(batch):
-        batch = batch.to(device)
-        b = len(batch)
-        with torch.no_grad(), adapter_disabled(model):
-            ref = sequence_logprobs(model, batch)
-        model.train()
-        pol = sequence_logprobs(model, batch)
-        loss = loss_fn(PairLogProbs(pol[:b], pol[b:], ref[:b], ref[b:])).mean()
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        model.eval()
-        return loss.detach()
+    def step(batch):   # policy fwd+bwd, reference fwd, AdamW
+        objective_step(model, batch.to(device), DPO(0.1), opt)
 
     for batch in batches(warm, batch_size, 0):
         step(batch)

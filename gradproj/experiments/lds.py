@@ -40,7 +40,7 @@ class Retrained:
     repeats: dict[int, list[float]] = field(default_factory=dict)
     """Subset index → validation losses at the other data-order seeds."""
     same_seed_abs_diff: float = float("nan")
-    """|L_0 − L_0'| for subset 0 retrained once more at the seed of record (0 when deterministic)."""
+    """|L_0 − L_0'|: subset 0 retrained once more at the seed of record (0: deterministic)."""
     timings: list[dict] = field(default_factory=list)
     """Per run: wall (train_adapter), train (trainer.train only), steps."""
 

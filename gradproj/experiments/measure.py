@@ -205,14 +205,53 @@ def bandwidth_and_flops(k: int, m: int, gib: float = 0.5, repeats: int = 5) -> d
     sum, over a ``gib`` GiB float32 array) and fp32 matmul FLOP/s of [4096, k] @ [k, m]."""
     import torch
 
-    a = np.ones(int(gib * 2**28), np.float32)
-    ta = torch.from_numpy(a)
-    bw = max(a.nbytes / median(repeat_seconds(ta.sum, repeats)),
-             a.nbytes / median(repeat_seconds(a.sum, repeats)))
-    del a, ta
+    def bandwidth():
+        a = np.ones(int(gib * 2**28), np.float32)
+        return max(a.nbytes / median(repeat_seconds(torch.from_numpy(a).sum, repeats)),
+                   a.nbytes / median(repeat_seconds(a.sum, repeats)))
+
     x, w = torch.randn(4096, k), torch.randn(k, m)
-    flops = 2 * 4096 * k * m / median(repeat_seconds(lambda: x @ w, repeats)[1:])
-    return {"bandwidth": bw, "matmul_flops": flops}
+    bw = bandwidth()
+    return {"bandwidth": bw,
+            "matmul_flops": 2 * 4096 * k * m / median(repeat_seconds(lambda: x @ w, repeats)[1:])}
+
+
+def _read_rates(repeats: int) -> dict:
+    import torch
+
+    a = np.ones(2**29, np.float32)                  # 2 GiB, every page touched
+    b = np.zeros_like(a)
+    ta = torch.from_numpy(a)
+    return {"bw_torch_sum": a.nbytes / median(repeat_seconds(ta.sum, repeats)),   # all threads
+            "bw_numpy_sum": a.nbytes / median(repeat_seconds(a.sum, repeats)),    # one thread
+            "bw_numpy_copy": 2 * a.nbytes / median(repeat_seconds(lambda: np.copyto(b, a),
+                                                                    repeats))}
+
+
+def _cast_rates(k: int, block_rows: int, repeats: int) -> dict:
+    import torch
+
+    h = np.random.default_rng(0).standard_normal((block_rows, k), dtype=np.float32).astype(
+        np.float16)
+    th = torch.from_numpy(h)
+    f = np.zeros(h.shape, np.float32)               # into memory already mapped: no faults
+    tf = torch.from_numpy(f)
+    casts = {"cast_numpy_f16_f32": lambda: h.astype(np.float32),
+             "cast_torch_f16_f32": th.float,
+             "cast_numpy_into_f16_f32": lambda: np.copyto(f, h),
+             "cast_torch_into_f16_f32": lambda: tf.copy_(th)}
+    return {name: h.nbytes / median(repeat_seconds(fn, repeats)) for name, fn in casts.items()}
+
+
+def _matmul_rates(k: int, m: int, block_rows: int, repeats: int) -> dict:
+    import torch
+
+    x, w, y = torch.randn(4096, k), torch.randn(k, m), torch.randn(block_rows, k)
+    x @ w
+    return {"matmul_flops_nn": 2 * 4096 * k * m / median(repeat_seconds(lambda: x @ w,
+                                                                         max(repeats, 9))),
+            "matmul_flops_nt": 2 * m * k * block_rows / median(repeat_seconds(lambda: w.T @ y.T,
+                                                                              repeats))}
 
 
 def machine_limits(k: int, m: int, block_rows: int, repeats: int = 5) -> dict:
@@ -221,36 +260,8 @@ def machine_limits(k: int, m: int, block_rows: int, repeats: int = 5) -> dict:
     of a block (into fresh and into mapped memory; source bytes/s), and fp32 matmul FLOP/s in
     both shapes ([4096, k] @ [k, m] and [m, k] @ [block_rows, k]ᵀ); ``bandwidth`` and
     ``matmul_flops`` are the higher of each."""
-    import torch
-
-    a = np.ones(2**29, np.float32)                  # 2 GiB, every page touched
-    b = np.empty_like(a)
-    b[:] = 0
-    ta = torch.from_numpy(a)
-    out = {"bw_torch_sum": a.nbytes / median(repeat_seconds(ta.sum, repeats)),   # all threads
-           "bw_numpy_sum": a.nbytes / median(repeat_seconds(a.sum, repeats)),    # one thread
-           "bw_numpy_copy": 2 * a.nbytes / median(repeat_seconds(lambda: np.copyto(b, a),
-                                                                   repeats))}
-    del a, b, ta
-    h = np.random.default_rng(0).standard_normal((block_rows, k), dtype=np.float32).astype(
-        np.float16)
-    th = torch.from_numpy(h)
-    f = np.zeros(h.shape, np.float32)               # into memory already mapped: no faults
-    tf = torch.from_numpy(f)
-    for name, fn in (("cast_numpy_f16_f32", lambda: h.astype(np.float32)),
-                     ("cast_torch_f16_f32", th.float),
-                     ("cast_numpy_into_f16_f32", lambda: np.copyto(f, h)),
-                     ("cast_torch_into_f16_f32", lambda: tf.copy_(th))):
-        out[name] = h.nbytes / median(repeat_seconds(fn, repeats))
-    del h, th, f, tf
-    x, w = torch.randn(4096, k), torch.randn(k, m)
-    x @ w
-    out["matmul_flops_nn"] = 2 * 4096 * k * m / median(repeat_seconds(lambda: x @ w,
-                                                                      max(repeats, 9)))
-    y = torch.randn(block_rows, k)
-    out["matmul_flops_nt"] = 2 * m * k * block_rows / median(repeat_seconds(lambda: w.T @ y.T,
-                                                                            repeats))
-    del x, w, y
+    out = {**_read_rates(repeats), **_cast_rates(k, block_rows, repeats),
+           **_matmul_rates(k, m, block_rows, repeats)}
     out["matmul_flops"] = max(out["matmul_flops_nn"], out["matmul_flops_nt"])
     out["bandwidth"] = max(out["bw_torch_sum"], out["bw_numpy_sum"])
     return out

@@ -57,3 +57,13 @@ def objective_step(model, batch: PairBatch, objective: Objective,
     optimizer.step()
     model.eval()
     return loss.detach()
+
+
+@torch.no_grad()
+def perturb_lora_b(model, std: float = 1e-3, seed: int = 0) -> None:
+    """Set every trainable LoRA B factor (zero at init) to seeded N(0, std²) values, so that a
+    fresh adapter is non-trivial (lora_A gradients are exactly zero while B = 0)."""
+    g = torch.Generator().manual_seed(seed)
+    for name, p in trainable(model).items():
+        if ".lora_B." in name:
+            p.copy_(torch.randn(p.shape, generator=g) * std)

@@ -1,0 +1,136 @@
+"""What an influence query over a gradient store costs, against the machine's limits.
+
+A store holds N rows of k float16 features (2·N·k bytes); a query has M validation vectors
+Q [M, k]. The queries timed by :func:`query_cost`:
+
+    mean      IF = X ḡ, ḡ = mean_j Q_j        one pass over X, bound by memory bandwidth
+    matvec    S = X Qᵀ [N, M]                  2·N·k·M FLOPs, bound by matmul FLOP/s
+    topk      the 10 best rows per query       the same FLOPs, a running top-k
+    mean_ref  a reference that is not gradproj code: the mean query with the float16 → float32
+              cast done by torch, 256 rows at a time into one reused buffer
+
+Each is reported as a fraction of its limit (:func:`limit_fractions`): store bytes / time over
+the read bandwidth, and for the per-pair queries 2·N·k·M / time over the matmul FLOP/s — with
+the limits measured in the same process just before and after the query.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+
+from gradproj.experiments.measure import (
+    PeakSampler,
+    bandwidth_and_flops,
+    proc_status,
+    reset_peak_rss,
+)
+
+QUERIES = ("mean", "matvec", "topk", "mean_ref")
+
+
+def random_store(root: str | Path, n: int, k: int, shard_rows: int = 16384,
+                 seed: int = 0) -> dict:
+    """Write a store of ``n`` random N(0, 1) float16 rows [n, k] in shards of ``shard_rows``
+    (gradproj's store format, rademacher spec); seconds taken and bytes (features, on disk)."""
+    from gradproj.gradients.spec import ProjectorSpec
+    from gradproj.store.shards import ROW_DTYPE, StoreWriter
+
+    root = Path(root)
+    rng = np.random.default_rng(seed)
+    t = time.perf_counter()
+    with StoreWriter(root, {"projector": ProjectorSpec(kind="rademacher", k=k).to_dict()}) as w:
+        for lo in range(0, n, shard_rows):
+            rows_n = min(shard_rows, n - lo)
+            f = rng.standard_normal((rows_n, k), dtype=np.float32).astype(np.float16)
+            rows = np.zeros(rows_n, ROW_DTYPE)
+            rows["id"] = [f"r{i}" for i in range(lo, lo + rows_n)]
+            rows["norm"] = np.sqrt(k)        # ~‖row‖ (not used by these queries)
+            w.add_shard(f, rows)
+            del f
+        w.finish()
+    return {"seconds": time.perf_counter() - t, "bytes": n * k * 2,
+            "disk_bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file())}
+
+
+def _mean_reference(store, v, ref_rows: int = 256):
+    """X v with the cast by torch into one reused [ref_rows, k] float32 buffer, one thread."""
+    import torch
+
+    torch.set_num_threads(1)                  # memory-bound: one thread is enough
+    v = torch.from_numpy(v.astype(np.float32))
+    out = torch.empty(len(store))
+    buf = torch.zeros(ref_rows, len(v))
+    for start, block in store.blocks(65536):
+        block = torch.from_numpy(block)
+        for i in range(0, len(block), ref_rows):
+            part = block[i:i + ref_rows]
+            b = buf[:len(part)]
+            b.copy_(part)
+            torch.mv(b, v, out=out[start + i:start + i + len(part)])
+    return out.numpy()
+
+
+def query_cost(store_root: str | Path, query: str, repeats: int, m: int = 256,
+               top_k: int = 10) -> dict:
+    """Time ``1 + repeats`` passes of ``query`` (module docstring) with M = ``m`` random
+    validation vectors: the seconds of each pass, this process's memory (base, peak RSS after a
+    reset, sampled anonymous/file peaks), the output size, a relative error against a float64
+    computation on the first 1024 rows, and the limits measured around it. Run it in a fresh
+    process so that the peak memory is the query's own."""
+    from gradproj.attribution.influence import ValidationFeatures, mean_influence
+    from gradproj.store.index import stream_matvec, stream_topk
+    from gradproj.store.shards import Store
+
+    store = Store(store_root, verify=False)
+    n = len(store)
+    q = np.random.default_rng(1).standard_normal((m, store.manifest["projector"]["k"]),
+                                                 dtype=np.float32)
+    val = ValidationFeatures([f"v{i}" for i in range(m)], q, {})
+    run = {"mean": lambda: mean_influence(store, val), "matvec": lambda: stream_matvec(store, q.T),
+           "topk": lambda: stream_topk(store, q, top_k),
+           "mean_ref": lambda: _mean_reference(store, q.astype(np.float64).mean(0))}[query]
+    k = q.shape[1]
+    lim_before, load_before = bandwidth_and_flops(k, m), os.getloadavg()[0]
+    base = proc_status()
+    hwm_reset = reset_peak_rss()
+    base_hwm = proc_status()["VmHWM"]
+    times, result = [], None
+    with PeakSampler() as sampler:
+        for _ in range(1 + repeats):
+            result = None                              # the previous result is not held twice
+            t = time.perf_counter()
+            result = run()
+            times.append(time.perf_counter() - t)
+    end, load_after = proc_status(), os.getloadavg()[0]
+    lim_after = bandwidth_and_flops(k, m)
+    out_bytes = sum(r.nbytes for r in result) if isinstance(result, tuple) else result.nbytes
+    first = np.asarray(store.shard_features(store.shards[0])[:1024]).astype(np.float64)
+    if query == "topk":
+        ids = result[1]
+        err = 0.0 if ids.shape == (m, top_k) and (ids >= 0).all() and (ids < n).all() else 1.0
+    else:
+        expect = first @ (q.T.astype(np.float64) if query == "matvec"
+                          else q.astype(np.float64).mean(0))
+        err = float(np.max(np.abs(result[:1024] - expect)) / np.max(np.abs(expect)))
+    return {"query": query, "n": n, "times": times,
+            "rss_base": base["VmRSS"], "anon_base": base["RssAnon"], "file_base": base["RssFile"],
+            "hwm_reset": hwm_reset, "hwm_base": base_hwm, "hwm": end["VmHWM"],
+            "peak_anon": sampler.peak["RssAnon"], "peak_file": sampler.peak["RssFile"],
+            "output_bytes": int(out_bytes), "rel_err": err,
+            "local_limits": {key: max(lim_before[key], lim_after[key]) for key in lim_before},
+            "local_limits_before": lim_before, "local_limits_after": lim_after,
+            "loadavg_1min": [load_before, load_after]}
+
+
+def limit_fractions(res: dict, n: int, k: int, m: int, lim: dict, suffix: str = "") -> None:
+    """Add to ``res`` (with ``warm_median`` and ``first`` seconds): ``bytes_frac`` (store bytes
+    / time / bandwidth, warm and first pass) and, for matvec and topk, ``flop_frac``."""
+    b = n * k * 2
+    res["bytes_frac" + suffix] = b / res["warm_median"] / lim["bandwidth"]
+    res["bytes_frac_first" + suffix] = b / res["first"] / lim["bandwidth"]
+    if res["query"] in ("matvec", "topk"):
+        res["flop_frac" + suffix] = 2 * n * k * m / res["warm_median"] / lim["matmul_flops"]
