@@ -7,9 +7,9 @@ on that subset? On a model where retraining is cheap:
    downloaded; ``gradproj.experiments.tiny``), saved to a temporary folder and loaded with
    ``gradproj.core.model.load_model`` (fresh LoRA, r = 8 on --lora-targets). Data:
    ``gradproj.experiments.tasks.load_task`` (--train-pairs with 25 % flipped, --val-pairs clean).
-2. θ: ``gradproj.training.train.train_adapter`` (trl's DPOTrainer, AdamW, --lr with the --scheduler
-   schedule, batch --batch-size) on all training pairs for one epoch, from the fresh adapter
-   (B = 0). LoRA B is non-zero afterwards (checked).
+2. θ: ``train_adapter`` (trl's DPOTrainer, AdamW, --lr with the --scheduler schedule, batch
+   --batch-size) on all training pairs for one epoch, from the fresh adapter (B = 0). LoRA B is
+   non-zero afterwards (checked).
 3. IF(d) = ⟨g_d, ḡ_V⟩ at θ (g = ∇ DPO loss over the LoRA weights, ḡ_V the mean validation
    gradient), in these variants:
    * ``exact``: unprojected per-pair gradients (``gradproj.experiments.exact``, fp32),
@@ -31,30 +31,22 @@ on that subset? On a model where retraining is cheap:
 5. LDS = Spearman(Σ_{d∈subset} IF(d), −val loss) over the subsets (IF > 0 means helpful, so a
    larger sum should mean a lower loss), with a 95 % bootstrap CI over subsets.
 
-The LDS is measured against AdamW training through trl, the optimizer gradproj trains with: on
-this model one ``train_adapter`` run of a few steps costs about 0.5 s, of which about 0.4 s is
-trl's fixed cost (a hand-written step takes ~50 ms; both are printed and kept in the JSON as
-``per_run``), so no hand-written loop is needed. AdamW is not linear in the gradients, so
-first-order influence is not expected to be perfect even without training noise.
+The LDS is measured against AdamW training through trl, the optimizer gradproj trains with
+(one ``train_adapter`` run here costs ~0.5 s, ~0.4 s of it trl's fixed cost: ``per_run`` in the
+JSON). AdamW is not linear in the gradients, so first-order influence is not expected to be
+perfect even without training noise. The schedule is ``constant`` by default: with a decaying
+lr a batch's position in the data order sets its step size, which turns data-order randomness
+into first-order noise as large as the subset effect.
 
-The schedule is ``constant`` by default: with a linearly decaying lr the position of a batch in
-the data order sets its step size, which turns data-order randomness into first-order noise of
-the same size as the subset effect (at the quick size: subset × seed noise 0.71 of the spread
-across subsets with ``linear`` vs 0.58 with ``constant`` at lr 3e-3, and LDS 0.57 with ``linear``
-at lr 1e-2).
+Noise floor (``gradproj.experiments.lds.noise_floor``): the first --noise-subsets subsets
+(default all) are retrained with --noise-seeds other data-order seeds (the same seed twice gives
+the same loss to the last bit on CPU); the subset × seed residual against the spread across
+subsets gives a ``ceiling`` on any prediction's correlation with one seed's losses, and every
+variant's LDS is also reported against the loss averaged over seeds.
 
-Noise floor: the first --noise-subsets subsets (default all) are retrained with --noise-seeds
-other data-order seeds (a run with the same seed twice gives the same loss to the last bit on
-CPU). From the [subsets × seeds] table: the pooled within-subset SD, the per-seed offsets (a
-shift common to all subsets, harmless to a ranking), the subset × seed residual SD (the noise
-that reorders subsets) against the SD across subsets, ``ceiling`` = √(1 − residual² / across²)
-(roughly the best correlation any prediction can reach with one seed's losses), the rank
-agreement between seeds, and every variant's LDS against the loss averaged over seeds.
-
-The tiny random model cannot learn the task's rules (arithmetic, parity ...) from a few DPO
-steps: it learns token-level preferences, so flipped pairs are not systematically harmful here
-(the ``−#flipped`` row is near 0) and the LDS measures how well first-order influence predicts
-retraining, not whether it finds the label noise.
+The tiny random model cannot learn the task's rules from a few DPO steps (it learns token-level
+preferences), so flipped pairs are not systematically harmful here (the ``−#flipped`` row is
+near 0): the LDS measures how well first-order influence predicts retraining.
 
 The same on the embedded SmolLM2-135M-Instruct with BIG-bench pairs (``--model smollm2 --data
 bigbench``; LoRA r = 8 on q_proj, v_proj as everywhere else in gradproj, P = 460,800): each
@@ -103,46 +95,6 @@ def load_pairs(args) -> tuple[list, list, frozenset]:
     task = load_task(args.data, args.train_pairs, args.val_pairs, 1, args.flip, args.seed,
                      cache_dir=args.bigbench_cache)
     return task.train, task.val, task.flipped
-
-
-def store_influence(loaded, train, val, settings, pref, tmp: Path) -> tuple[np.ndarray, float]:
-    """(IF per training pair in ``train`` order from a freshly built store, seconds)."""
-    from gradproj.attribution.influence import mean_influence, validation_features
-    from gradproj.store.build import build_store
-
-    t = time.perf_counter()
-    folder = Path(tempfile.mkdtemp(prefix=f"store-{settings.proj_kind}-{settings.proj_dim}-",
-                                   dir=tmp))
-    store = build_store(loaded, train, settings, folder, pref=pref, progress=False)
-    scores = mean_influence(store, validation_features(store, loaded, val)).astype(np.float64)
-    pos = {pid: i for i, pid in enumerate(store.ids())}
-    ordered = np.array([scores[pos[p.id]] if p.id in pos else np.nan for p in train])
-    return ordered, time.perf_counter() - t
-
-
-def bare_step_seconds(loaded, pairs, pref, settings, repeats: int = 5) -> float:
-    """Median seconds of one hand-written step (gradproj.experiments.step.objective_step:
-    reference forward, policy forward + backward, AdamW step) on ``settings.batch_size`` pairs:
-    the work of a trl step without trl. Changes the adapter: reset it afterwards."""
-    from gradproj.core.tokens import collate, tokenize_pairs
-    from gradproj.experiments.step import objective_step, trainable
-
-    tok = tokenize_pairs(pairs[:settings.batch_size], loaded.tokenizer, pref.max_length)
-    batch = collate(tok.pairs, loaded.tokenizer.pad_token_id).to(loaded.device)
-    opt = torch.optim.AdamW(list(trainable(loaded.model).values()), lr=settings.lr)
-    times = []
-    for _ in range(repeats + 1):
-        _sync(loaded.device)
-        t = time.perf_counter()
-        objective_step(loaded.model, batch, pref.objective(), opt)
-        _sync(loaded.device)
-        times.append(time.perf_counter() - t)
-    return C.median(times[1:])
-
-
-def _sync(device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 # ------------------------------------------------------------------------------ plot
@@ -296,10 +248,19 @@ def run(args) -> None:
     from gradproj.core.objectives import PreferenceSettings
     from gradproj.core.tokens import tokenize_pairs
     from gradproj.experiments.exact import exact_influences
-    from gradproj.experiments.lds import half_subsets, lds_row, noise_floor, retrain_subsets
+    from gradproj.experiments.lds import (
+        half_subsets,
+        lds_row,
+        noise_floor,
+        retrain_subsets,
+        run_costs,
+        store_influence,
+    )
     from gradproj.experiments.runner import Continuation, HeldOut
     from gradproj.experiments.stats import spearman
+    from gradproj.experiments.step import step_seconds
     from gradproj.experiments.synthetic import token_stats
+    from gradproj.experiments.tables import lds_row_name, lds_table
     from gradproj.experiments.tiny import save_tiny_llama
     from gradproj.gradients.perpair import lora_layout
     from gradproj.store.build import StoreSettings
@@ -382,7 +343,7 @@ def run(args) -> None:
         for variant, kind, k, s, gt in stores:
             sc, secs = store_influence(loaded, train, val, StoreSettings(
                 proj_dim=k, proj_kind=kind, seed=s, grad_type=gt, batch_size=args.grad_batch),
-                pref, tmp)
+                pref, tempfile.mkdtemp(prefix=f"store-{kind}-{k}-", dir=tmp))
             fid = spearman(sc, scores["exact" if gt == "sgd" else "exact adam·sgd"])
             store_meta.append({"variant": variant, "kind": kind, "k": k, "proj_seed": s,
                                "grad_type": gt, "seconds": secs, "if_spearman_vs_exact": fid,
@@ -399,15 +360,9 @@ def run(args) -> None:
         losses, repeats, tm = done.losses, done.repeats, done.timings
         flips = np.array([int(flipped[s].sum()) for s in subsets])
         floor = noise_floor(losses, repeats, np.array([ex_if[s].sum() for s in subsets]))
-        per_run = {"runs": len(tm), "steps_per_run": tm[0]["steps"],
-                   "wall_median": C.median([x["wall"] for x in tm]),
-                   "train_median": C.median([x["train"] for x in tm]),
-                   "overhead_median": C.median([x["wall"] - x["train"] for x in tm])}
-        per_run["step_median"] = per_run["train_median"] / max(per_run["steps_per_run"], 1)
-        per_run["bare_step"] = bare_step_seconds(loaded, train, pref, settings)
+        per_run = run_costs(tm, step_seconds(loaded, train, pref, settings.batch_size,
+                                             settings.lr))
         cont.reset()
-        per_run["trl_overhead_estimate"] = (per_run["wall_median"] - per_run["steps_per_run"]
-                                            * per_run["bare_step"])
         C.log(f"per-run: {per_run['wall_median']:.2f} s wall for {per_run['steps_per_run']} "
               f"steps (trainer.train {per_run['train_median']:.2f} s, "
               f"{per_run['step_median'] * 1e3:.0f} ms/step; setup + save overhead "
@@ -440,7 +395,7 @@ def run(args) -> None:
                       "store_seconds": m["seconds"]}) for m in store_meta]
         rows.append(lds_entry("−#flipped (reference)", None, None, None, -flipped.astype(float)))
 
-        table = summary_table(rows)
+        table = lds_table(rows)
         C.log("\n" + table + "\n")
         wall = time.perf_counter() - start
         C.log(f"wall time: {wall:.0f} s")
@@ -471,7 +426,7 @@ def run(args) -> None:
                          "val_loss": r["val_loss"], "val_accuracy": r["val_accuracy"],
                          "train_loss_last": r["train_loss_last"],
                          "val_loss_other_seeds": repeats.get(i),
-                         "sum_if": {_row_name(row): row["subset_sums"][i] for row in rows}}
+                         "sum_if": {lds_row_name(row): row["subset_sums"][i] for row in rows}}
                         for i, (s, f, r) in enumerate(zip(subsets, flips, done.runs,
                                                           strict=True))],
             "pairs": {"ids": [p.id for p in train], "flipped": flipped.tolist(),
@@ -482,40 +437,6 @@ def run(args) -> None:
             **C.end_of_run(),
         })
         C.log(f"wrote {args.json}")
-
-
-def _row_name(row: dict) -> str:
-    parts = [row["variant"]]
-    if row["variant"].startswith("store"):
-        parts += [f"k={row['k']}", f"seed={row['proj_seed']}", row["grad_type"]]
-    return " ".join(parts)
-
-
-def summary_table(rows: list[dict]) -> str:
-    """One line per (variant, k, grad type): LDS and CI of the first projection seed against the
-    loss at the seed of record and against the mean loss over data-order seeds, and the mean ± SD
-    of the LDS over projection seeds when there are several."""
-    def interval(lo, hi):
-        return "" if lo != lo else f"[{lo:.3f}, {hi:.3f}]"
-
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["variant"], r["k"], r["grad_type"]), []).append(r)
-    body = []
-    for (variant, k, gt), rs in groups.items():
-        first = rs[0]
-        many = (f"{np.mean([r['lds'] for r in rs]):.3f} ± {np.std([r['lds'] for r in rs]):.3f}"
-                f" ({len(rs)})" if len(rs) > 1 else "")
-        fid = first.get("if_spearman_vs_exact")
-        mean = first.get("lds_seed_mean")
-        body.append([variant, "" if k is None else k, gt or "", f"{first['lds']:.3f}",
-                     interval(first["ci_low"], first["ci_high"]), many,
-                     "" if mean is None else f"{mean:.3f}",
-                     "" if mean is None else interval(first["seed_mean_ci_low"],
-                                                      first["seed_mean_ci_high"]),
-                     "" if fid is None else f"{fid:.3f}"])
-    return C.markdown_table(["variant", "k", "grad", "LDS", "95% CI", "LDS over proj. seeds",
-                             "LDS vs seed-mean loss", "95% CI", "IF Spearman vs exact"], body)
 
 
 if __name__ == "__main__":

@@ -57,21 +57,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
-from gradproj.experiments.noise import (  # noqa: E402
-    SCORES,
-    auroc_clean_vs_flipped,
-    noise_lines,
-    per_task_auroc,
-    score_columns,
-    score_means,
-    selection_stats,
-)
-from gradproj.experiments.stats import fisher_ci, pearson, spearman  # noqa: E402
+from gradproj.experiments import noise as label_noise  # noqa: E402
+from gradproj.experiments import tables  # noqa: E402
 
 ROOT = C.ROOT
 RULES = ("all", "random", "top-if", "tif", "lossdiff", "irm", "lossdiff-irm")
-PAPER = {"pearson_lossdiff_if": 0.77, "pearson_irm_if": 0.67,
-         "overlap_lossdiff_irm_tif": (0.73, 0.78), "overlap_single_tif": (0.60, 0.70)}
 
 
 def say(msg):
@@ -88,11 +78,11 @@ def load_task(args, flip: float):
 
 
 def score_stage(args, loaded, task, work: Path, label: str) -> dict:
-    """θ, θ_V, IRM + LossDiff, the store and IF for one task (gradproj.experiments.scoring),
-    score statistics and every rule's selection (the random rule: the first seed's draw)."""
+    """θ, θ_V, IRM + LossDiff, the store and IF for one task, score statistics and every
+    rule's selection (the random rule: the first seed's draw); gradproj.experiments.scoring."""
     from gradproj.attribution.selection import select
     from gradproj.core.objectives import PreferenceSettings
-    from gradproj.experiments.scoring import score_run
+    from gradproj.experiments.scoring import score_run, score_statistics
     from gradproj.store.build import StoreSettings
     from gradproj.training.train import TrainSettings
 
@@ -102,67 +92,16 @@ def score_stage(args, loaded, task, work: Path, label: str) -> dict:
     pref = PreferenceSettings(max_length=args.max_length)
     scored = score_run(loaded, task.train, task.val, work, training, store_settings, pref,
                        aux_epochs=args.aux_epochs, log=lambda m: say(label + m))
-    table = scored.table
-    is_flip = np.array([i in task.flipped for i in table.ids])
-    cols = {c: np.asarray(table[c], float) for c in SCORES}
-    n = int(np.isfinite(cols["if"]).sum())
-    corr = {}
-    for c in ("lossdiff", "irm"):
-        r = pearson(cols[c], cols["if"])
-        corr[c] = {"pearson_if": r, "pearson_if_ci95": fisher_ci(r, n),
-                   "spearman_if": spearman(cols[c], cols["if"])}
-    corr["lossdiff_irm"] = {"pearson": pearson(cols["lossdiff"], cols["irm"]),
-                            "spearman": spearman(cols["lossdiff"], cols["irm"])}
-    aurocs = auroc_clean_vs_flipped(cols, is_flip)
-    tif_kept = select(table, "tif", args.keep).kept
-    summary = {rule: selection_stats(select(table, rule, args.keep, seed=args.seeds[0]),
-                                     task.flipped, tif_kept) for rule in RULES}
-    say(f"{label}Pearson with IF: lossdiff {corr['lossdiff']['pearson_if']:.3f}, irm "
-        f"{corr['irm']['pearson_if']:.3f}; AUROC clean>flipped: "
-        + ", ".join(f"{k} {v:.3f}" for k, v in aurocs.items()))
-    return {"scored": scored, "training": training, "pref": pref,
-            "store_settings": store_settings, "is_flip": is_flip, "cols": cols,
-            "correlations": corr, "auroc_clean_vs_flipped": aurocs,
-            "per_task": per_task_auroc(table.ids, cols, is_flip), "selection_summary": summary}
-
-
-def second_query_cost(args, stage: dict, task) -> dict:
-    """Cost of answering a second, new validation set (val2) once θ exists: from the store
-    (val2 gradients + lookup) vs LossDiff (a new θ_V from θ on val2 + forward passes over every
-    training pair) vs IF without a store (the store build + the store answer)."""
-    from gradproj.attribution.influence import InfluenceSettings, compute_influence
-    from gradproj.attribution.scores import score_pairs
-    from gradproj.core.model import reattach
-    from gradproj.store.shards import Store
-    from gradproj.training.train import train_adapter
-
-    scored, training, pref = stage["scored"], stage["training"], stage["pref"]
-    model = reattach(scored.loaded, scored.theta)
-    t = time.perf_counter()
-    inf = compute_influence([Store(scored.store)], task.val2, InfluenceSettings(top_k=0),
-                            loaded=[model])
-    store_s = time.perf_counter() - t
-    t = time.perf_counter()
-    aux2 = Path(scored.theta).parent / "theta_v2"
-    train_adapter(model, task.val2, replace(training, epochs=args.aux_epochs), aux2, pref=pref,
-                  overwrite=True, progress=False)
-    aux_s = time.perf_counter() - t
-    model = reattach(model, scored.theta)
-    t = time.perf_counter()
-    table = score_pairs(model, task.train, str(aux2), pref, batch_size=training.batch_size)
-    fwd_s = time.perf_counter() - t
-    build_s = scored.seconds["store build"]
-    out = {"n_train": len(task.train), "n_val2": len(task.val2),
-           "store_answer_s": store_s, "store_answer_split_s": inf.seconds,
-           "lossdiff_answer_s": aux_s + fwd_s, "lossdiff_aux_training_s": aux_s,
-           "lossdiff_forward_s": fwd_s, "if_without_store_s": build_s + store_s,
-           "ratio_lossdiff_to_store": (aux_s + fwd_s) / store_s,
-           "ratio_if_without_store_to_lossdiff": (build_s + store_s) / (aux_s + fwd_s),
-           "ratio_if_without_store_to_store": (build_s + store_s) / store_s,
-           "spearman_if_val2_lossdiff_val2": spearman(inf.scores, table["lossdiff"])}
-    say(f"second query: store {store_s:.1f}s, LossDiff {aux_s + fwd_s:.1f}s (θ_V {aux_s:.1f} + "
-        f"forward {fwd_s:.1f}), IF without a store {build_s + store_s:.1f}s")
-    return out
+    st = score_statistics(scored.table, task.flipped)
+    tif_kept = select(scored.table, "tif", args.keep).kept
+    sels = {rule: select(scored.table, rule, args.keep, seed=args.seeds[0]) for rule in RULES}
+    st["selection_summary"] = {rule: label_noise.selection_stats(sel, task.flipped, tif_kept)
+                               for rule, sel in sels.items()}
+    c, a = st["correlations"], st["auroc_clean_vs_flipped"]
+    say(f"{label}Pearson with IF: lossdiff {c['lossdiff']['pearson_if']:.3f}, irm "
+        f"{c['irm']['pearson_if']:.3f}; AUROC clean>flipped: "
+        + ", ".join(f"{k} {v:.3f}" for k, v in a.items()))
+    return dict(st, scored=scored, training=training, pref=pref, store_settings=store_settings)
 
 
 def run(args) -> dict:
@@ -170,6 +109,7 @@ def run(args) -> dict:
     from gradproj.core.objectives import PreferenceSettings
     from gradproj.core.tokens import tokenize_pairs
     from gradproj.experiments.runner import Continuation, HeldOut, continue_on_rules
+    from gradproj.experiments.scoring import second_query_cost
 
     work = Path(args.work)
     if work.exists():
@@ -208,8 +148,9 @@ def run(args) -> dict:
         noise[f"{rate:.2f}"] = {
             "flip": rate, "n_flipped": len(t_task.flipped),
             "auroc_clean_vs_flipped": st["auroc_clean_vs_flipped"],
-            "correlations": st["correlations"], "per_task_auroc": st["per_task"],
-            "score_table": score_columns(st["scored"].table.ids, st["cols"], st["is_flip"]),
+            "correlations": st["correlations"], "per_task_auroc": st["per_task_auroc"],
+            "score_table": label_noise.score_columns(st["scored"].table.ids, st["cols"],
+                                                     st["is_flip"]),
             "rules": {rule: {k: v for k, v in r.items() if k in
                              ("kept", "flips_removed", "flipped_in_kept", "keep_auroc")}
                       for rule, r in st["selection_summary"].items()},
@@ -221,7 +162,13 @@ def run(args) -> dict:
             shutil.rmtree(work / f"flip-{rate:.2f}", ignore_errors=True)
     scored, training, is_flip, cols = (stage["scored"], stage["training"], stage["is_flip"],
                                        stage["cols"])
-    cost = second_query_cost(args, stage, task) if args.cost else None
+    cost = None
+    if args.cost:
+        cost = second_query_cost(scored, task.train, task.val2, training, stage["pref"],
+                                 args.aux_epochs)
+        say("second query: store {store_answer_s:.1f}s, LossDiff {lossdiff_answer_s:.1f}s "
+            "(θ_V {lossdiff_aux_training_s:.1f} + forward {lossdiff_forward_s:.1f}), IF without "
+            "a store {if_without_store_s:.1f}s".format(**cost))
 
     model = reattach(scored.loaded, scored.theta)
     warm = heldout.evaluate(model).to_dict()
@@ -243,10 +190,11 @@ def run(args) -> dict:
         "base": base, "theta": warm, "theta_v": aux,
         "train_losses": {name: json.loads((Path(path) / "train.json").read_text())["losses"]
                          for name, path in (("theta", scored.theta), ("theta_v", scored.theta_v))},
-        "score_means": score_means(cols, is_flip), "correlations": stage["correlations"],
-        "auroc_clean_vs_flipped": stage["auroc_clean_vs_flipped"], "paper": PAPER,
+        "score_means": label_noise.score_means(cols, is_flip),
+        "correlations": stage["correlations"],
+        "auroc_clean_vs_flipped": stage["auroc_clean_vs_flipped"], "paper": tables.PAPER,
         "noise": noise, "cost": cost,
-        "score_table": score_columns(scored.table.ids, cols, is_flip),
+        "score_table": label_noise.score_columns(scored.table.ids, cols, is_flip),
     }
     partial_path = work / "partial.json"     # results so far (survives a crash or a kill)
     runs: list[dict] = []
@@ -289,101 +237,9 @@ def finish(res: dict, runs: list[dict], stages: dict, t_all: float, partial: boo
 
 # ------------------------------------------------------------------------------ output
 
-def fmt(r: dict, key: str, spec: str = ".3f") -> str:
-    """``mean ± std`` of an aggregated rule row (the std only when there is one)."""
-    m, sd = r[key], r.get(key + "_std")
-    return f"{m:{spec}}" + (f" ± {sd:{spec}}" if sd else "")
-
-
-def table_lines(res: dict) -> list[str]:
-    """Downstream: every rule's held-out metrics after continued training (mean ± std)."""
-    head = ["model", "kept", "flips removed", "flipped in kept", "overlap w/ TIF", "policy acc",
-            "Δ policy acc vs all (95% CI)", "reward acc", "DPO loss", "train s"]
-    rows = [[label, "", "", "", "", f"{r['policy_accuracy']:.3f}", "", f"{r['accuracy']:.3f}",
-             f"{r['mean_loss']:.4f}", ""]
-            for label, r in (("base (adapter off)", res["base"]), ("warm-up θ", res["theta"]),
-                             ("θ_V (θ + val)", res["theta_v"]))]
-    for r in res["rules"]:
-        d = r.get("policy_accuracy_vs_all")
-        rows.append([f"θ + {r['rule']}", f"{r['kept']:.0f}", fmt(r, "flips_removed", ".0%"),
-                     fmt(r, "flipped_in_kept", ".0%"), fmt(r, "overlap_tif", ".2f"),
-                     fmt(r, "policy_accuracy"),
-                     f"{d[0]:+.3f} ({d[1]:+.3f}, {d[2]:+.3f})" if d else "",
-                     fmt(r, "accuracy"), fmt(r, "mean_loss", ".4f"),
-                     f"{r['train_seconds']:.0f}"])
-    return [C.markdown_table(head, rows), "",
-            f"(mean ± std over {len(res['settings']['seeds'])} continued-training seed(s); std "
-            "uses ddof=1; Δ: paired by seed, t interval)"]
-
-
-def score_lines(res: dict) -> list[str]:
-    c, a = res["correlations"], res["auroc_clean_vs_flipped"]
-    lines = ["| score | Pearson with IF (95% CI) | Spearman with IF | paper Pearson | "
-             "AUROC clean > flipped |", "|---|---:|---:|---:|---:|"]
-    for s, paper in (("lossdiff", PAPER["pearson_lossdiff_if"]),
-                     ("irm", PAPER["pearson_irm_if"])):
-        lo, hi = c[s]["pearson_if_ci95"]
-        lines.append(f"| {s} | {c[s]['pearson_if']:.3f} ({lo:.2f}–{hi:.2f}) | "
-                     f"{c[s]['spearman_if']:.3f} | {paper:.2f} | {a[s]:.3f} |")
-    lines.append(f"| if | 1 | 1 | | {a['if']:.3f} |")
-    lines.append("")
-    lines.append(f"Pearson(LossDiff, IRM) = {c['lossdiff_irm']['pearson']:.3f}, Spearman "
-                 f"{c['lossdiff_irm']['spearman']:.3f}")
-    return lines
-
-
-def cost_lines(res: dict) -> list[str]:
-    c = res.get("cost")
-    if not c:
-        return []
-    return [
-        f"Answering a second validation set ({c['n_val2']} pairs) for {c['n_train']} training "
-        "pairs, once θ exists:", "",
-        "| method | seconds | ratio to the store |", "|---|---:|---:|",
-        f"| store: val gradients + lookup | {c['store_answer_s']:.1f} | 1× |",
-        f"| LossDiff: new θ_V ({c['lossdiff_aux_training_s']:.1f}s) + forward passes "
-        f"({c['lossdiff_forward_s']:.1f}s) | {c['lossdiff_answer_s']:.1f} | "
-        f"{c['ratio_lossdiff_to_store']:.1f}× |",
-        f"| IF without a store: build + answer | {c['if_without_store_s']:.1f} | "
-        f"{c['ratio_if_without_store_to_store']:.1f}× |", "",
-        f"IF without a store / LossDiff = {c['ratio_if_without_store_to_lossdiff']:.1f}× "
-        "(the paper: IF ≈ 120× slower than LossDiff-IRM). Spearman between the second set's IF "
-        f"and its LossDiff: {c['spearman_if_val2_lossdiff_val2']:.3f}."]
-
-
-def selection_lines(res: dict) -> list[str]:
-    """Every rule's selection (the random rule's for the first seed), trained on or not."""
-    keep = res["settings"]["keep"]
-    lines = ["| rule | kept | flips removed | overlap w/ TIF | bands (quantiles) |",
-             "|---|---:|---:|---:|---|"]
-    for rule, r in res.get("selections", {}).items():
-        bands = ", ".join(f"{k} ({a:.3f}, {b:.3f})" for k, (a, b) in r["bands"].items())
-        lines.append(f"| {rule} | {r['kept']} | {r['flips_removed']:.0%} | "
-                     f"{r['overlap_tif']:.2f} | {bands} |")
-    lines.append("")
-    lines.append(f"chance: a random selection removes 1 − keep = {1 - keep:.0%} of the flips and "
-                 f"overlaps an equal-sized selection by keep = {keep:.2f} in expectation")
-    return lines
-
-
-def stage_lines(res: dict) -> list[str]:
-    lines = ["| stage | seconds |", "|---|---:|"]
-    for k, v in res["stages_seconds"].items():
-        lines.append(f"| {k} | {v:.1f} |")
-    for r in res["rules"]:
-        lines.append(f"| continued training on {r['rule']} ({r['kept']:.0f} pairs), per seed | "
-                     f"{r['train_seconds']:.1f} ± {r['train_seconds_std']:.1f} |")
-    lines.append(f"| total | {res['total_seconds']:.0f} |")
-    return lines
-
-
 def report_lines(res: dict) -> list[str]:
-    """Every table of a results JSON (the downstream table only when rules were trained on)."""
-    parts = ([table_lines(res)] if res.get("rules") else []) + [
-        score_lines(res), noise_lines(res.get("noise") or {}, res["settings"]["keep"],
-                                      [r for r in RULES if r != "all"]),
-        selection_lines(res), cost_lines(res), stage_lines(res)]
-    return [line for part in parts for line in part + [""]]
+    """Every table of a results JSON (gradproj.experiments.tables.select_report)."""
+    return tables.select_report(res, [r for r in RULES if r != "all"])
 
 
 def plot(res: dict, path: Path) -> None:
@@ -399,14 +255,14 @@ def plot(res: dict, path: Path) -> None:
     ax1, ax2 = axes[0], axes[1]
     if noise:
         ax3, keys = axes[2], sorted(noise)
-        xs, w3 = np.arange(len(SCORES)), 0.8 / len(keys)
+        xs, w3 = np.arange(len(label_noise.SCORES)), 0.8 / len(keys)
         for j, key in enumerate(keys):
-            vals = [noise[key]["auroc_clean_vs_flipped"][c] for c in SCORES]
+            vals = [noise[key]["auroc_clean_vs_flipped"][c] for c in label_noise.SCORES]
             ax3.bar(xs + (j - (len(keys) - 1) / 2) * w3, vals, w3,
                     label=f"{noise[key]['flip']:.0%} flipped")
         ax3.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
         ax3.set_xticks(xs, [{"if": "IF", "lossdiff": "LossDiff", "irm": "IRM"}[c]
-                            for c in SCORES])
+                            for c in label_noise.SCORES])
         ax3.set_ylim(0, 1.05)
         ax3.set_title("AUROC of each score, clean vs flipped training pairs", fontsize=10)
         ax3.legend(fontsize=8)

@@ -38,8 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from gradproj.experiments.tiny import (random_smollm2, random_token_pairs,  # noqa: E402
-                                       smollm2_lora_layout)
+from gradproj.experiments.tiny import random_smollm2, random_token_pairs, smollm2_lora_layout  # noqa: E402
 from gradproj.gradients.projection import HashProjector  # noqa: E402
 from gradproj.gradients.spec import ProjectorSpec  # noqa: E402
 

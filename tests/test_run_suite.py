@@ -52,3 +52,40 @@ def test_splice_without_markers_writes_nothing(tmp_path):
     only_begin = "# r\n" + suite.BEGIN + "\n"
     results.write_text(only_begin)
     assert not suite.splice(results, report) and results.read_text() == only_begin
+
+
+DOCS = BENCH.parent / "docs"
+COMMITTED = ("bench_select_bigbench.json", "bench_lds.json", "bench_fidelity.json")
+
+
+def test_report_rebuilds_from_the_committed_results(tmp_path):
+    """The report's tables come from gradproj.experiments.tables/noise and read the JSON the
+    benchmarks wrote before those moved: every rule, noise rate and LDS row is rendered."""
+    import json
+    import shutil
+
+    suite = _load()
+    for name in COMMITTED:
+        shutil.copy(DOCS / name, tmp_path / name)
+    text = suite.write_report(tmp_path, [], False, {}).read_text()
+    select = json.loads((DOCS / "bench_select_bigbench.json").read_text())
+    for r in select["rules"]:
+        assert f"| θ + {r['rule']} | {r['kept']:.0f} | " in text
+    for n in select["noise"].values():
+        a = n["auroc_clean_vs_flipped"]
+        assert (f"| {n['flip']:.0%} | {n['n_flipped']} | {a['if']:.3f} | {a['lossdiff']:.3f} | "
+                f"{a['irm']:.3f} | ") in text
+    c = select["correlations"]["lossdiff"]
+    assert f"| lossdiff | {c['pearson_if']:.3f} (" in text
+    assert "Δ policy acc" not in text                # those results have no paired differences
+    assert json.loads((DOCS / "bench_lds.json").read_text())["table"] in text
+
+
+def test_lds_table_is_the_committed_one():
+    """gradproj.experiments.tables.lds_table reproduces bench_lds's committed table exactly."""
+    import json
+
+    from gradproj.experiments.tables import lds_table
+
+    data = json.loads((DOCS / "bench_lds.json").read_text())
+    assert lds_table(data["lds"]) == data["table"]

@@ -73,6 +73,41 @@ def retrain_subsets(cont: Continuation, train: list[PreferencePair], subsets: li
     return Retrained(subsets, losses, runs, repeats, abs(again - float(losses[0])), timings)
 
 
+def run_costs(timings: list[dict], bare_step: float) -> dict:
+    """Median cost of one retraining run from :attr:`Retrained.timings`: ``wall_median``
+    (train_adapter), ``train_median`` (trainer.train), ``overhead_median`` (setup + save),
+    ``step_median`` (per optimizer step), and ``trl_overhead_estimate`` = wall − steps ·
+    ``bare_step`` (a hand-written step's seconds: gradproj.experiments.step.step_seconds)."""
+    from gradproj.experiments.measure import median
+
+    steps = timings[0]["steps"]
+    out = {"runs": len(timings), "steps_per_run": steps,
+           "wall_median": median([x["wall"] for x in timings]),
+           "train_median": median([x["train"] for x in timings]),
+           "overhead_median": median([x["wall"] - x["train"] for x in timings])}
+    out["step_median"] = out["train_median"] / max(steps, 1)
+    out["bare_step"] = bare_step
+    out["trl_overhead_estimate"] = out["wall_median"] - steps * bare_step
+    return out
+
+
+def store_influence(loaded, train: list[PreferencePair], val: list[PreferencePair], settings,
+                    pref, folder) -> tuple[np.ndarray, float]:
+    """(IF [n] of every training pair, in ``train`` order (NaN: not in the store), seconds)
+    from a store built at ``folder`` with ``settings`` — the float16 path a user runs."""
+    import time
+
+    from gradproj.attribution.influence import mean_influence, validation_features
+    from gradproj.store.build import build_store
+
+    t = time.perf_counter()
+    store = build_store(loaded, train, settings, folder, pref=pref, progress=False)
+    scores = mean_influence(store, validation_features(store, loaded, val)).astype(np.float64)
+    pos = {pid: i for i, pid in enumerate(store.ids())}
+    ordered = np.array([scores[pos[p.id]] if p.id in pos else np.nan for p in train])
+    return ordered, time.perf_counter() - t
+
+
 def lds_row(if_scores, retrained: Retrained, bootstrap: int = 2000, seed: int = 0) -> dict:
     """LDS of one influence estimate (``if_scores`` [n], NaN rows count as 0 in the sums):
     ``lds``, its bootstrap ``ci_low``/``ci_high``, ``pearson``, ``subset_sums`` [S] and, with

@@ -67,3 +67,28 @@ def perturb_lora_b(model, std: float = 1e-3, seed: int = 0) -> None:
     for name, p in trainable(model).items():
         if ".lora_B." in name:
             p.copy_(torch.randn(p.shape, generator=g) * std)
+
+
+def step_seconds(loaded, pairs, pref, batch_size: int, lr: float, repeats: int = 5) -> float:
+    """Median seconds of :func:`objective_step` (AdamW at ``lr``) on the first ``batch_size``
+    of ``pairs`` (PreferencePairs, tokenized with ``pref``), after one warm-up step. Changes
+    the adapter: snapshot and restore it around the call."""
+    import time
+
+    from gradproj.core.tokens import collate, tokenize_pairs
+    from gradproj.experiments.measure import median
+
+    tok = tokenize_pairs(pairs[:batch_size], loaded.tokenizer, pref.max_length)
+    batch = collate(tok.pairs, loaded.tokenizer.pad_token_id).to(loaded.device)
+    opt = torch.optim.AdamW(list(trainable(loaded.model).values()), lr=lr)
+    cuda = loaded.device.type == "cuda"
+    times = []
+    for _ in range(repeats + 1):
+        if cuda:
+            torch.cuda.synchronize(loaded.device)
+        t = time.perf_counter()
+        objective_step(loaded.model, batch, pref.objective(), opt)
+        if cuda:
+            torch.cuda.synchronize(loaded.device)
+        times.append(time.perf_counter() - t)
+    return median(times[1:])

@@ -1,0 +1,168 @@
+"""Markdown tables of the experiments' results: the selection benchmark (downstream accuracy,
+score correlations, selections, cost, stages) and the LDS. Each takes the results as written to
+JSON, so a report can be rebuilt from the file alone. Label-noise tables are in
+:mod:`gradproj.experiments.noise`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from gradproj.experiments.noise import noise_lines
+
+PAPER = {"pearson_lossdiff_if": 0.77, "pearson_irm_if": 0.67,
+         "overlap_lossdiff_irm_tif": (0.73, 0.78), "overlap_single_tif": (0.60, 0.70)}
+"""The paper's reported values (Pearson with IF; overlap of selections with TIF's)."""
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A GitHub markdown table: header, separator, one line per row."""
+    lines = ["| " + " | ".join(header) + " |",
+             "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ selection
+
+def fmt(r: dict, key: str, spec: str = ".3f") -> str:
+    """``mean ± std`` of an aggregated rule row (the std only when there is one)."""
+    m, sd = r[key], r.get(key + "_std")
+    return f"{m:{spec}}" + (f" ± {sd:{spec}}" if sd else "")
+
+
+def downstream_lines(res: dict) -> list[str]:
+    """Downstream: every rule's held-out metrics after continued training (mean ± std), and
+    the seed-paired difference of policy accuracy to ``all`` where the results have it."""
+    paired = any("policy_accuracy_vs_all" in r for r in res["rules"])
+    head = ["model", "kept", "flips removed", "flipped in kept", "overlap w/ TIF", "policy acc",
+            *(["Δ policy acc vs all (95% CI)"] if paired else []), "reward acc", "DPO loss",
+            "train s"]
+    rows = [[label, "", "", "", "", f"{r['policy_accuracy']:.3f}", *([""] if paired else []),
+             f"{r['accuracy']:.3f}", f"{r['mean_loss']:.4f}", ""]
+            for label, r in (("base (adapter off)", res["base"]), ("warm-up θ", res["theta"]),
+                             ("θ_V (θ + val)", res["theta_v"]))]
+    for r in res["rules"]:
+        d = r.get("policy_accuracy_vs_all")
+        delta = [f"{d[0]:+.3f} ({d[1]:+.3f}, {d[2]:+.3f})" if d else ""] if paired else []
+        rows.append([f"θ + {r['rule']}", f"{r['kept']:.0f}", fmt(r, "flips_removed", ".0%"),
+                     fmt(r, "flipped_in_kept", ".0%"), fmt(r, "overlap_tif", ".2f"),
+                     fmt(r, "policy_accuracy"), *delta, fmt(r, "accuracy"),
+                     fmt(r, "mean_loss", ".4f"), f"{r['train_seconds']:.0f}"])
+    return [markdown_table(head, rows), "",
+            f"(mean ± std over {len(res['settings']['seeds'])} continued-training seed(s); std "
+            "uses ddof=1" + ("; Δ: paired by seed, t interval)" if paired else ")")]
+
+
+def score_lines(res: dict) -> list[str]:
+    """LossDiff and IRM against IF (and the paper's values), AUROC of every score."""
+    c, a = res["correlations"], res["auroc_clean_vs_flipped"]
+    lines = ["| score | Pearson with IF (95% CI) | Spearman with IF | paper Pearson | "
+             "AUROC clean > flipped |", "|---|---:|---:|---:|---:|"]
+    for s, paper in (("lossdiff", PAPER["pearson_lossdiff_if"]),
+                     ("irm", PAPER["pearson_irm_if"])):
+        lo, hi = c[s]["pearson_if_ci95"]
+        lines.append(f"| {s} | {c[s]['pearson_if']:.3f} ({lo:.2f}–{hi:.2f}) | "
+                     f"{c[s]['spearman_if']:.3f} | {paper:.2f} | {a[s]:.3f} |")
+    lines.append(f"| if | 1 | 1 | | {a['if']:.3f} |")
+    lines.append("")
+    lines.append(f"Pearson(LossDiff, IRM) = {c['lossdiff_irm']['pearson']:.3f}, Spearman "
+                 f"{c['lossdiff_irm']['spearman']:.3f}")
+    return lines
+
+
+def cost_lines(res: dict) -> list[str]:
+    """The cost of a second query (gradproj.experiments.scoring.second_query_cost)."""
+    c = res.get("cost")
+    if not c:
+        return []
+    return [
+        f"Answering a second validation set ({c['n_val2']} pairs) for {c['n_train']} training "
+        "pairs, once θ exists:", "",
+        "| method | seconds | ratio to the store |", "|---|---:|---:|",
+        f"| store: val gradients + lookup | {c['store_answer_s']:.1f} | 1× |",
+        f"| LossDiff: new θ_V ({c['lossdiff_aux_training_s']:.1f}s) + forward passes "
+        f"({c['lossdiff_forward_s']:.1f}s) | {c['lossdiff_answer_s']:.1f} | "
+        f"{c['ratio_lossdiff_to_store']:.1f}× |",
+        f"| IF without a store: build + answer | {c['if_without_store_s']:.1f} | "
+        f"{c['ratio_if_without_store_to_store']:.1f}× |", "",
+        f"IF without a store / LossDiff = {c['ratio_if_without_store_to_lossdiff']:.1f}× "
+        "(the paper: IF ≈ 120× slower than LossDiff-IRM). Spearman between the second set's IF "
+        f"and its LossDiff: {c['spearman_if_val2_lossdiff_val2']:.3f}."]
+
+
+def selection_lines(res: dict) -> list[str]:
+    """Every rule's selection (the random rule's for the first seed), trained on or not."""
+    keep = res["settings"]["keep"]
+    lines = ["| rule | kept | flips removed | overlap w/ TIF | bands (quantiles) |",
+             "|---|---:|---:|---:|---|"]
+    for rule, r in res.get("selections", {}).items():
+        bands = ", ".join(f"{k} ({a:.3f}, {b:.3f})" for k, (a, b) in r["bands"].items())
+        lines.append(f"| {rule} | {r['kept']} | {r['flips_removed']:.0%} | "
+                     f"{r['overlap_tif']:.2f} | {bands} |")
+    lines.append("")
+    lines.append(f"chance: a random selection removes 1 − keep = {1 - keep:.0%} of the flips and "
+                 f"overlaps an equal-sized selection by keep = {keep:.2f} in expectation")
+    return lines
+
+
+def stage_lines(res: dict) -> list[str]:
+    """Seconds of every stage and of each rule's continued training."""
+    lines = ["| stage | seconds |", "|---|---:|"]
+    for k, v in res["stages_seconds"].items():
+        lines.append(f"| {k} | {v:.1f} |")
+    for r in res["rules"]:
+        lines.append(f"| continued training on {r['rule']} ({r['kept']:.0f} pairs), per seed | "
+                     f"{r['train_seconds']:.1f} ± {r['train_seconds_std']:.1f} |")
+    lines.append(f"| total | {res['total_seconds']:.0f} |")
+    return lines
+
+
+def select_report(res: dict, rules) -> list[str]:
+    """Every table of a selection benchmark's results (bench_select's JSON): downstream (when
+    rules were trained on), scores, label noise (``rules``: those in the noise table), the
+    selections, the cost of a second query, the stages."""
+    parts = ([downstream_lines(res)] if res.get("rules") else []) + [
+        score_lines(res), noise_lines(res.get("noise") or {}, res["settings"]["keep"],
+                                      rules),
+        selection_lines(res), cost_lines(res), stage_lines(res)]
+    return [line for part in parts for line in part + [""]]
+
+
+# ------------------------------------------------------------------------------ LDS
+
+def lds_row_name(row: dict) -> str:
+    """"exact", or "store <kind> k=<k> seed=<s> <grad>" for a store row."""
+    parts = [row["variant"]]
+    if row["variant"].startswith("store"):
+        parts += [f"k={row['k']}", f"seed={row['proj_seed']}", row["grad_type"]]
+    return " ".join(parts)
+
+
+def lds_table(rows: list[dict]) -> str:
+    """One line per (variant, k, grad type): LDS and CI of the first projection seed against the
+    loss at the seed of record and against the mean loss over data-order seeds, and the mean ± SD
+    of the LDS over projection seeds when there are several."""
+    def interval(lo, hi):
+        return "" if lo != lo else f"[{lo:.3f}, {hi:.3f}]"
+
+    groups: dict = {}
+    for r in rows:
+        groups.setdefault((r["variant"], r["k"], r["grad_type"]), []).append(r)
+    body = []
+    for (variant, k, gt), rs in groups.items():
+        first = rs[0]
+        many = (f"{np.mean([r['lds'] for r in rs]):.3f} ± {np.std([r['lds'] for r in rs]):.3f}"
+                f" ({len(rs)})" if len(rs) > 1 else "")
+        fid = first.get("if_spearman_vs_exact")
+        mean = first.get("lds_seed_mean")
+        body.append([variant, "" if k is None else k, gt or "", f"{first['lds']:.3f}",
+                     interval(first["ci_low"], first["ci_high"]), many,
+                     "" if mean is None else f"{mean:.3f}",
+                     "" if mean is None else interval(first["seed_mean_ci_low"],
+                                                      first["seed_mean_ci_high"]),
+                     "" if fid is None else f"{fid:.3f}"])
+    return markdown_table(["variant", "k", "grad", "LDS", "95% CI", "LDS over proj. seeds",
+                             "LDS vs seed-mean loss", "95% CI", "IF Spearman vs exact"], body)
