@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     cache_note = None
     if args.cache_mb > 0 and not args.direct:
         cached = make_projector("rademacher", args.k, layout, cache_mb=args.cache_mb)
-        frac = sum(n for name, n in layout if name in cached._cache_names) / P
+        frac = cached_share(layout, args.k, args.cache_mb)
         others["rademacher cache"] = cached
         cache_note = {"cache_mb": args.cache_mb, "cached_fraction_of_P": frac,
                       "full_R_mb": P * args.k * 4 / 2**20}

@@ -35,7 +35,6 @@ per kind and the speed table as a plot.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
@@ -49,23 +48,6 @@ KINDS = ("rademacher", "gaussian", "sjlt", "trak-basic")
 
 
 # ------------------------------------------------------------------------------ speed
-
-class GemmLimit:
-    """y = x Rᵀ/√k with a prebuilt [k, S] fp32 block reused over the column blocks of x."""
-
-    def __init__(self, k: int, P: int, budget_mb: float, seed: int = 0):
-        self.k = k
-        self.S = max(1, min(P, int(budget_mb * 2**20 // (4 * k))))
-        g = torch.Generator().manual_seed(seed)
-        self.R = (torch.randint(0, 2, (k, self.S), generator=g, dtype=torch.float32) * 2 - 1)
-
-    def project(self, x: torch.Tensor) -> torch.Tensor:
-        acc = torch.zeros(x.shape[0], self.k)
-        for c0 in range(0, x.shape[1], self.S):
-            c1 = min(c0 + self.S, x.shape[1])
-            acc.addmm_(x[:, c0:c1], self.R[:, :c1 - c0].T)
-        return acc.mul_(1.0 / math.sqrt(self.k))
-
 
 class TrakDirect:
     def __init__(self, k: int, P: int, seed: int = 0):
@@ -81,6 +63,7 @@ class TrakDirect:
 
 
 def speed_part(layout, ks, batch, repeats, cache_mb, gemm_mb) -> tuple[list, dict]:
+    from gradproj.experiments.buildcost import PrebuiltProjector, cached_share
     from gradproj.gradients.projectors import make_projector
 
     P = sum(n for _, n in layout)
@@ -89,9 +72,9 @@ def speed_part(layout, ks, batch, repeats, cache_mb, gemm_mb) -> tuple[list, dic
     for k in ks:
         C.log(f"speed: k={k}, P={P}, batch={batch}")
         cached = make_projector("rademacher", k, layout, cache_mb=cache_mb)
-        frac = sum(n for name, n in layout if name in cached._cache_names) / P
+        frac = cached_share(layout, k, cache_mb)
         projs = {
-            "GEMM limit (prebuilt R)": GemmLimit(k, P, gemm_mb),
+            "GEMM limit (prebuilt R)": PrebuiltProjector(k, P, gemm_mb),
             "ours rademacher": make_projector("rademacher", k, layout),
             f"ours rademacher, cache {cache_mb:.0f} MB": cached,
             "ours gaussian": make_projector("gaussian", k, layout),

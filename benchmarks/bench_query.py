@@ -41,8 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from gradproj.experiments import measure  # noqa: E402
-from gradproj.experiments.measure import drop_caches, median, proc_status  # noqa: E402
-from gradproj.experiments.querycost import QUERIES, limit_fractions, query_cost, random_store  # noqa: E402
+from gradproj.experiments import querycost as qc  # noqa: E402
+from gradproj.experiments.measure import drop_caches, median  # noqa: E402
 
 K = 8192
 M = 256
@@ -76,7 +76,7 @@ def synthetic_part(sizes, repeats, tmp: Path, verify_n: int) -> list[dict]:
         root = tmp / f"store-{n}"
         shutil.rmtree(root, ignore_errors=True)
         print(f"[N={n}] writing store ({n * K * 2 / 1e9:.2f} GB) ...", flush=True)
-        info = random_store(root, n, K, SHARD_ROWS)
+        info = qc.random_store(root, n, K, SHARD_ROWS)
         print(f"[N={n}]   written in {info['seconds']:.1f} s "
               f"({info['bytes'] / info['seconds'] / 1e9:.2f} GB/s incl. sha256 + fsync)",
               flush=True)
@@ -96,17 +96,12 @@ def synthetic_part(sizes, repeats, tmp: Path, verify_n: int) -> list[dict]:
             print(f"[N={n}]   verify (sha256): warm {entry['verify_warm_seconds']:.1f} s, cold "
                   f"{entry.get('verify_cold_seconds', float('nan')):.1f} s; disk read "
                   f"{(entry['disk_read_bps'] or float('nan')) / 1e9:.2f} GB/s", flush=True)
-        for query in QUERIES:
+        for query in qc.QUERIES:
             reference = query == "mean_ref"
             res = run_worker(root, query, repeats if not reference else max(2, repeats - 1),
                              cold=not reference)
             warm = res["times"][1:]
-            res["first"] = res["times"][0]
-            res["warm_median"] = median(warm)
-            limit_fractions(res, n, K, M, res["local_limits"])
-            res["peak_rss_increase"] = res["hwm"] - res["hwm_base"] if res["hwm_reset"] else None
-            res["peak_anon_increase"] = res["peak_anon"] - res["anon_base"]
-            res["peak_file_increase"] = res["peak_file"] - res["file_base"]
+            qc.limit_fractions(res, n, K, M, res["local_limits"])
             entry["queries"][query] = res
             print(f"[N={n}]   {query:15s} first {res['first']:7.2f} s "
                   f"({'cold' if res['cold'] else 'not cold'}), warm median "
@@ -122,41 +117,6 @@ def synthetic_part(sizes, repeats, tmp: Path, verify_n: int) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------ part 2
-
-def smollm_step(args: dict) -> dict:
-    """Runs in a subprocess (a fresh heap each time: see smollm_part): load SmolLM2, then time
-    either a store build of ``n`` pairs or answering ``n_val`` validation pairs from a store."""
-    from gradproj.attribution.influence import InfluenceSettings, compute_influence
-    from gradproj.core.data import pairs_from_records
-    from gradproj.core.model import ModelSettings, load_model
-    from gradproj.core.objectives import PreferenceSettings
-    from gradproj.experiments.synthetic import make_records
-    from gradproj.store.build import StoreSettings, build_store
-    from gradproj.store.shards import Store
-
-    t = time.perf_counter()
-    loaded = load_model(ModelSettings(model="smollm2", device="cpu"))
-    out = {"load_seconds": time.perf_counter() - t, "anon_after_load": proc_status()["RssAnon"],
-           "loadavg_1min": [os.getloadavg()[0]]}
-    if args["step"] == "build":
-        settings = StoreSettings(proj_dim=K, batch_size=8)
-        pairs = pairs_from_records(make_records(args["n"], 0, "train"), origin="<bench train>")
-        t = time.perf_counter()
-        store = build_store(loaded, pairs, settings, args["root"],
-                            pref=PreferenceSettings(max_length=64), progress=False)
-        out.update(seconds=time.perf_counter() - t, timing=store.manifest.get("timing"),
-                   rows=len(store))
-    else:
-        val = pairs_from_records(make_records(args["n_val"], 2, "val"), origin="<bench val>")
-        store = Store(args["root"])
-        t = time.perf_counter()
-        res = compute_influence([store], val, InfluenceSettings(top_k=TOP_K), loaded=[loaded])
-        out.update(seconds=time.perf_counter() - t, split=res.seconds, n_val_used=len(res.val_ids))
-    end = proc_status()
-    out.update(peak_rss=end["VmHWM"], anon_end=end["RssAnon"])
-    out["loadavg_1min"].append(os.getloadavg()[0])
-    return out
-
 
 def run_smollm_step(args: dict) -> dict:
     return in_subprocess("--smollm-step", args)
@@ -385,10 +345,10 @@ def main():
 
     if args.worker:
         w = json.loads(args.worker)
-        print(json.dumps(query_cost(w["store"], w["query"], w["repeats"], M, TOP_K)))
+        print(json.dumps(qc.query_cost(w["store"], w["query"], w["repeats"], M, TOP_K)))
         return
     if args.smollm_step:
-        print(json.dumps(smollm_step(json.loads(args.smollm_step))))
+        print(json.dumps(qc.smollm2_step(**json.loads(args.smollm_step), k=K, top_k=TOP_K)))
         return
 
     sizes = args.sizes or ([10_000, 50_000] if args.quick else [10_000, 100_000, 500_000])
@@ -421,7 +381,7 @@ def main():
             lim = {k: max(lim0[k], lim1[k]) for k in lim0}
             for e in results["synthetic"]:
                 for r in e["queries"].values():
-                    limit_fractions(r, e["n"], K, M, lim, suffix="_global")
+                    qc.limit_fractions(r, e["n"], K, M, lim, suffix="_global")
             results["limits"] = lim
             save(args, results)                         # keep part 1 if part 2 is cut short
         else:

@@ -32,6 +32,7 @@ import time
 import traceback
 from pathlib import Path
 from types import SimpleNamespace
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -61,12 +62,13 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
+SMOL = smollm2_lora_layout()      # SmolLM2-135M's LoRA layout, P = 460,800 in 120 pieces
 A_CASES = [  # (a): kind, B, layout, k
-    ("rademacher", 64, smollm2_lora_layout(), 8192), ("gaussian", 64, smollm2_lora_layout(), 8192),
+    ("rademacher", 64, SMOL, 8192), ("gaussian", 64, SMOL, 8192),
     ("rademacher", 1, [("w", 1000)], 512), ("gaussian", 16, [("w", 12305)], 8192),
     ("rademacher", 16, [("w", 1 << 20)], 4096), ("rademacher", 33, [("w", 70001)], 1000)]
 B_SHAPES = [  # (b): label, B, layout, k
-    ("SmolLM2 LoRA", 64, smollm2_lora_layout(), 8192), ("one piece", 16, [("w", 1 << 20)], 4096)]
+    ("SmolLM2 LoRA", 64, SMOL, 8192), ("one piece", 16, [("w", 1 << 20)], 4096)]
 
 
 def sync() -> None:
@@ -87,18 +89,9 @@ def save() -> None:
         Path(out, "gpu_check.json").write_text(json.dumps(REPORT, indent=2, default=str))
 
 
-@contextlib.contextmanager
 def triton_off():
     """GRADPROJ_NO_TRITON=1 inside: the torch path, should HashProjector dispatch to the kernel."""
-    before = os.environ.get("GRADPROJ_NO_TRITON")
-    os.environ["GRADPROJ_NO_TRITON"] = "1"
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop("GRADPROJ_NO_TRITON", None)
-        else:
-            os.environ["GRADPROJ_NO_TRITON"] = before
+    return mock.patch.dict(os.environ, {"GRADPROJ_NO_TRITON": "1"})
 
 
 def pieces_of(layout, batch, gen, dtype=torch.float32):

@@ -130,3 +130,32 @@ def less_pass(loaded: LoadedModel, pairs: list[TokenizedPair], projector,
         t2 = time.perf_counter()
         tg, tp = tg + t1 - t0, tp + t2 - t1
     return {"wall": tg + tp, "gradients": tg, "projection": tp}
+
+
+def cached_share(layout, k: int, cache_mb: float, bytes_per_value: int = 4) -> float:
+    """Share of the P columns whose R a HashProjector with ``cache_mb`` keeps (its rule: whole
+    [k, numel] parameter blocks, in layout order, each taken if it fits in what is left)."""
+    left, kept = cache_mb * 2**20, 0
+    for _, numel in layout:
+        cost = numel * k * bytes_per_value
+        kept, left = (kept + numel, left - cost) if cost <= left else (kept, left)
+    return kept / sum(numel for _, numel in layout)
+
+
+class PrebuiltProjector:
+    """The limit of a projection without generating R: y = x Rᵀ/√k with one prebuilt [k, S]
+    ±1 fp32 block (S columns fitting ``budget_mb``) reused for every column block of x [B, P]:
+    the FLOPs and the streaming of one prebuilt [k, P] matrix, without holding it."""
+
+    def __init__(self, k: int, P: int, budget_mb: float, seed: int = 0):
+        self.k = k
+        self.S = max(1, min(P, int(budget_mb * 2**20 // (4 * k))))
+        g = torch.Generator().manual_seed(seed)
+        self.R = torch.randint(0, 2, (k, self.S), generator=g, dtype=torch.float32) * 2 - 1
+
+    def project(self, x: torch.Tensor) -> torch.Tensor:
+        acc = torch.zeros(x.shape[0], self.k)
+        for c0 in range(0, x.shape[1], self.S):
+            c1 = min(c0 + self.S, x.shape[1])
+            acc.addmm_(x[:, c0:c1], self.R[:, :c1 - c0].T)
+        return acc.mul_(1.0 / self.k ** 0.5)

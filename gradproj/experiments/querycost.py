@@ -22,12 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gradproj.experiments.measure import (
-    PeakSampler,
-    bandwidth_and_flops,
-    proc_status,
-    reset_peak_rss,
-)
+from gradproj.experiments import measure
+from gradproj.experiments.measure import PeakSampler, proc_status
 
 QUERIES = ("mean", "matvec", "topk", "mean_ref")
 
@@ -94,9 +90,9 @@ def query_cost(store_root: str | Path, query: str, repeats: int, m: int = 256,
            "topk": lambda: stream_topk(store, q, top_k),
            "mean_ref": lambda: _mean_reference(store, q.astype(np.float64).mean(0))}[query]
     k = q.shape[1]
-    lim_before, load_before = bandwidth_and_flops(k, m), os.getloadavg()[0]
+    lim_before, load_before = measure.bandwidth_and_flops(k, m), os.getloadavg()[0]
     base = proc_status()
-    hwm_reset = reset_peak_rss()
+    hwm_reset = measure.reset_peak_rss()
     base_hwm = proc_status()["VmHWM"]
     times, result = [], None
     with PeakSampler() as sampler:
@@ -106,7 +102,7 @@ def query_cost(store_root: str | Path, query: str, repeats: int, m: int = 256,
             result = run()
             times.append(time.perf_counter() - t)
     end, load_after = proc_status(), os.getloadavg()[0]
-    lim_after = bandwidth_and_flops(k, m)
+    lim_after = measure.bandwidth_and_flops(k, m)
     out_bytes = sum(r.nbytes for r in result) if isinstance(result, tuple) else result.nbytes
     first = np.asarray(store.shard_features(store.shards[0])[:1024]).astype(np.float64)
     if query == "topk":
@@ -116,7 +112,11 @@ def query_cost(store_root: str | Path, query: str, repeats: int, m: int = 256,
         expect = first @ (q.T.astype(np.float64) if query == "matvec"
                           else q.astype(np.float64).mean(0))
         err = float(np.max(np.abs(result[:1024] - expect)) / np.max(np.abs(expect)))
-    return {"query": query, "n": n, "times": times,
+    return {"query": query, "n": n, "times": times, "first": times[0],
+            "warm_median": measure.median(times[1:]),
+            "peak_rss_increase": end["VmHWM"] - base_hwm if hwm_reset else None,
+            "peak_anon_increase": sampler.peak["RssAnon"] - base["RssAnon"],
+            "peak_file_increase": sampler.peak["RssFile"] - base["RssFile"],
             "rss_base": base["VmRSS"], "anon_base": base["RssAnon"], "file_base": base["RssFile"],
             "hwm_reset": hwm_reset, "hwm_base": base_hwm, "hwm": end["VmHWM"],
             "peak_anon": sampler.peak["RssAnon"], "peak_file": sampler.peak["RssFile"],
@@ -134,3 +134,41 @@ def limit_fractions(res: dict, n: int, k: int, m: int, lim: dict, suffix: str = 
     res["bytes_frac_first" + suffix] = b / res["first"] / lim["bandwidth"]
     if res["query"] in ("matvec", "topk"):
         res["flop_frac" + suffix] = 2 * n * k * m / res["warm_median"] / lim["matmul_flops"]
+
+
+def smollm2_step(step: str, root: str | Path, n: int = 0, n_val: int = 0, k: int = 8192,
+                 top_k: int = 10, max_length: int = 64) -> dict:
+    """Load the embedded SmolLM2 (CPU), then time either a store build (``step="build"``) of
+    ``n`` generated training pairs at ``root`` (= recomputing every training gradient), or
+    answering ``n_val`` new validation pairs from it (``"answer"``: validation gradients, IF,
+    TIF, top-k). Load time is reported apart; memory as in :func:`query_cost`. Run it in a
+    fresh process: a process computing gradients keeps ~0.4 GiB of freed heap per batch."""
+    from gradproj.attribution.influence import InfluenceSettings, compute_influence
+    from gradproj.core.data import pairs_from_records
+    from gradproj.core.model import ModelSettings, load_model
+    from gradproj.core.objectives import PreferenceSettings
+    from gradproj.experiments.synthetic import make_records
+    from gradproj.store.build import StoreSettings, build_store
+    from gradproj.store.shards import Store
+
+    t = time.perf_counter()
+    loaded = load_model(ModelSettings(model="smollm2", device="cpu"))
+    out = {"load_seconds": time.perf_counter() - t, "anon_after_load": proc_status()["RssAnon"],
+           "loadavg_1min": [os.getloadavg()[0]]}
+    if step == "build":
+        pairs = pairs_from_records(make_records(n, 0, "train"), origin="<bench train>")
+        t = time.perf_counter()
+        store = build_store(loaded, pairs, StoreSettings(proj_dim=k, batch_size=8), root,
+                            pref=PreferenceSettings(max_length=max_length), progress=False)
+        out.update(seconds=time.perf_counter() - t, timing=store.manifest.get("timing"),
+                   rows=len(store))
+    else:
+        val = pairs_from_records(make_records(n_val, 2, "val"), origin="<bench val>")
+        store = Store(root)
+        t = time.perf_counter()
+        res = compute_influence([store], val, InfluenceSettings(top_k=top_k), loaded=[loaded])
+        out.update(seconds=time.perf_counter() - t, split=res.seconds, n_val_used=len(res.val_ids))
+    end = proc_status()
+    out.update(peak_rss=end["VmHWM"], anon_end=end["RssAnon"])
+    out["loadavg_1min"].append(os.getloadavg()[0])
+    return out
