@@ -42,7 +42,7 @@ def test_lossdiff_irm_report_has_exact_rows_and_plots(tmp_path):
     assert path == tmp_path / "report.md"
     lines = _lines(tmp_path)
     assert lines[:3] == ["# gradproj selection: lossdiff-irm", "",
-                         "Kept **3 of 11** pairs (27.3%; asked for keep 0.64)."]
+                         "Kept **3 of 11** scorable pairs (27.3%; asked for keep 0.64)."]
     i = lines.index("| score | band (quantiles) | thresholds |")
     assert lines[i + 2:i + 5] == ["| lossdiff | (0.200, 0.800) | (2, 8) |",
                                   "| irm | (0.100, 0.900) | (1, 9) |", ""]
@@ -83,7 +83,7 @@ def test_report_of_a_bandless_rule_uses_finite_rows_for_pearson(tmp_path):
     sel = select(table, "random", keep=0.5, seed=3)
     write_report(tmp_path, table, sel, _info(sel))
     lines = _lines(tmp_path)
-    assert lines[2] == "Kept **3 of 6** pairs (50.0%; asked for keep 0.64)."
+    assert lines[2] == "Kept **3 of 6** scorable pairs (50.0%; asked for keep 0.64)."
     assert "| score | band (quantiles) | thresholds |" not in lines      # no band for random
     assert lines[lines.index("| drop reason | pairs |") + 2] == "| random | 3 |"
     r = stats.pearsonr([1.0, 2.0, 3.0, 7.0], [2.0, 1.0, 6.0, 8.0]).statistic   # rows a, b, e, f
@@ -97,7 +97,7 @@ def test_report_without_lossdiff_has_no_scatter(tmp_path):
     write_report(tmp_path, table, sel, _info(sel))
     text = (tmp_path / "report.md").read_text()
     assert "LossDiff vs IRM" not in text and not (tmp_path / "scatter.png").exists()
-    assert f"Kept **{len(sel.kept)} of 11** pairs" in text
+    assert f"Kept **{len(sel.kept)} of 11** scorable pairs" in text
     lo, hi = np.quantile(IRM, sel.bands["irm"])
     assert f"| irm | ({sel.bands['irm'][0]:.3f}, {sel.bands['irm'][1]:.3f}) | " \
            f"({lo:.4g}, {hi:.4g}) |" in text
@@ -111,6 +111,23 @@ def test_report_is_replaced_on_a_rerun(tmp_path):
     write_report(tmp_path, table, again, _info(again))
     lines = _lines(tmp_path)
     assert lines[:3] == ["# gradproj selection: all", "",
-                         "Kept **11 of 11** pairs (100.0%; asked for keep 0.64)."]
+                         "Kept **11 of 11** scorable pairs (100.0%; asked for keep 0.64)."]
     assert "| drop reason | pairs |" not in lines
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.md", "scatter.png"]
+
+
+def test_unscorable_pairs_are_counted_and_named(tmp_path):
+    irm = list(IRM)
+    irm[2] = float("nan")
+    table = score_table(IDS, irm=irm)
+    table.meta["excluded"] = {IDS[4]: "response truncated away"}
+    table.columns["irm"][4] = float("nan")
+    sel = select(table, "irm", keep=0.64)
+    write_report(tmp_path, table, sel, _info(sel))
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    assert lines[2] == (f"Kept **{len(sel.kept)} of 9** scorable pairs "
+                        f"({len(sel.kept) / 9:.1%}; asked for keep 0.64).")
+    assert ("11 pairs in the input; 2 could not be scored and are dropped (the keep fraction "
+            "is over the scorable pairs):") in lines
+    assert f"| {IDS[2]} | nonfinite:irm |" in lines
+    assert f"| {IDS[4]} | excluded:response truncated away |" in lines

@@ -83,8 +83,9 @@ def test_top_if_random_all():
 
 def test_bad_input_is_rejected_with_a_message():
     t = _table(irm=[1.0, np.nan, 3.0], lossdiff=[1, 2, 3])
-    with pytest.raises(GradprojError, match="score 'irm' is NaN or infinite for pair 'p1'"):
-        select(t, "irm")
+    with pytest.raises(GradprojError, match="no pair can be scored for irm \\(3 unscorable: "
+                                            "excluded:too long, nonfinite:irm\\)"):
+        select(t, "irm", excluded={"p0": "too long", "p2": "too long"})
     with pytest.raises(GradprojError, match=r"--keep must be in \(0, 1\], got 0.0"):
         select(t, "lossdiff", keep=0.0)
     with pytest.raises(GradprojError, match=r"--keep must be in \(0, 1\], got 1.5"):
@@ -100,3 +101,31 @@ def test_bad_input_is_rejected_with_a_message():
 def test_overlap_coefficient():
     assert overlap_coefficient(["a", "b", "c"], ["b", "c", "d", "e"]) == pytest.approx(2 / 3)
     assert overlap_coefficient([], ["a"]) == 0.0
+
+
+def test_unscorable_pairs_are_dropped_with_their_reason_not_fatal():
+    """Tokenization-excluded and non-finite pairs leave the rule; keep is over the rest."""
+    vals = [float(v) for v in range(12)]
+    vals[3], vals[7] = np.nan, np.inf
+    t = _table(irm=vals, lossdiff=[float(v) for v in range(12)])
+    t.meta["excluded"] = {"p5": "chosen and rejected identical after truncation"}
+    t.columns["irm"][5] = np.nan        # an excluded pair has no score either
+    sel = select(t, "irm", keep=0.5)
+    assert sel.unscorable == {"p3": "nonfinite:irm",
+                              "p5": "excluded:chosen and rejected identical after truncation",
+                              "p7": "nonfinite:irm"}
+    assert sel.n_scorable == 9 and len(sel.kept) in (4, 5)      # 0.5 of 9, within one pair
+    # the rule on the scorable pairs alone gives the same kept ids
+    rest = [i for i in t.ids if i not in sel.unscorable]
+    alone = select(_table(irm=[t["irm"][t.ids.index(i)] for i in rest]), "irm", keep=0.5)
+    assert sel.kept == [rest[int(i[1:])] for i in alone.kept]
+    assert sel.keep_fraction == len(sel.kept) / 9
+    assert sel.dropped["p5"] == ["excluded:chosen and rejected identical after truncation"]
+    info = sel.to_dict()
+    assert info["n"] == 12 and info["n_scorable"] == 9
+    assert info["drop_reasons"]["nonfinite:irm"] == 2
+    # every rule drops the tokenization-excluded pair, `all` included; lossdiff is finite at p3
+    assert select(t, "all").kept == [i for i in t.ids if i != "p5"]
+    assert "p3" in select(t, "lossdiff", keep=1.0).kept
+    assert len(select(t, "random", keep=0.5, seed=1).kept) == round(0.5 * 11)
+

@@ -121,7 +121,8 @@ def score_pairs(loaded: LoadedModel, pairs: list[PreferencePair], aux_adapter: s
     ids = [p.id for p in tok.pairs]
     lp = pair_logprobs(loaded.model, tok.pairs, pad, batch_size, progress=progress,
                        with_reference=fn.needs_reference)
-    table = ScoreTable([p.id for p in pairs], meta={"objective": fn.settings()})
+    table = ScoreTable([p.id for p in pairs], meta={"objective": fn.settings(),
+                                                    "excluded": dict(tok.excluded)})
     h = fn.margin(lp)
     table.add("irm", ids, h.double().numpy())
     table.add("loss_theta", ids, fn.loss_from_margin(h).double().numpy())

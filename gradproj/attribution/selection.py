@@ -12,6 +12,11 @@ Rules (all return a :class:`Selection`):
 - ``random``: round(F·N) pairs drawn with a seeded generator.
 - ``all``: every pair.
 
+Pairs that cannot be scored never abort a selection: a pair excluded by tokenization is dropped
+with the reason ``excluded:<why>``, a pair whose score the rule needs is NaN or infinite with
+``nonfinite:<score>``; the rule then runs on the scorable pairs, and its keep fraction is taken
+over them (``Selection.n_scorable``).
+
 Bands from ``--keep F``: each score trims a total mass t, split between its tails by
 ``low_share`` a: band = (a·t, 1 − (1−a)·t). The default a = 5/9 reproduces the TIF band
 (0.20, 0.84) at F = 0.64 (t = 1 − F for one score) — a bit more is cut from the low tail (pairs
@@ -45,25 +50,33 @@ class Selection:
     """All pair ids, in table order."""
     kept: list[str]
     dropped: dict[str, list[str]]
-    """dropped pair id → reasons, e.g. ["lossdiff:low", "irm:high"]."""
+    """dropped pair id → reasons, e.g. ["lossdiff:low", "irm:high"] or ["excluded:<why>"]."""
     bands: dict[str, tuple[float, float]] = field(default_factory=dict)
     """score → (lo, hi) quantile band."""
     thresholds: dict[str, tuple[float, float]] = field(default_factory=dict)
     """score → (δ_lo, δ_hi) values."""
+    unscorable: dict[str, str] = field(default_factory=dict)
+    """pair id → why the rule could not score it (``excluded:<why>``, ``nonfinite:<score>``)."""
+
+    @property
+    def n_scorable(self) -> int:
+        return len(self.ids) - len(self.unscorable)
 
     @property
     def keep_fraction(self) -> float:
-        return len(self.kept) / len(self.ids)
+        """Kept share of the scorable pairs (the share ``keep`` asks for)."""
+        return len(self.kept) / max(1, self.n_scorable)
 
     def reason_counts(self) -> dict[str, int]:
         return dict(Counter(r for reasons in self.dropped.values() for r in reasons))
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "n": len(self.ids), "kept": len(self.kept),
-                "dropped": len(self.dropped), "keep_fraction": self.keep_fraction,
+        return {"method": self.method, "n": len(self.ids), "n_scorable": self.n_scorable,
+                "kept": len(self.kept), "dropped": len(self.dropped),
+                "keep_fraction": self.keep_fraction,
                 "bands": {k: list(v) for k, v in self.bands.items()},
                 "thresholds": {k: list(v) for k, v in self.thresholds.items()},
-                "drop_reasons": self.reason_counts()}
+                "drop_reasons": self.reason_counts(), "unscorable": dict(self.unscorable)}
 
 
 def _check_band(band, name: str) -> tuple[float, float]:
@@ -79,13 +92,22 @@ def _check_keep(keep: float) -> float:
     return float(keep)
 
 
-def _column(table: ScoreTable, name: str) -> np.ndarray:
-    col = np.asarray(table[name], dtype=float)
-    bad = np.flatnonzero(~np.isfinite(col))
-    if len(bad):
-        raise GradprojError(f"score '{name}' is NaN or infinite for pair '{table.ids[bad[0]]}' "
-                            f"({len(bad)} pairs); drop or rescore them before selecting")
-    return col
+RULE_SCORES = {**BAND_SCORES, "top-if": ("if",), "random": (), "all": ()}
+"""The scores each rule reads."""
+
+
+def unscorable_pairs(table: ScoreTable, method: str,
+                     excluded: dict[str, str] | None = None) -> dict[str, str]:
+    """pair id → reason for the pairs ``method`` cannot score: excluded by tokenization
+    (``excluded:<why>``, from ``excluded`` or the table's ``meta["excluded"]``), or with a NaN
+    or infinite score the rule reads (``nonfinite:<score>``, the first such score)."""
+    excluded = excluded if excluded is not None else table.meta.get("excluded", {})
+    out = {i: f"excluded:{why}" for i, why in excluded.items() if i in set(table.ids)}
+    for name in RULE_SCORES[method]:
+        col = np.asarray(table[name], dtype=float)
+        for j in np.flatnonzero(~np.isfinite(col)):
+            out.setdefault(table.ids[j], f"nonfinite:{name}")
+    return {i: out[i] for i in table.ids if i in out}
 
 
 def band_mask(values: np.ndarray, band) -> tuple[np.ndarray, np.ndarray, tuple[float, float]]:
@@ -136,29 +158,47 @@ def _solve_trim(cols, keep: float, low_share: float) -> float:
 
 def select(table: ScoreTable, method: str, keep: float = 0.64, *,
            bands: dict[str, tuple[float, float]] | None = None,
-           low_share: float = DEFAULT_LOW_SHARE, seed: int = 0) -> Selection:
-    """Apply ``method`` to ``table``. ``bands`` (score → (lo, hi)) overrides solving from keep."""
+           low_share: float = DEFAULT_LOW_SHARE, seed: int = 0,
+           excluded: dict[str, str] | None = None) -> Selection:
+    """Apply ``method`` to the scorable pairs of ``table`` (see :func:`unscorable_pairs`; the
+    others are dropped with their reason). ``bands`` (score → (lo, hi)) overrides solving from
+    keep."""
     if method not in METHODS:
         raise GradprojError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     keep = _check_keep(keep)
     if not 0.0 < low_share < 1.0:
         raise GradprojError(f"--low-share must be in (0, 1), got {low_share}")
-    ids, n = table.ids, len(table.ids)
+    unscorable = unscorable_pairs(table, method, excluded)
+    rows = [j for j, i in enumerate(table.ids) if i not in unscorable]
+    if not rows:
+        raise GradprojError(f"no pair can be scored for {method} ({len(unscorable)} unscorable: "
+                            f"{', '.join(sorted(set(unscorable.values())))})")
+    ids = [table.ids[j] for j in rows]
+    kept, dropped, use, thresholds = _apply(method, ids, {
+        name: np.asarray(table[name], dtype=float)[rows] for name in RULE_SCORES[method]},
+        keep, bands, low_share, seed)
+    dropped.update({i: [why] for i, why in unscorable.items()})
+    order = {i: n for n, i in enumerate(table.ids)}
+    return Selection(method, list(table.ids), kept,
+                     dict(sorted(dropped.items(), key=lambda kv: order[kv[0]])), use,
+                     thresholds, unscorable)
+
+
+def _apply(method, ids, cols, keep, bands, low_share, seed):
+    """(kept ids, dropped id → reasons, bands, thresholds) of ``method`` on finite scores."""
+    n = len(ids)
     if method == "all":
-        return Selection(method, ids, list(ids), {})
-    if method == "random":
-        rng = np.random.default_rng(seed)
-        chosen = set(rng.choice(n, size=max(1, round(keep * n)), replace=False).tolist())
-        return Selection(method, ids, [i for j, i in enumerate(ids) if j in chosen],
-                         {i: ["random"] for j, i in enumerate(ids) if j not in chosen})
-    if method == "top-if":
-        col = _column(table, "if")
-        order = np.argsort(-col, kind="stable")[:max(1, round(keep * n))]
-        chosen = set(order.tolist())
-        return Selection(method, ids, [i for j, i in enumerate(ids) if j in chosen],
-                         {i: ["if:low"] for j, i in enumerate(ids) if j not in chosen})
+        return list(ids), {}, {}, {}
+    if method in ("random", "top-if"):
+        if method == "random":
+            rng = np.random.default_rng(seed)
+            chosen = set(rng.choice(n, size=max(1, round(keep * n)), replace=False).tolist())
+        else:
+            chosen = set(np.argsort(-cols["if"], kind="stable")[:max(1, round(keep * n))].tolist())
+        why = "random" if method == "random" else "if:low"
+        return ([i for j, i in enumerate(ids) if j in chosen],
+                {i: [why] for j, i in enumerate(ids) if j not in chosen}, {}, {})
     names = BAND_SCORES[method]
-    cols = {name: _column(table, name) for name in names}
     given = {k: _check_band(v, f"--{k}-band") for k, v in (bands or {}).items() if k in names}
     if len(given) == len(names):
         use = given
@@ -169,8 +209,8 @@ def select(table: ScoreTable, method: str, keep: float = 0.64, *,
         t = _solve_trim(cols, keep, low_share)
         use = {c: band_from_trim(t, low_share) for c in names}
     kept, reasons, thresholds = _intersect(cols, use)
-    return Selection(method, ids, [i for j, i in enumerate(ids) if kept[j]],
-                     {ids[j]: r for j, r in sorted(reasons.items())}, use, thresholds)
+    return ([i for j, i in enumerate(ids) if kept[j]],
+            {ids[j]: r for j, r in sorted(reasons.items())}, use, thresholds)
 
 
 def overlap_coefficient(a, b) -> float:

@@ -58,13 +58,26 @@ def plot_scatter(table: ScoreTable, sel: Selection, path: Path) -> str:
     return out
 
 
+UNSCORABLE_SHOWN = 50
+"""Unscorable pairs listed in report.md (selection.json lists all)."""
+
+
 def write_report(out: Path, table: ScoreTable, sel: Selection, info: dict) -> Path:
     """DIR/report.md (+ scatter.png, if_hist.png when IF exists)."""
     from gradproj.attribution.selection import select
 
     lines = [f"# gradproj selection: {sel.method}", "",
-             f"Kept **{len(sel.kept)} of {len(sel.ids)}** pairs "
+             f"Kept **{len(sel.kept)} of {sel.n_scorable}** scorable pairs "
              f"({sel.keep_fraction:.1%}; asked for keep {info['keep']}).", ""]
+    if sel.unscorable:
+        lines += [f"{len(sel.ids)} pairs in the input; {len(sel.unscorable)} could not be scored "
+                  "and are dropped (the keep fraction is over the scorable pairs):", "",
+                  "| pair | reason |", "|---|---|"]
+        shown = list(sel.unscorable.items())[:UNSCORABLE_SHOWN]
+        lines += [f"| {pid} | {why} |" for pid, why in shown]
+        if len(sel.unscorable) > len(shown):
+            lines.append(f"| ... | {len(sel.unscorable) - len(shown)} more in selection.json |")
+        lines.append("")
     if sel.bands:
         lines += ["| score | band (quantiles) | thresholds |", "|---|---|---|"]
         for name, band in sel.bands.items():
