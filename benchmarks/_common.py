@@ -18,21 +18,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from gradproj.experiments.measure import (  # noqa: E402,F401  (used as C.<name>)
-    end_of_run,
-    interleaved,
-    machine_line,
-    median,
-    rss_gib,
-    timed,
-)
+from gradproj.experiments import measure, tables  # noqa: E402
+
+end_of_run, interleaved, median = measure.end_of_run, measure.interleaved, measure.median
+machine_line, rss_gib, timed = measure.machine_line, measure.rss_gib, measure.timed
+markdown_table = tables.markdown_table
 
 
 def machine_info(packages=()) -> dict:
     """gradproj.experiments.measure.machine_info of this checkout."""
-    from gradproj.experiments.measure import machine_info as info
-
-    return info(ROOT, packages)
+    return measure.machine_info(ROOT, packages)
 
 
 @contextlib.contextmanager

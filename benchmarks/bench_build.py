@@ -90,7 +90,7 @@ def main(argv=None) -> int:
     from gradproj.core.data import pairs_from_records
     from gradproj.core.objectives import PreferenceSettings
     from gradproj.core.tokens import tokenize_pairs
-    from gradproj.experiments.buildcost import TrainStep, build_pass, less_pass, projection_seconds
+    from gradproj.experiments import buildcost
     from gradproj.experiments.step import perturb_lora_b
     from gradproj.experiments.synthetic import sized_records, token_stats
     from gradproj.gradients.perpair import lora_layout
@@ -132,7 +132,7 @@ def main(argv=None) -> int:
     cache_note = None
     if args.cache_mb > 0 and not args.direct:
         cached = make_projector("rademacher", args.k, layout, cache_mb=args.cache_mb)
-        frac = cached_share(layout, args.k, args.cache_mb)
+        frac = buildcost.cached_share(layout, args.k, args.cache_mb)
         others["rademacher cache"] = cached
         cache_note = {"cache_mb": args.cache_mb, "cached_fraction_of_P": frac,
                       "full_R_mb": P * args.k * 4 / 2**20}
@@ -144,7 +144,7 @@ def main(argv=None) -> int:
     raw: dict[str, list] = {"train": [], "less": [], "trl": []}
     raw.update({f"build {k}": [] for k in kinds})
     raw.update({f"build {k}": [] for k in others})
-    step = TrainStep(loaded, objective, args.lr)
+    step = buildcost.TrainStep(loaded, objective, args.lr)
     warmed = False
 
     def run_build():
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
         if args.direct:
             walls = []
             for kind in kinds:
-                r = build_pass(loaded, pairs, settings[kind], objective, step)
+                r = buildcost.build_pass(loaded, pairs, settings[kind], objective, step)
                 r.pop("inputs")
                 raw[f"build {kind}"].append(r)
                 if kind == kinds[0]:
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
                 C.log(f"      {kind}: build {r['wall']:.1f} s (gradients {r['gradients']:.1f}"
                       f", projection {r['projection']:.1f}), train steps {r['train']:.1f} s")
             return sum(walls)
-        r = build_pass(loaded, pairs, main_settings, objective, step)
+        r = buildcost.build_pass(loaded, pairs, main_settings, objective, step)
         inputs = r.pop("inputs")
         raw[f"build {kinds[0]}"].append(r)
         raw["train"].append({"wall": r["train"]})
@@ -169,9 +169,9 @@ def main(argv=None) -> int:
               f"projection {r['projection']:.1f}), train steps {r['train']:.1f} s")
         for name, proj in others.items():
             if name == "rademacher cache" and not warmed:
-                projection_seconds(proj, inputs[:1])   # fill the cache (a one-time cost)
+                buildcost.projection_seconds(proj, inputs[:1])   # fill the cache (a one-time cost)
                 warmed = True
-            s = projection_seconds(proj, inputs)
+            s = buildcost.projection_seconds(proj, inputs)
             raw[f"build {name}"].append({
                 "wall": r["wall"] - r["projection"] + s, "train": r["train"],
                 "gradients": r["gradients"], "projection": s, "derived": True})
@@ -179,7 +179,7 @@ def main(argv=None) -> int:
         return r["wall"] + r["train"]
 
     def run_less():
-        r = less_pass(loaded, less_pairs, trak, objective)
+        r = buildcost.less_pass(loaded, less_pairs, trak, objective)
         raw["less"].append(r)
         return r["wall"]
 

@@ -75,7 +75,7 @@ def query_cost(store_root: str | Path, query: str, repeats: int, m: int = 256,
     """Time ``1 + repeats`` passes of ``query`` (module docstring) with M = ``m`` random
     validation vectors: the seconds of each pass, this process's memory (base, peak RSS after a
     reset, sampled anonymous/file peaks), the output size, a relative error against a float64
-    computation on the first 1024 rows, and the limits measured around it. Run it in a fresh
+    computation on the first rows (up to 1024, of the first shard), and the limits measured around it. Run it in a fresh
     process so that the peak memory is the query's own."""
     from gradproj.attribution.influence import ValidationFeatures, mean_influence
     from gradproj.store.index import stream_matvec, stream_topk
@@ -111,7 +111,7 @@ def query_cost(store_root: str | Path, query: str, repeats: int, m: int = 256,
     else:
         expect = first @ (q.T.astype(np.float64) if query == "matvec"
                           else q.astype(np.float64).mean(0))
-        err = float(np.max(np.abs(result[:1024] - expect)) / np.max(np.abs(expect)))
+        err = float(np.max(np.abs(result[:len(first)] - expect)) / np.max(np.abs(expect)))
     return {"query": query, "n": n, "times": times, "first": times[0],
             "warm_median": measure.median(times[1:]),
             "peak_rss_increase": end["VmHWM"] - base_hwm if hwm_reset else None,
