@@ -165,3 +165,30 @@ def is_png(path) -> bool:
     import matplotlib.image
 
     return matplotlib.image.imread(path).ndim == 3
+
+
+def ultrafeedback_like(path, n_train: int = 12, n_test: int = 6, seed: int = 0) -> str:
+    """A local DatasetDict in the UltraFeedback-binarized layout (splits train_prefs and
+    test_prefs; prompt, prompt_id, chat-message lists in chosen/rejected/messages,
+    score_chosen, score_rejected and an extra ``source`` column), saved with save_to_disk."""
+    import datasets
+
+    rng = random.Random(seed)
+
+    def row(i):
+        prompt = " ".join(rng.choices(ROW_WORDS, k=rng.randint(3, 6)))
+        good = " ".join(rng.choices(ROW_WORDS, k=rng.randint(1, 5)))
+        bad = good + " not " + rng.choice(ROW_WORDS)
+        user = {"role": "user", "content": prompt}
+        return {"prompt": prompt, "prompt_id": f"uf{i:03d}",
+                "chosen": [user, {"role": "assistant", "content": good}],
+                "rejected": [user, {"role": "assistant", "content": bad}],
+                "messages": [user, {"role": "assistant", "content": good}],
+                "score_chosen": float(rng.randint(6, 10)), "score_rejected": float(rng.randint(1, 5)),
+                "source": rng.choice(["evol_instruct", "sharegpt", "flan"])}
+
+    rows = [row(i) for i in range(n_train + n_test)]
+    datasets.DatasetDict({"train_prefs": datasets.Dataset.from_list(rows[:n_train]),
+                          "test_prefs": datasets.Dataset.from_list(rows[n_train:])}
+                         ).save_to_disk(str(path))
+    return str(path)

@@ -121,9 +121,14 @@ def score_pairs(loaded: LoadedModel, pairs: list[PreferencePair], aux_adapter: s
     ids = [p.id for p in tok.pairs]
     lp = pair_logprobs(loaded.model, tok.pairs, pad, batch_size, progress=progress,
                        with_reference=fn.needs_reference)
-    table = ScoreTable([p.id for p in pairs], meta={"objective": fn.settings(),
-                                                    "excluded": dict(tok.excluded)})
+    table = ScoreTable([p.id for p in pairs], meta={
+        "objective": fn.settings(), "excluded": dict(tok.excluded),
+        "truncated": [p.id for p in tok.pairs if p.truncated],
+        "chat_template": bool(getattr(loaded.tokenizer, "chat_template", None))})
     h = fn.margin(lp)
+    if fn.needs_reference:      # trl's precomputed reference columns (see pipeline.outputs)
+        table.add("ref_chosen_logps", ids, lp.ref_chosen.double().numpy())
+        table.add("ref_rejected_logps", ids, lp.ref_rejected.double().numpy())
     table.add("irm", ids, h.double().numpy())
     table.add("loss_theta", ids, fn.loss_from_margin(h).double().numpy())
     if aux_adapter is not None:

@@ -275,11 +275,12 @@ def influence(stores, store_weights, val, out, device, no_verify, **kw):
 
 RUN_TRAINING = ("epochs", "lr", "batch_size", "seed")
 RUN_STORE = ("proj_dim", "proj_kind")
+RUN_OPTIONS = ("aux_adapter", "tif_band", "train_split", "val_split", "field")
 pipeline_options = flatten(
     model_options, pref_options,
     settings_options(TrainSettings, only=RUN_TRAINING),
     settings_options(StoreSettings, only=RUN_STORE),
-    settings_options(RunInputs, only=("aux_adapter", "tif_band")),
+    settings_options(RunInputs, only=RUN_OPTIONS),
     click.option("--train", "train_path", required=True, type=PATH,
                  help="Training pairs to score and select from."),
     click.option("--val", "val_path", required=True, type=PATH,
@@ -293,7 +294,7 @@ pipeline_options = flatten(
 def _run_inputs(kw) -> RunInputs:
     model = settings_from(ModelSettings, kw)
     return settings_from(
-        RunInputs, kw, only=("aux_adapter", "tif_band"), model=replace(model, adapter=None),
+        RunInputs, kw, only=RUN_OPTIONS, model=replace(model, adapter=None),
         train=kw.pop("train_path"), val=kw.pop("val_path"), adapter=model.adapter,
         training=settings_from(TrainSettings, kw, only=RUN_TRAINING),
         store=settings_from(StoreSettings, kw, only=RUN_STORE),

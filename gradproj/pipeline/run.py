@@ -32,11 +32,18 @@ from gradproj.attribution.selection import (
     overlap_coefficient,
     select,
 )
-from gradproj.core.data import PreferencePair, data_fingerprint, load_pairs, write_pairs_jsonl
+from gradproj.core.data import (
+    FieldMap,
+    PreferencePair,
+    data_fingerprint,
+    load_pairs,
+    write_pairs_jsonl,
+)
 from gradproj.core.errors import GradprojError, IncompatibleStore
 from gradproj.core.model import LoadedModel, ModelSettings, load_model, reattach
 from gradproj.core.objectives import PreferenceSettings
 from gradproj.core.settings import Settings, band, fraction, parse_floats, setting
+from gradproj.pipeline.outputs import push_selection, write_selection_outputs
 from gradproj.store.build import StoreSettings, build_store
 from gradproj.store.shards import Store, write_json_atomic
 from gradproj.training.train import TrainSettings, train_adapter
@@ -65,6 +72,9 @@ class SelectSettings(Settings):
                                check=(lambda v: 0 < v < 1, "must be in (0, 1)"))
     with_if: bool = setting(False, "Also compute IF/TIF when the rule does not need them (for "
                                    "the report's overlap with TIF).")
+    push_to_hub: str | None = setting(None, "Also push OUT/selected to the hub as this dataset "
+                                            "repo (needs a hub connection and login).",
+                                      metavar="REPO")
 
     def bands(self) -> dict[str, tuple[float, float]]:
         """Explicit bands of the scores the rule uses, by score name."""
@@ -83,6 +93,12 @@ class RunInputs(Settings):
     model: ModelSettings = setting(default_factory=ModelSettings)
     train: str = setting(None, "Training pairs to score and select from.", cli=False)
     val: str = setting(None, "Validation pairs (the target the selection serves).", cli=False)
+    train_split: str = setting("train", "Split of --train (a saved DatasetDict or hub dataset), "
+                                        "e.g. train_prefs.")
+    val_split: str = setting("train", "Split of --val, e.g. test_prefs.")
+    field: tuple = setting((), "Remap an input column of every input, e.g. --field "
+                               "chosen=better (repeatable; names: prompt, chosen, rejected, id).",
+                           multiple=True, metavar="NAME=COLUMN", parse=tuple)
     adapter: str | None = setting(None, "θ (else trained: 1 epoch on the training pairs).",
                                   cli=False)
     aux_adapter: str | None = setting(None, "θ_V (else trained: 1 epoch on --val from θ).")
@@ -148,8 +164,9 @@ class Pipeline:
         self.inputs, self.out, self.progress = inputs, Path(out), progress
         self.force_objective = force_objective
         self.objective = inputs.pref.objective()
-        self.train = load_pairs(inputs.train)
-        self.val = load_pairs(inputs.val)
+        fields = FieldMap.parse(inputs.field)
+        self.train = load_pairs(inputs.train, fields, split=inputs.train_split)
+        self.val = load_pairs(inputs.val, fields, split=inputs.val_split)
         _claim(self.out, _fingerprint(inputs, self.train, self.val), force)
         self.loaded: LoadedModel | None = loaded
         self.stages: list[str] = []
@@ -238,6 +255,10 @@ def run_select(inputs: RunInputs, out, settings: SelectSettings = SelectSettings
     if "if" in table.columns:
         tif = select(table, "tif", settings.keep, low_share=settings.low_share)
         info["overlap_with_tif"] = overlap_coefficient(sel.kept, tif.kept)
+    info["outputs"] = write_selection_outputs(pipe.out, pipe.train, table, sel, info,
+                                              FieldMap.parse(inputs.field))
     write_json_atomic(pipe.out / "selection.json", info)
     write_report(pipe.out, table, sel, info)
+    if settings.push_to_hub:
+        push_selection(pipe.out, settings.push_to_hub)
     return SelectResult(sel, table, pipe.out, pipe.stages)

@@ -1,0 +1,153 @@
+"""What a selection hands to a trainer: a ``datasets`` dataset of the kept pairs with their scores.
+
+    OUT/selected/            datasets save_to_disk folder (+ README.md, the dataset card)
+    OUT/selected.parquet     the same rows as one parquet file
+    OUT/scores_all.parquet   every input pair: scores, ``kept`` and ``drop_reasons``
+
+A row of ``selected`` is the pair in trl's explicit-prompt conversational form — ``prompt``,
+``chosen``, ``rejected`` as lists of ``{"role", "content"}`` messages (what gradproj scored) —
+plus ``id``, every other column of the input row as it was (``source``, ``score_chosen`` ...),
+the scores computed (``irm``, ``lossdiff``, ``if``, ``tif``) and, where they equal what trl
+would compute, trl's precomputed reference columns ``ref_chosen_logps`` / ``ref_rejected_logps``
+(``DPOConfig(precompute_ref_log_probs=True)`` then reads them instead of running the
+reference). They are left out, and the card says why, for a reference-free objective, a
+tokenizer without a chat template (trl then tokenizes plain text differently), or kept pairs
+that were truncated at max_length (trl truncates differently).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from gradproj.attribution.scores import ScoreTable
+from gradproj.attribution.selection import Selection
+from gradproj.core.data import FieldMap, PreferencePair
+from gradproj.core.errors import BadInput
+
+SCORES = ("irm", "lossdiff", "if", "tif")
+REFERENCE = ("ref_chosen_logps", "ref_rejected_logps")
+
+
+def reference_columns_note(table: ScoreTable, kept: list[str]) -> str | None:
+    """None when the reference columns can go out with the kept rows, else why not."""
+    if not all(c in table.columns for c in REFERENCE):
+        return "the objective is reference-free (no reference pass was made)"
+    if not table.meta.get("chat_template", False):
+        return ("the tokenizer has no chat template, so trl would tokenize the plain-text rows "
+                "differently from gradproj")
+    truncated = set(table.meta.get("truncated", ())) & set(kept)
+    if truncated:
+        return (f"{len(truncated)} kept pair(s) were truncated at max_length, and trl truncates "
+                "differently")
+    return None
+
+
+def _conversational(pair: PreferencePair) -> dict:
+    return {"prompt": [dict(m) for m in pair.prompt], "chosen": [dict(m) for m in pair.chosen],
+            "rejected": [dict(m) for m in pair.rejected]}
+
+
+def selection_rows(pairs: list[PreferencePair], table: ScoreTable, ids: list[str],
+                   fields: FieldMap = FieldMap(), reference: bool = True) -> list[dict]:
+    """One row per id of ``ids`` (in that order): trl's conversational columns, the input's
+    other columns, the scores and (``reference``) the reference log-prob columns."""
+    by_id = {p.id: p for p in pairs}
+    pos = {i: n for n, i in enumerate(table.ids)}
+    mapped = {fields.prompt, fields.chosen, fields.rejected, fields.id}
+    names = [c for c in SCORES if c in table.columns] + (list(REFERENCE) if reference else [])
+    rows = []
+    for pid in ids:
+        pair = by_id[pid]
+        row = {"id": pid, **_conversational(pair)}
+        row.update({k: v for k, v in pair.record.items() if k not in mapped and k not in row})
+        for name in names:
+            value = float(table[name][pos[pid]])
+            row[name] = value if np.isfinite(value) else None
+        rows.append(row)
+    return rows
+
+
+def _card(info: dict, n_rows: int, note: str | None, table: ScoreTable, kept: list[str]) -> str:
+    pos = {i: n for n, i in enumerate(table.ids)}
+    lines = ["---", "tags: [gradproj, dpo, preference-data-selection]", "---", "",
+             f"# Pairs selected by gradproj ({info['method']})", "",
+             f"{n_rows} of {info['n_scorable']} scorable pairs kept "
+             f"({info['keep_fraction']:.1%}; asked for keep {info['keep']}); "
+             f"{info['n']} pairs in the input, {len(info.get('unscorable', {}))} unscorable.", "",
+             "## Settings", "", "```json",
+             json.dumps({k: info[k] for k in ("objective", "settings") if k in info}, indent=2),
+             "```", "", "## Scores of the kept pairs", "",
+             "| score | mean | std | min | max |", "|---|---|---|---|---|"]
+    for name in (c for c in SCORES if c in table.columns):
+        v = np.array([table[name][pos[i]] for i in kept], dtype=float)
+        v = v[np.isfinite(v)]
+        if len(v):
+            lines.append(f"| {name} | {v.mean():.4g} | {v.std():.4g} | {v.min():.4g} | "
+                         f"{v.max():.4g} |")
+    lines += ["", "## Columns", "",
+              "`prompt`, `chosen`, `rejected`: the pair as trl's explicit-prompt conversational "
+              "messages; `id`; the input's other columns unchanged; the scores above."]
+    if note is None:
+        lines += ["", "`ref_chosen_logps`, `ref_rejected_logps`: summed reference log-probs of "
+                      "the responses (the base model, adapter off) — trl's precomputed reference "
+                      "columns (`precompute_ref_log_probs=True`)."]
+    else:
+        lines += ["", f"No reference log-prob columns: {note}."]
+    return "\n".join(lines) + "\n"
+
+
+def write_selection_outputs(out, pairs: list[PreferencePair], table: ScoreTable,
+                            sel: Selection, info: dict, fields: FieldMap = FieldMap()) -> dict:
+    """Write OUT/selected/ (+ card), OUT/selected.parquet and OUT/scores_all.parquet; returns
+    what was written (and why the reference columns are absent, if they are)."""
+    import datasets
+
+    out = Path(out)
+    note = reference_columns_note(table, sel.kept)
+    rows = selection_rows(pairs, table, sel.kept, fields, reference=note is None)
+    dataset = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({})
+    tmp = out / "selected.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset.save_to_disk(str(tmp))
+    (tmp / "README.md").write_text(_card(info, len(rows), note, table, sel.kept))
+    shutil.rmtree(out / "selected", ignore_errors=True)
+    tmp.replace(out / "selected")
+    _parquet(dataset, out / "selected.parquet")
+    everyone = selection_rows(pairs, table, table.ids, fields, reference=False)
+    kept = set(sel.kept)
+    for row in everyone:
+        row["kept"] = row["id"] in kept
+        row["drop_reasons"] = sel.dropped.get(row["id"], [])
+    _parquet(datasets.Dataset.from_list(everyone), out / "scores_all.parquet")
+    return {"rows": len(rows), "reference_columns": note is None, "reference_note": note}
+
+
+def _parquet(dataset, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    dataset.to_parquet(str(tmp))
+    tmp.replace(path)
+
+
+def load_selection(out):
+    """The kept pairs of a ``gradproj select`` folder as a ``datasets.Dataset``, ready for
+    ``trl.DPOTrainer`` (conversational prompt/chosen/rejected; reference columns when present)."""
+    import datasets
+
+    path = Path(out) / "selected"
+    if not (path / "dataset_info.json").is_file():
+        raise BadInput(f"{out}: no selected/ dataset (run gradproj select into this folder)")
+    return datasets.load_from_disk(str(path))
+
+
+def push_selection(out, repo: str) -> None:
+    """Push OUT/selected to the hub as ``repo``; one line when the hub cannot be reached."""
+    dataset = load_selection(out)
+    try:
+        dataset.push_to_hub(repo)
+    except Exception as err:   # noqa: BLE001 - any hub failure becomes one user-facing line
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise BadInput(f"--push-to-hub {repo}: cannot push to the hub ({first})") from None

@@ -1,0 +1,93 @@
+"""What select hands to a trainer: UltraFeedback-layout input by split, the selected dataset with
+scores and trl's reference columns (equal to what trl computes), scores_all, the card."""
+
+from __future__ import annotations
+
+import json
+
+import datasets
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from helpers import ultrafeedback_like
+
+from gradproj.cli import main
+from gradproj.core.errors import BadInput
+from gradproj.pipeline.outputs import load_selection, push_selection
+
+
+@pytest.fixture(scope="module")
+def uf_run(tiny_llama, tmp_path_factory):
+    root = tmp_path_factory.mktemp("uf")
+    data = ultrafeedback_like(root / "uf")
+    out = root / "sel"
+    res = CliRunner().invoke(main, [
+        "select", "--model", tiny_llama, "--device", "cpu", "--train", data,
+        "--train-split", "train_prefs", "--val", data, "--val-split", "test_prefs",
+        "--out", str(out), "--max-length", "64", "--batch-size", "4", "--lr", "0.01",
+        "--proj-dim", "64", "--with-if"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    return {"data": data, "out": out, "model": tiny_llama}
+
+
+def test_selected_dataset_has_the_original_columns_scores_and_reference(uf_run):
+    out = uf_run["out"]
+    selected = datasets.load_from_disk(str(out / "selected"))
+    info = json.loads((out / "selection.json").read_text())
+    assert len(selected) == info["kept"] and selected["id"] == info["kept_ids"]
+    original = datasets.load_from_disk(uf_run["data"])["train_prefs"]
+    for column in ("prompt_id", "score_chosen", "score_rejected", "source", "messages"):
+        assert column in selected.column_names, column
+    assert {"irm", "lossdiff", "if", "tif", "ref_chosen_logps",
+            "ref_rejected_logps"} <= set(selected.column_names)
+    by_prompt_id = {r["prompt_id"]: r for r in original}
+    for row in selected:
+        src = by_prompt_id[row["prompt_id"]]
+        assert row["source"] == src["source"] and row["score_chosen"] == src["score_chosen"]
+        # trl's explicit-prompt conversational form of the same conversation
+        assert row["prompt"] + row["chosen"] == src["chosen"]
+        assert row["prompt"] + row["rejected"] == src["rejected"]
+    assert load_selection(out)["id"] == selected["id"]
+    parquet = datasets.Dataset.from_parquet(str(out / "selected.parquet"))
+    assert parquet["id"] == selected["id"] and parquet["irm"] == selected["irm"]
+    card = (out / "selected" / "README.md").read_text()
+    assert f"{len(selected)} of {info['n_scorable']} scorable pairs kept" in card
+    assert "| irm |" in card and '"name": "dpo"' in card
+
+
+def test_scores_all_has_every_row_with_kept_and_reasons(uf_run):
+    out = uf_run["out"]
+    info = json.loads((out / "selection.json").read_text())
+    every = datasets.Dataset.from_parquet(str(out / "scores_all.parquet"))
+    assert len(every) == info["n"] == 12
+    kept = [r["id"] for r in every if r["kept"]]
+    assert kept == info["kept_ids"]
+    assert all((r["drop_reasons"] == []) == r["kept"] for r in every)
+
+
+def test_reference_columns_equal_what_trl_computes(uf_run):
+    """trl's precompute_ref_log_probs on the selected rows gives gradproj's columns."""
+    from trl import DPOConfig, DPOTrainer
+
+    from gradproj.core.model import ModelSettings, load_model
+
+    out = uf_run["out"]
+    selected = load_selection(out)
+    loaded = load_model(ModelSettings(model=uf_run["model"], device="cpu"))
+    rows = selected.select_columns(["prompt", "chosen", "rejected"])
+    config = DPOConfig(output_dir=str(out / "trl"), precompute_ref_log_probs=True,
+                       per_device_train_batch_size=4, report_to="none", use_cpu=True,
+                       max_length=None, precompute_ref_batch_size=4)
+    trainer = DPOTrainer(model=loaded.model, args=config, train_dataset=rows,
+                         processing_class=loaded.tokenizer)
+    theirs = trainer.train_dataset
+    # fp32 sums in another order (trl's fused head): equal to 1e-4 relative
+    assert np.allclose(theirs["ref_chosen_logps"], selected["ref_chosen_logps"], rtol=1e-4, atol=0)
+    assert np.allclose(theirs["ref_rejected_logps"], selected["ref_rejected_logps"], rtol=1e-4,
+                       atol=0)
+
+
+def test_push_to_hub_fails_in_one_line_without_a_hub(uf_run, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(BadInput, match=r"^--push-to-hub me/sel: cannot push to the hub \("):
+        push_selection(uf_run["out"], "me/sel")
