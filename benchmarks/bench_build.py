@@ -115,10 +115,7 @@ def main(argv=None) -> int:
     assert not tok.excluded and tok.n_truncated == 0
     pairs = tok.pairs
     stats = token_stats(pairs)
-    C.log(f"{len(pairs)} pairs; tokens per sequence: chosen {stats['chosen_mean']:.1f} "
-          f"[{stats['chosen_min']}, {stats['chosen_max']}], rejected {stats['rejected_mean']:.1f}"
-          f" [{stats['rejected_min']}, {stats['rejected_max']}]; response "
-          f"{stats['response_mean']:.1f}")
+    C.log(f"{len(pairs)} pairs; tokens per sequence: {stats}")
 
     kinds = [k for k in args.kinds.split(",") if k]
     if kinds[0] != "rademacher" and not args.direct:

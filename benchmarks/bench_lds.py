@@ -11,23 +11,16 @@ on that subset? On a model where retraining is cheap:
    --batch-size) on all training pairs for one epoch, from the fresh adapter (B = 0). LoRA B is
    non-zero afterwards (checked).
 3. IF(d) = ⟨g_d, ḡ_V⟩ at θ (g = ∇ DPO loss over the LoRA weights, ḡ_V the mean validation
-   gradient), in these variants:
-   * ``exact``: unprojected per-pair gradients (``gradproj.experiments.exact``, fp32),
-     flattened, float64 dot products;
-   * ``store <kind>``: ``build_store`` + ``validation_features`` / ``mean_influence`` (the
-     float16 store path a user runs) for rademacher at every --ks (k ≤ P), and sjlt / gaussian at
-     --extra-k, each over --proj-seeds projection seeds;
-   * ``adam``: the store with grad_type adam at --extra-k (LESS: Adam-preconditioned training
-     rows, plain validation gradients), and two exact references: ``exact adam·sgd`` (the LESS
-     form, what the adam store approximates) and ``exact adam·adam`` (the validation side
-     preconditioned too — what gradproj did before this benchmark found it; LDS 0.17-0.19 vs
-     0.59 at the full size);
-   * ``−#flipped``: minus the number of flipped pairs in the subset — not an influence method but
-     an oracle-ish reference for how much of the val-loss spread is label noise.
+   gradient): ``exact`` (unprojected, gradproj.experiments.exact); ``store <kind>`` (the float16
+   store path a user runs) for rademacher at every --ks (k ≤ P) and sjlt / gaussian at
+   --extra-k, each over --proj-seeds projection seeds; ``adam`` (a grad_type adam store at
+   --extra-k, LESS) with its exact references ``exact adam·sgd`` (the LESS form the store
+   approximates) and ``exact adam·adam`` (the validation side preconditioned too: LDS 0.17-0.19
+   vs 0.59 at the full size); ``−#flipped``, minus the flipped pairs in the subset, a reference
+   for how much of the val-loss spread is label noise.
 4. S = --subsets random halves of the training pairs (seeded). For each, the adapter is reset to
-   θ and trained with ``train_adapter`` for one epoch on the subset only (fresh AdamW, same lr,
-   batch size and data-order seed as θ); then the validation set's mean DPO loss is measured
-   (``gradproj.experiments.runner.Continuation``; the harness is ``gradproj.experiments.lds``).
+   θ and trained for one epoch on the subset only (fresh AdamW, same lr, batch size and seed as
+   θ), then the validation set's mean DPO loss is measured (gradproj.experiments.lds).
 5. LDS = Spearman(Σ_{d∈subset} IF(d), −val loss) over the subsets (IF > 0 means helpful, so a
    larger sum should mean a lower loss), with a 95 % bootstrap CI over subsets.
 
@@ -216,18 +209,14 @@ def parse_args(argv):
         for opt, (name, value) in quick.items():
             if opt not in given:
                 setattr(args, name, value)
-        if "--json" not in given:
-            args.json = C.ROOT / "docs" / "bench_lds_quick.json"
-        if "--png" not in given:
-            args.png = C.ROOT / "docs" / "bench_lds_quick.png"
     if args.lora_targets is None:
         args.lora_targets = TARGETS[args.model]
-    if args.model != "tiny":                        # never overwrite the tiny model's results
-        name = f"bench_lds_{args.model}" + ("_quick" if args.quick else "")
-        if "--json" not in given:
-            args.json = C.ROOT / "docs" / f"{name}.json"
-        if "--png" not in given:
-            args.png = C.ROOT / "docs" / f"{name}.png"
+    # the tiny model's full-size results are never overwritten by a quick or another model's run
+    name = "bench_lds" + ("" if args.model == "tiny" else f"_{args.model}") + (
+        "_quick" if args.quick else "")
+    for opt in ("json", "png"):
+        if f"--{opt}" not in given:
+            setattr(args, opt, C.ROOT / "docs" / f"{name}.{opt}")
     if args.subsets < 4:
         ap.error("--subsets must be >= 4")
     if args.train_pairs < 4:
@@ -247,15 +236,8 @@ def run(args) -> None:
     from gradproj.core.model import LoraSettings, ModelSettings, load_model, reattach
     from gradproj.core.objectives import PreferenceSettings
     from gradproj.core.tokens import tokenize_pairs
+    from gradproj.experiments import lds
     from gradproj.experiments.exact import exact_influences
-    from gradproj.experiments.lds import (
-        half_subsets,
-        lds_row,
-        noise_floor,
-        retrain_subsets,
-        run_costs,
-        store_influence,
-    )
     from gradproj.experiments.runner import Continuation, HeldOut
     from gradproj.experiments.stats import spearman
     from gradproj.experiments.step import step_seconds
@@ -329,19 +311,14 @@ def run(args) -> None:
         ex_if = scores["exact"]
         C.log(f"exact gradients: {exact_seconds:.1f} s; IF of flipped pairs mean "
               f"{ex_if[flipped].mean():.3g}, of clean pairs {ex_if[~flipped].mean():.3g}")
-        stores = []   # (variant, kind, k, seed, grad_type)
-        for k in ks:
-            stores += [("store rademacher", "rademacher", k, s, "sgd")
-                       for s in range(args.proj_seeds)]
-        if args.extra_k and args.extra_k <= P:
-            for kind in ("sjlt", "gaussian"):
-                stores += [(f"store {kind}", kind, args.extra_k, s, "sgd")
-                           for s in range(args.proj_seeds)]
-            stores += [("store rademacher", "rademacher", args.extra_k, s, "adam")
-                       for s in range(args.proj_seeds)]
+        extra = [(kind, args.extra_k, gt) for kind, gt in (("sjlt", "sgd"), ("gaussian", "sgd"),
+                 ("rademacher", "adam"))] if args.extra_k and args.extra_k <= P else []
+        stores = [(f"store {kind}", kind, k, s, gt)   # (variant, kind, k, seed, grad_type)
+                  for kind, k, gt in [("rademacher", k, "sgd") for k in ks] + extra
+                  for s in range(args.proj_seeds)]
         store_meta = []
         for variant, kind, k, s, gt in stores:
-            sc, secs = store_influence(loaded, train, val, StoreSettings(
+            sc, secs = lds.store_influence(loaded, train, val, StoreSettings(
                 proj_dim=k, proj_kind=kind, seed=s, grad_type=gt, batch_size=args.grad_batch),
                 pref, tempfile.mkdtemp(prefix=f"store-{kind}-{k}-", dir=tmp))
             fid = spearman(sc, scores["exact" if gt == "sgd" else "exact adam·sgd"])
@@ -354,13 +331,13 @@ def run(args) -> None:
             raise RuntimeError("the adapter changed while influence was computed")
 
         # ---------------------------------------------------------------- retraining
-        subsets = half_subsets(len(train), args.subsets, args.seed)
-        done = retrain_subsets(cont, train, subsets, args.seed, args.noise_subsets,
+        subsets = lds.half_subsets(len(train), args.subsets, args.seed)
+        done = lds.retrain_subsets(cont, train, subsets, args.seed, args.noise_subsets,
                                args.noise_seeds, C.log)
         losses, repeats, tm = done.losses, done.repeats, done.timings
         flips = np.array([int(flipped[s].sum()) for s in subsets])
-        floor = noise_floor(losses, repeats, np.array([ex_if[s].sum() for s in subsets]))
-        per_run = run_costs(tm, step_seconds(loaded, train, pref, settings.batch_size,
+        floor = lds.noise_floor(losses, repeats, np.array([ex_if[s].sum() for s in subsets]))
+        per_run = lds.run_costs(tm, step_seconds(loaded, train, pref, settings.batch_size,
                                              settings.lr))
         cont.reset()
         C.log(f"per-run: {per_run['wall_median']:.2f} s wall for {per_run['steps_per_run']} "
@@ -386,7 +363,7 @@ def run(args) -> None:
         # ---------------------------------------------------------------- LDS
         def lds_entry(variant, k, seed, gt, if_scores, extra=None):
             return {"variant": variant, "k": k, "proj_seed": seed, "grad_type": gt,
-                    **lds_row(if_scores, done, args.bootstrap, args.seed), **(extra or {})}
+                    **lds.lds_row(if_scores, done, args.bootstrap, args.seed), **(extra or {})}
 
         rows = [lds_entry(name, P, None, "sgd" if name == "exact" else "adam", scores[name])
                 for name in ("exact", "exact adam·sgd", "exact adam·adam")]

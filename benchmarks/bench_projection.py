@@ -4,20 +4,13 @@ fidelity of projected inner products over real SmolLM2 LoRA gradients.
 Part 1, speed (CPU). P = the real SmolLM2-135M LoRA layout (r=8 on q_proj, v_proj; 120
 pieces, P = 460 800), a fixed random batch x [B, P] (B = 64), for k in {512, 2048, 8192}:
 
-* ``rademacher``        — gradproj HashProjector, R generated blockwise on every call;
-* ``rademacher cache``  — the same with ``cache_mb`` = --cache-mb (whole parameters' blocks
-  kept in layout order while they fit; the share of R cached is printed), warm;
-* ``gaussian``, ``sjlt`` — gradproj's other hash kinds (sjlt: s = 4);
-* ``traker Basic``       — ``trak.projectors.BasicProjector`` (rademacher, block_size 100,
-  fp32, CPU) called directly: it regenerates its [P, 100] blocks from torch's generator on
-  every call when k > 100;
-* ``GEMM limit``         — no generation at all: ``acc.addmm_(x[:, c0:c1], R_s.T)`` over the
-  columns with a prebuilt fp32 R_s [k, S] reused for every column block, S chosen so that R_s
-  fits in --gemm-mb (all of P at k = 512). Same FLOPs and the same streaming of a matrix too big
-  for the caches as one prebuilt [k, P] matrix, without holding 15 GB at k = 8192.
-
-Repeats run every variant once in a rotated order; the table gives median seconds and the
-median of the per-repeat ratios to the GEMM limit.
+``rademacher`` (HashProjector, R generated blockwise on every call), ``rademacher cache``
+(``cache_mb`` = --cache-mb, warm; the share of R cached is printed), ``gaussian``, ``sjlt``
+(s = 4), ``traker Basic`` (``trak.projectors.BasicProjector``, rademacher, block_size 100, fp32,
+called directly: it regenerates its [P, 100] blocks on every call when k > 100) and the
+``GEMM limit`` (gradproj.experiments.buildcost.PrebuiltProjector: no generation, a prebuilt R
+block of --gemm-mb reused over the columns). Repeats run every variant once in a rotated order;
+the table gives median seconds and the median of the per-repeat ratios to the GEMM limit.
 
 Part 2, fidelity. Per-pair DPO-loss gradients of the LoRA weights (exact, fp32, unprojected:
 gradproj.experiments.exact) for --train-pairs pairs of the generated task (25 % flipped) and
@@ -41,7 +34,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 KINDS = ("rademacher", "gaussian", "sjlt", "trak-basic")
@@ -107,13 +99,13 @@ def speed_part(layout, ks, batch, repeats, cache_mb, gemm_mb) -> tuple[list, dic
 
 def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size, data="synthetic",
                   seeds=(0,), cache=None, max_length=512) -> tuple[list, dict]:
-    """Exact scores g_i·v (gradproj.experiments.exact) against projected (P g_i)·(P v) for
-    every kind and k; train pairs of the task of ``data`` (synthetic: 25 % flipped; BIG-bench:
-    clean)."""
+    """Exact scores g_i·v against projected (P g_i)·(P v) for every kind and k
+    (gradproj.experiments.exact.projection_fidelity), mean ± std over projection seeds; pairs
+    of the task of ``data`` (synthetic: 25 % flipped; BIG-bench: clean)."""
     from gradproj.core.objectives import make_objective
     from gradproj.core.tokens import tokenize_pairs
-    from gradproj.experiments.exact import exact_gradients, influence
-    from gradproj.experiments.stats import pearson, spearman
+    from gradproj.experiments.exact import exact_gradients, influence, projection_fidelity
+    from gradproj.experiments.stats import mean_std
     from gradproj.experiments.synthetic import token_stats
     from gradproj.experiments.tasks import load_task
     from gradproj.gradients.projectors import make_projector
@@ -128,31 +120,18 @@ def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size, data="syntheti
     _, V = C.timed(lambda: exact_gradients(loaded, va, dpo, batch_size, device="cpu"))
     C.log(f"  gradients: {t:.0f} s for {len(tr)} pairs; |g| median "
           f"{G.norm(dim=1).median():.3g}")
-    v = V.mean(0)
     exact = influence(G, V)
-    X = torch.cat([G, v[None]])
     flipped_share = len(task.flipped) / max(1, len(task.train))
     rows, info = [], {"n_train": len(tr), "n_val": len(va), "tokens": token_stats(tr),
                       "exact_mean": float(exact.mean()), "exact_std": float(exact.std()),
                       "flipped_share": flipped_share, "data": data, "seeds": list(seeds)}
     for k in ks:
         for kind in KINDS:
-            per_seed = []
-            for seed in seeds:
-                proj = make_projector(kind, k, layout, seed=seed)
-                t, Y = C.timed(lambda p=proj: p.project(X).double())
-                est = (Y[:-1] @ Y[-1]).numpy()
-                per_seed.append({
-                    "seed": seed, "spearman": spearman(exact, est),
-                    "pearson": pearson(exact, est),
-                    "rel_error": float(np.linalg.norm(est - exact) / np.linalg.norm(exact)),
-                    "sign_agreement": float(np.mean(np.sign(est) == np.sign(exact))),
-                    "seconds": t})
+            per_seed = [projection_fidelity(G, V, make_projector(kind, k, layout, seed=seed),
+                                            seed) for seed in seeds]
             row = {"k": k, "kind": kind, "per_seed": per_seed}
             for key in ("spearman", "pearson", "rel_error", "sign_agreement", "seconds"):
-                vals = [r[key] for r in per_seed]
-                row[key] = float(np.mean(vals))
-                row[key + "_std"] = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+                row[key], row[key + "_std"] = mean_std([r[key] for r in per_seed])
             rows.append(row)
             C.log(f"  k={k:5d} {kind:<11s} spearman {row['spearman']:.4f}±"
                   f"{row['spearman_std']:.4f}  pearson {row['pearson']:.4f}±"

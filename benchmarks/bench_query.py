@@ -40,9 +40,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gradproj.experiments import measure  # noqa: E402
+from gradproj.experiments import measure, tables  # noqa: E402
 from gradproj.experiments import querycost as qc  # noqa: E402
-from gradproj.experiments.measure import drop_caches, median  # noqa: E402
+from gradproj.experiments.measure import drop_caches  # noqa: E402
 
 K = 8192
 M = 256
@@ -118,133 +118,24 @@ def synthetic_part(sizes, repeats, tmp: Path, verify_n: int) -> list[dict]:
 
 # ------------------------------------------------------------------------------ part 2
 
-def run_smollm_step(args: dict) -> dict:
-    return in_subprocess("--smollm-step", args)
-
-
 def smollm_part(n_train: int, n_val: int, tmp: Path, repeats: int, budget_min: float,
                 fallback: int, estimate: bool = True) -> dict:
-    """Each step runs in its own process, the model loaded anew (load time not counted): on
-    this CPU the resident memory of a process computing gradients grows by ~0.4 GiB per batch
-    of 8 pairs (freed heap that glibc does not give back; see docs/results_query.md), so one
-    process doing the estimate, the build and the answers was OOM-killed at 14 GiB."""
-    out = {"n_train_requested": n_train, "n_val": n_val, "machine": measure.machine_info(ROOT),
-           "settings": {"proj_dim": K, "max_length": 64, "batch_size": 8}}
-    n = n_train
-    if estimate:   # time 64 pairs; a build over the budget falls back to ``fallback`` pairs
-        n_est = min(64, n_train)
-        est = run_smollm_step({"step": "build", "n": n_est, "root": str(tmp / "smollm-est")})
-        shutil.rmtree(tmp / "smollm-est")
-        per_pair = est["seconds"] / n_est
-        out["estimate"] = dict(est, n=n_est, seconds_per_pair=per_pair)
-        if per_pair * n_train > budget_min * 60:
-            # ``fallback`` pairs, fewer (in hundreds) if even those would exceed half the budget
-            n = min(fallback, n_train, max(100, int(budget_min * 30 / per_pair) // 100 * 100))
-        print(f"[smollm2] estimate ({n_est} pairs) {per_pair:.3f} s/pair → {n_train} pairs ≈ "
-              f"{per_pair * n_train / 60:.1f} min; building {n}", flush=True)
-    out["n_train"] = n
-    root = tmp / "smollm-store"
-    shutil.rmtree(root, ignore_errors=True)
-    build = run_smollm_step({"step": "build", "n": n, "root": str(root)})
-    out["build"] = build
-    out["build_seconds"] = build["seconds"]
-    out["build_timing"] = build["timing"]
-    out["store_rows"] = build["rows"]
-    print(f"[smollm2] build of {n} pairs: {build['seconds']:.1f} s "
-          f"({build['seconds'] / n:.3f} s/pair) {build['timing']}; peak RSS "
-          f"{build['peak_rss'] / 2**30:.1f} GiB", flush=True)
+    """gradproj.experiments.querycost.build_versus_answer, each step in its own process with
+    the model loaded anew (load time not counted): the resident memory of a process computing
+    gradients grows by ~0.4 GiB per batch of 8 pairs here (freed heap glibc keeps; see
+    docs/results_query.md), and one process doing every step was OOM-killed at 14 GiB."""
+    def run_step(step, root, **kw):
+        return in_subprocess("--smollm-step", {"step": step, "root": root, **kw})
 
-    answers = []
-    for i in range(repeats):
-        a = run_smollm_step({"step": "answer", "n_val": n_val, "root": str(root)})
-        answers.append(dict(a, **a["split"]))
-        print(f"[smollm2] answer {i}: {a['seconds']:.1f} s {a['split']}; peak RSS "
-              f"{a['peak_rss'] / 2**30:.1f} GiB", flush=True)
-    out["answers"] = answers
-    out["n_val_used"] = answers[-1]["n_val_used"]
-    out["answer_first"] = answers[0]["seconds"]
-    out["answer_median"] = median([a["seconds"] for a in answers])
-    out["ratio_build_over_answer"] = out["build_seconds"] / out["answer_median"]
-    # without a store, answering means computing the training gradients *and* the validation ones
-    out["ratio_scratch_over_answer"] = (out["build_seconds"] + out["answer_median"]) / \
-        out["answer_median"]
+    out = {"machine": measure.machine_info(ROOT),
+           "settings": {"proj_dim": K, "max_length": 64, "batch_size": 8},
+           **qc.build_versus_answer(run_step, n_train, n_val, tmp, repeats, budget_min,
+                                    fallback, estimate, log=lambda m: print(m, flush=True))}
     out["machine"]["loadavg_end"] = os.getloadavg()
-    out["extrapolated_2000"] = n < 2000
-    if n < 2000:
-        out["build_seconds_2000_extrapolated"] = out["build_seconds"] / n * 2000
-        out["ratio_2000_over_answer_extrapolated"] = \
-            out["build_seconds_2000_extrapolated"] / out["answer_median"]
-    shutil.rmtree(root)
     return out
 
 
 # ------------------------------------------------------------------------------ report
-
-def table(results: dict) -> str:
-    lim = results["limits"]
-    lines = [] if "synthetic" not in results else [
-        "| N | store GB | query | cold first pass (s) | warm median (s) | GB/s (warm) | "
-        "% bandwidth | % matmul FLOP/s | limits alongside (GB/s, GFLOP/s) | peak RSS +MiB | "
-        "peak anon +MiB (of it output) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for e in results.get("synthetic", []):
-        for qn, r in e["queries"].items():
-            flop = f"{r['flop_frac']:.1%}" if "flop_frac" in r else "–"
-            cold = f"{r['first']:.2f}" + ("" if r["cold"] else " (warm)")
-            label = qn if qn != "mean_ref" else "mean, reference: torch cast, reused buffer"
-            rss = (f"{r['peak_rss_increase'] / 2**20:.0f}"
-                   if r["peak_rss_increase"] is not None else "?")
-            lines.append(
-                f"| {e['n']:,} | {e['store_bytes'] / 1e9:.2f} | {label} | {cold} | "
-                f"{r['warm_median']:.2f} | {e['store_bytes'] / r['warm_median'] / 1e9:.2f} | "
-                f"{r['bytes_frac']:.1%} | {flop} | {r['local_limits']['bandwidth'] / 1e9:.0f}, "
-                f"{r['local_limits']['matmul_flops'] / 1e9:.0f} | {rss} | "
-                f"{r['peak_anon_increase'] / 2**20:.0f} ({r['output_bytes'] / 2**20:.0f}) |")
-    lines.append("")
-    lines.append("Limits (same run, outside the queries): memory read bandwidth "
-                 f"{lim['bandwidth'] / 1e9:.1f} GB/s "
-                 f"(torch sum {lim['bw_torch_sum'] / 1e9:.1f}, numpy sum "
-                 f"{lim['bw_numpy_sum'] / 1e9:.1f}, numpy copy {lim['bw_numpy_copy'] / 1e9:.1f} "
-                 f"GB/s read+write); fp32 matmul {lim['matmul_flops'] / 1e9:.0f} GFLOP/s "
-                 f"(the higher of [4096, k] @ [k, {M}]: {lim['matmul_flops_nn'] / 1e9:.0f} and "
-                 f"[{M}, k] @ [{SHARD_ROWS}, k]ᵀ: {lim['matmul_flops_nt'] / 1e9:.0f}); "
-                 f"float16→float32 cast of a [{SHARD_ROWS}, k] block, float16 GB/s: numpy astype "
-                 f"{lim['cast_numpy_f16_f32'] / 1e9:.2f}, torch .float() "
-                 f"{lim['cast_torch_f16_f32'] / 1e9:.2f} (both into fresh memory); into a "
-                 f"preallocated buffer: numpy {lim['cast_numpy_into_f16_f32'] / 1e9:.2f}, torch "
-                 f"{lim['cast_torch_into_f16_f32'] / 1e9:.2f}. Percentages in the table are "
-                 "against the limits measured inside each query's process just before and after "
-                 "it (the higher of the two).")
-    for e in results.get("synthetic", []):
-        if "verify_warm_seconds" in e:
-            lines.append(f"One-time verify (sha256 of every shard) of the {e['n']:,}-row store "
-                         f"({e['store_bytes'] / 1e9:.2f} GB): {e['verify_warm_seconds']:.1f} s "
-                         f"warm, {e.get('verify_cold_seconds', float('nan')):.1f} s cold; "
-                         f"cold sequential disk read "
-                         f"{(e.get('disk_read_bps') or float('nan')) / 1e9:.2f} GB/s.")
-    s = results.get("smollm2")
-    if s:
-        lines.append("")
-        lines.append("| SmolLM2-135M, CPU | seconds |")
-        lines.append("|---|---|")
-        lines.append(f"| build store, {s['n_train']} pairs (= recompute training gradients) | "
-                     f"{s['build_seconds']:.1f} ({s['build_seconds'] / s['n_train']:.3f} s/pair) |")
-        if s["extrapolated_2000"]:
-            lines.append(f"| build store, 2000 pairs (EXTRAPOLATED linearly from "
-                         f"{s['n_train']}) | {s['build_seconds_2000_extrapolated']:.0f} |")
-        lines.append(f"| answer {s['n_val']} new validation pairs from the store, median of "
-                     f"{len(s['answers'])} (first: {s['answer_first']:.1f}) | "
-                     f"{s['answer_median']:.1f} |")
-        a = s["answers"][-1]
-        lines.append(f"| … of which validation gradients / lookup (last answer) | "
-                     f"{a['validation_gradients']:.1f} / {a['lookup']:.2f} |")
-        lines.append(f"| ratio recompute / answer | {s['ratio_build_over_answer']:.1f}× |")
-        lines.append(f"| ratio (recompute + validation gradients) / answer | "
-                     f"{s['ratio_scratch_over_answer']:.1f}× |")
-        if s["extrapolated_2000"]:
-            lines.append(f"| ratio recompute 2000 pairs (EXTRAPOLATED) / answer | "
-                         f"{s['ratio_2000_over_answer_extrapolated']:.1f}× |")
-    return "\n".join(lines)
-
 
 def plot(results: dict, path: Path) -> None:
     import matplotlib
@@ -362,8 +253,7 @@ def main():
 
     t_start = time.perf_counter()
     results = {"machine": measure.machine_info(ROOT), "quick": args.quick, "k": K, "M": M,
-               "top_k": TOP_K,
-               "shard_rows": SHARD_ROWS, "repeats": args.repeats,
+               "top_k": TOP_K, "shard_rows": SHARD_ROWS, "repeats": args.repeats,
                "drop_caches_permitted": drop_caches()}
     print(json.dumps(results["machine"]), flush=True)
     print(f"drop_caches permitted: {results['drop_caches_permitted']}", flush=True)
@@ -373,8 +263,7 @@ def main():
         if not args.skip_synthetic:
             results["synthetic"] = synthetic_part(sizes, args.repeats, args.tmp, verify_n)
             lim1 = measure.machine_limits(K, M, SHARD_ROWS)
-            print(f"limits (end): {json.dumps({k: f'{v:.3g}' for k, v in lim1.items()})}",
-                  flush=True)
+            print(f"limits (end): {json.dumps({k: f'{v:.3g}' for k, v in lim1.items()})}")
             results["limits_start"], results["limits_end"] = lim0, lim1
             # the higher of the two measurements (the conservative choice); the fractions in
             # the table use the limits measured inside each query's own process instead
@@ -396,7 +285,7 @@ def main():
     results["machine"]["loadavg_end"] = os.getloadavg()
     results = save(args, results)
     print()
-    print(table(results))
+    print(tables.query_cost_table(results, M, SHARD_ROWS))
     print(f"\nwrote {args.json}" + (f", {args.png}" if "synthetic" in results else "")
           + f" in {results['total_seconds'] / 60:.1f} min")
 

@@ -17,19 +17,12 @@ of a repetition changes only the continued training (shuffling of its pairs) and
 noise of the task, θ or the scores, and not the sampling noise of the finite test set (the same
 test pairs are used throughout; its binomial standard error is reported separately).
 
-Reported:
-
-* per rule: pairs kept, share of the flipped pairs removed, flipped share left in the selection,
-  overlap coefficient with the TIF selection, and on the held-out test pairs (mean ± std over
-  seeds) the policy preference accuracy (log π(y_w) > log π(y_l)), the reward accuracy (h > 0)
-  and the mean DPO loss, and the seed-paired difference of policy accuracy to ``all`` (95% t
-  interval); the same for the base model (adapter off — its reward accuracy is 0 by
-  construction, h = 0), for θ and for θ_V;
-* Pearson and Spearman correlations of LossDiff and IRM with IF (paper: 0.77 and 0.67), with a
-  Fisher-z 95% interval on Pearson;
-* AUROC of each score for telling clean from flipped pairs (P(score(clean) > score(flipped)));
-* wall time of each stage: model load, warm-up θ, θ_V, scores (IRM + LossDiff), store build, IF,
-  and every continued training (and its evaluation).
+Reported (tables: gradproj.experiments.tables and .noise): per rule the pairs kept, the flipped
+pairs removed and left, the overlap with TIF, and held-out policy accuracy, reward accuracy and
+DPO loss (mean ± std over seeds, and the seed-paired difference to ``all``; also for the base
+model, θ and θ_V); LossDiff and IRM against IF (paper: Pearson 0.77, 0.67); the AUROC of every
+score and rule for clean vs flipped pairs at every --noise rate; the cost of a second query;
+the wall time of every stage.
 
     .venv/bin/python benchmarks/bench_select.py          # 96 train / 24 val / 48 test, 3 seeds
     .venv/bin/python benchmarks/bench_select.py --quick  # 32 / 8 / 16, 1 seed (a few minutes)
@@ -60,7 +53,6 @@ import _common as C  # noqa: E402
 from gradproj.experiments import noise as label_noise  # noqa: E402
 from gradproj.experiments import tables  # noqa: E402
 
-ROOT = C.ROOT
 RULES = ("all", "random", "top-if", "tif", "lossdiff", "irm", "lossdiff-irm")
 
 
@@ -69,8 +61,7 @@ def say(msg):
 
 
 def load_task(args, flip: float):
-    """The task of ``--data`` with ``flip`` of the training pairs swapped and a second
-    validation set (gradproj.experiments.tasks; seeded by ``--task-seed``)."""
+    """``--data``'s task, ``flip`` of it flipped, with a second validation set (seeded)."""
     from gradproj.experiments.tasks import load_task as load
 
     return load(args.data, args.n_train, args.n_val, args.n_test, flip, args.task_seed,
@@ -112,8 +103,7 @@ def run(args) -> dict:
     from gradproj.experiments.scoring import second_query_cost
 
     work = Path(args.work)
-    if work.exists():
-        shutil.rmtree(work)
+    shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
     t_all = time.perf_counter()
     stages: dict[str, float] = {}
@@ -348,8 +338,8 @@ def main(argv=None):
     ap.add_argument("--replot", metavar="JSON",
                     help="only re-render the table and PNG from a results JSON")
     ap.add_argument("--work", default="/tmp/gradproj-bench-select")
-    ap.add_argument("--json", default=str(ROOT / "docs" / "bench_select.json"))
-    ap.add_argument("--png", default=str(ROOT / "docs" / "bench_select.png"))
+    ap.add_argument("--json", default=str(C.ROOT / "docs" / "bench_select.json"))
+    ap.add_argument("--png", default=str(C.ROOT / "docs" / "bench_select.png"))
     args = ap.parse_args(argv)
     if args.quick:
         args.n_train, args.n_val, args.n_test = 32, 8, 16

@@ -39,6 +39,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
+from gradproj.experiments.tables import markdown_table  # noqa: E402
 from gradproj.experiments.tiny import random_smollm2, random_token_pairs, smollm2_lora_layout  # noqa: E402
 from gradproj.gradients.projection import HashProjector  # noqa: E402
 from gradproj.gradients.spec import ProjectorSpec  # noqa: E402
@@ -337,16 +338,8 @@ def environment() -> dict:
 
 
 def print_table() -> None:
-    widths = [max(len(str(r[c])) for r in ROWS + [dict(part="part", what="what",
-                                                        value="value", note="note")])
-              for c in ("part", "what", "value", "note")]
-    widths[1] = min(widths[1], 78)
-    line = "-" * (sum(widths) + 9)
-    print("\n" + line)
-    for r in [dict(part="part", what="what", value="value", note="note")] + ROWS:
-        print(" | ".join(str(r[c])[:w].ljust(w) for c, w in
-                         zip(("part", "what", "value", "note"), widths, strict=True)))
-    print(line)
+    cols = ("part", "what", "value", "note")
+    print("\n" + markdown_table(cols, [[r[c] for c in cols] for r in ROWS]))
 
 
 def main(argv=None) -> int:

@@ -9,10 +9,8 @@
 #    installed: PYTHONPATH=. );
 # 2. the CUDA tests (tests/gpu: the Triton kernel, a CUDA store == the CPU store) and the CPU
 #    hash tests run when pytest is importable;
-# 3. benchmarks/gpu_check.py: (a) kernel vs torch reference, (b) timings against cuBLAS with a
-#    prebuilt R, the torch reference and TRAK's BasicProjector, (c) store features for 500 pairs
-#    on SmolLM2-135M's architecture vs a DPO training step. Its table is printed last; JSON goes
-#    to $OUT/gpu_check.json when $OUT is set (with the pytest log beside it).
+# 3. benchmarks/gpu_check.py (parts a-c: its docstring); table last, JSON to $OUT/gpu_check.json
+#    when $OUT is set (with the pytest log beside it).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

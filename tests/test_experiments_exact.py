@@ -148,3 +148,21 @@ def test_cached_share_and_prebuilt_projector():
     R = torch.cat([proj.R] * 4, dim=1)[:, :10]      # the block reused over the columns
     assert proj.S == 3
     assert torch.allclose(proj.project(x), x @ R.T / 2.0, atol=1e-6)
+
+
+def test_projection_fidelity():
+    """An identity 'projection' keeps IF exactly; a 2-dimensional one loses most of it."""
+    from gradproj.gradients.projectors import make_projector
+
+    g = torch.Generator().manual_seed(0)
+    G, V = torch.randn(30, 50, generator=g), torch.randn(5, 50, generator=g)
+
+    class Identity:
+        def project(self, x):
+            return x
+
+    same = exact.projection_fidelity(G, V, Identity(), seed_label=0)
+    assert same["spearman"] == pytest.approx(1.0) and same["rel_error"] < 1e-6
+    assert same["sign_agreement"] == 1.0 and same["seed"] == 0
+    tiny_k = exact.projection_fidelity(G, V, make_projector("rademacher", 2, [("w", 50)]))
+    assert tiny_k["rel_error"] > 0.1 and tiny_k["spearman"] < 0.99

@@ -77,3 +77,22 @@ def exact_influences(loaded, train: Sequence[TokenizedPair], val: Sequence[Token
         out["exact adam·sgd"] = influence(GA, V)
         out["exact adam·adam"] = influence(GA, precondition(V, layout, state, meta))
     return out
+
+
+def projection_fidelity(G: torch.Tensor, V: torch.Tensor, projector, seed_label=None) -> dict:
+    """How well one projector P keeps exact influence: with IF = G ḡ_V (exact, float64) and
+    ÎF = (P G)(P ḡ_V) for G [n, P], V [m, P] (on the projector's device): Spearman, Pearson,
+    relative error ‖ÎF − IF‖/‖IF‖, the share of pairs whose sign is kept, and the seconds of
+    the projection."""
+    import time
+
+    from gradproj.experiments.stats import pearson, spearman
+
+    want = influence(G, V)
+    t = time.perf_counter()
+    Y = projector.project(torch.cat([G, V.mean(0)[None]])).double()
+    seconds = time.perf_counter() - t
+    est = (Y[:-1] @ Y[-1]).cpu().numpy()
+    return {"seed": seed_label, "spearman": spearman(want, est), "pearson": pearson(want, est),
+            "rel_error": float(np.linalg.norm(est - want) / np.linalg.norm(want)),
+            "sign_agreement": float(np.mean(np.sign(est) == np.sign(want))), "seconds": seconds}

@@ -75,8 +75,8 @@ def query_cost(store_root: str | Path, query: str, repeats: int, m: int = 256,
     """Time ``1 + repeats`` passes of ``query`` (module docstring) with M = ``m`` random
     validation vectors: the seconds of each pass, this process's memory (base, peak RSS after a
     reset, sampled anonymous/file peaks), the output size, a relative error against a float64
-    computation on the first rows (up to 1024, of the first shard), and the limits measured around it. Run it in a fresh
-    process so that the peak memory is the query's own."""
+    computation on the first rows (≤ 1024, of the first shard), and the limits measured around
+    it. Run it in a fresh process so that the peak memory is the query's own."""
     from gradproj.attribution.influence import ValidationFeatures, mean_influence
     from gradproj.store.index import stream_matvec, stream_topk
     from gradproj.store.shards import Store
@@ -171,4 +171,57 @@ def smollm2_step(step: str, root: str | Path, n: int = 0, n_val: int = 0, k: int
     end = proc_status()
     out.update(peak_rss=end["VmHWM"], anon_end=end["RssAnon"])
     out["loadavg_1min"].append(os.getloadavg()[0])
+    return out
+
+
+def build_versus_answer(run_step, n_train: int, n_val: int, tmp: str | Path, repeats: int = 2,
+                        budget_min: float = 25.0, fallback: int = 500, estimate: bool = True,
+                        log=print) -> dict:
+    """The point of a store: building it for ``n_train`` pairs (= recomputing every training
+    gradient) against answering ``n_val`` new validation pairs from it (median of ``repeats``).
+
+    ``run_step(step, root, n=..., n_val=...)`` runs :func:`smollm2_step` (in a fresh process).
+    With ``estimate``, 64 pairs are timed first; when the requested build would take longer
+    than ``budget_min``, ``fallback`` pairs are built (fewer, in hundreds, if even those would
+    exceed half the budget) and the cost of 2000 pairs is extrapolated, labelled so.
+    """
+    import shutil
+
+    tmp = Path(tmp)
+    out: dict = {"n_train_requested": n_train, "n_val": n_val}
+    n = n_train
+    if estimate:
+        n_est = min(64, n_train)
+        est = run_step("build", str(tmp / "smollm-est"), n=n_est)
+        shutil.rmtree(tmp / "smollm-est")
+        per_pair = est["seconds"] / n_est
+        out["estimate"] = dict(est, n=n_est, seconds_per_pair=per_pair)
+        if per_pair * n_train > budget_min * 60:
+            n = min(fallback, n_train, max(100, int(budget_min * 30 / per_pair) // 100 * 100))
+        log(f"[smollm2] estimate ({n_est} pairs) {per_pair:.3f} s/pair → {n_train} pairs ≈ "
+            f"{per_pair * n_train / 60:.1f} min; building {n}")
+    root = tmp / "smollm-store"
+    shutil.rmtree(root, ignore_errors=True)
+    build = run_step("build", str(root), n=n)
+    out.update(n_train=n, build=build, build_seconds=build["seconds"],
+               build_timing=build["timing"], store_rows=build["rows"])
+    log(f"[smollm2] build of {n} pairs: {build['seconds']:.1f} s ({build['seconds'] / n:.3f} "
+        f"s/pair) {build['timing']}; peak RSS {build['peak_rss'] / 2**30:.1f} GiB")
+    answers = []
+    for i in range(repeats):
+        a = run_step("answer", str(root), n_val=n_val)
+        answers.append(dict(a, **a["split"]))
+        log(f"[smollm2] answer {i}: {a['seconds']:.1f} s {a['split']}; peak RSS "
+            f"{a['peak_rss'] / 2**30:.1f} GiB")
+    shutil.rmtree(root)
+    answer = measure.median([a["seconds"] for a in answers])
+    out.update(answers=answers, n_val_used=answers[-1]["n_val_used"],
+               answer_first=answers[0]["seconds"], answer_median=answer,
+               ratio_build_over_answer=out["build_seconds"] / answer,
+               # without a store, answering means computing the training gradients too
+               ratio_scratch_over_answer=(out["build_seconds"] + answer) / answer,
+               extrapolated_2000=n < 2000)
+    if n < 2000:
+        out["build_seconds_2000_extrapolated"] = out["build_seconds"] / n * 2000
+        out["ratio_2000_over_answer_extrapolated"] = out["build_seconds"] / n * 2000 / answer
     return out

@@ -1,7 +1,7 @@
 """Markdown tables of the experiments' results: the selection benchmark (downstream accuracy,
-score correlations, selections, cost, stages) and the LDS. Each takes the results as written to
-JSON, so a report can be rebuilt from the file alone. Label-noise tables are in
-:mod:`gradproj.experiments.noise`.
+score correlations, selections, cost, stages), the LDS and the query cost. Each takes the
+results as written to JSON, so a report can be rebuilt from the file alone. Label-noise tables
+are in :mod:`gradproj.experiments.noise`.
 """
 
 from __future__ import annotations
@@ -166,3 +166,74 @@ def lds_table(rows: list[dict]) -> str:
                      "" if fid is None else f"{fid:.3f}"])
     return markdown_table(["variant", "k", "grad", "LDS", "95% CI", "LDS over proj. seeds",
                              "LDS vs seed-mean loss", "95% CI", "IF Spearman vs exact"], body)
+
+
+# ------------------------------------------------------------------------------ query cost
+
+def query_cost_table(results: dict, m: int, block_rows: int) -> str:
+    """bench_query's results (gradproj.experiments.querycost): one row per store size and
+    query against the limits measured alongside, the limits themselves, the one-time verify, and
+    the SmolLM2 build-versus-answer costs."""
+    lim = results["limits"]
+    lines = [] if "synthetic" not in results else [
+        "| N | store GB | query | cold first pass (s) | warm median (s) | GB/s (warm) | "
+        "% bandwidth | % matmul FLOP/s | limits alongside (GB/s, GFLOP/s) | peak RSS +MiB | "
+        "peak anon +MiB (of it output) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for e in results.get("synthetic", []):
+        for qn, r in e["queries"].items():
+            flop = f"{r['flop_frac']:.1%}" if "flop_frac" in r else "–"
+            cold = f"{r['first']:.2f}" + ("" if r["cold"] else " (warm)")
+            label = qn if qn != "mean_ref" else "mean, reference: torch cast, reused buffer"
+            rss = (f"{r['peak_rss_increase'] / 2**20:.0f}"
+                   if r["peak_rss_increase"] is not None else "?")
+            lines.append(
+                f"| {e['n']:,} | {e['store_bytes'] / 1e9:.2f} | {label} | {cold} | "
+                f"{r['warm_median']:.2f} | {e['store_bytes'] / r['warm_median'] / 1e9:.2f} | "
+                f"{r['bytes_frac']:.1%} | {flop} | {r['local_limits']['bandwidth'] / 1e9:.0f}, "
+                f"{r['local_limits']['matmul_flops'] / 1e9:.0f} | {rss} | "
+                f"{r['peak_anon_increase'] / 2**20:.0f} ({r['output_bytes'] / 2**20:.0f}) |")
+    lines.append("")
+    lines.append("Limits (same run, outside the queries): memory read bandwidth "
+                 f"{lim['bandwidth'] / 1e9:.1f} GB/s "
+                 f"(torch sum {lim['bw_torch_sum'] / 1e9:.1f}, numpy sum "
+                 f"{lim['bw_numpy_sum'] / 1e9:.1f}, numpy copy {lim['bw_numpy_copy'] / 1e9:.1f} "
+                 f"GB/s read+write); fp32 matmul {lim['matmul_flops'] / 1e9:.0f} GFLOP/s "
+                 f"(the higher of [4096, k] @ [k, {m}]: {lim['matmul_flops_nn'] / 1e9:.0f} and "
+                 f"[{m}, k] @ [{block_rows}, k]ᵀ: {lim['matmul_flops_nt'] / 1e9:.0f}); "
+                 f"float16→float32 cast of a [{block_rows}, k] block, float16 GB/s: numpy astype "
+                 f"{lim['cast_numpy_f16_f32'] / 1e9:.2f}, torch .float() "
+                 f"{lim['cast_torch_f16_f32'] / 1e9:.2f} (both into fresh memory); into a "
+                 f"preallocated buffer: numpy {lim['cast_numpy_into_f16_f32'] / 1e9:.2f}, torch "
+                 f"{lim['cast_torch_into_f16_f32'] / 1e9:.2f}. Percentages in the table are "
+                 "against the limits measured inside each query's process just before and after "
+                 "it (the higher of the two).")
+    for e in results.get("synthetic", []):
+        if "verify_warm_seconds" in e:
+            lines.append(f"One-time verify (sha256 of every shard) of the {e['n']:,}-row store "
+                         f"({e['store_bytes'] / 1e9:.2f} GB): {e['verify_warm_seconds']:.1f} s "
+                         f"warm, {e.get('verify_cold_seconds', float('nan')):.1f} s cold; "
+                         f"cold sequential disk read "
+                         f"{(e.get('disk_read_bps') or float('nan')) / 1e9:.2f} GB/s.")
+    s = results.get("smollm2")
+    if s:
+        lines.append("")
+        lines.append("| SmolLM2-135M, CPU | seconds |")
+        lines.append("|---|---|")
+        lines.append(f"| build store, {s['n_train']} pairs (= recompute training gradients) | "
+                     f"{s['build_seconds']:.1f} ({s['build_seconds'] / s['n_train']:.3f} s/pair) |")
+        if s["extrapolated_2000"]:
+            lines.append(f"| build store, 2000 pairs (EXTRAPOLATED linearly from "
+                         f"{s['n_train']}) | {s['build_seconds_2000_extrapolated']:.0f} |")
+        lines.append(f"| answer {s['n_val']} new validation pairs from the store, median of "
+                     f"{len(s['answers'])} (first: {s['answer_first']:.1f}) | "
+                     f"{s['answer_median']:.1f} |")
+        a = s["answers"][-1]
+        lines.append(f"| … of which validation gradients / lookup (last answer) | "
+                     f"{a['validation_gradients']:.1f} / {a['lookup']:.2f} |")
+        lines.append(f"| ratio recompute / answer | {s['ratio_build_over_answer']:.1f}× |")
+        lines.append(f"| ratio (recompute + validation gradients) / answer | "
+                     f"{s['ratio_scratch_over_answer']:.1f}× |")
+        if s["extrapolated_2000"]:
+            lines.append(f"| ratio recompute 2000 pairs (EXTRAPOLATED) / answer | "
+                         f"{s['ratio_2000_over_answer_extrapolated']:.1f}× |")
+    return "\n".join(lines)
