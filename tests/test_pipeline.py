@@ -102,3 +102,31 @@ def test_a_run_folder_of_an_older_schema_is_refused_in_one_line(task, tmp_path):
         f"gradproj: error: {out}: a run folder of schema version 1 (this gradproj writes 2): "
         "rerun with --force to recompute it, or use another --out")
     assert json.loads((out / "run.json").read_text())["training"] == {"beta": 0.1}
+
+
+def test_config_yaml_replays_a_selection(tiny_char_llama, task, tmp_path):
+    """select writes config.yaml; --config reruns it into a new folder with the same result,
+    and options on the command line override the file."""
+    import yaml
+
+    out = tmp_path / "first"
+    res = _select(tiny_char_llama, task, out, "--method", "lossdiff-irm", "--keep", "0.5")
+    assert res.exit_code == 0, res.output
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["command"] == "select" and config["settings"]["keep"] == 0.5
+    assert config["settings"]["train_path"] == task["train"]
+    assert config["gradproj_version"] and "torch" in config["packages"]
+    again = CliRunner().invoke(main, ["select", "--config", str(out / "config.yaml"), "--out",
+                                      str(tmp_path / "second")], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    first = json.loads((out / "selection.json").read_text())
+    second = json.loads((tmp_path / "second" / "selection.json").read_text())
+    assert second["kept_ids"] == first["kept_ids"] and second["settings"] == first["settings"]
+    # a flag on the command line wins over the file
+    third = CliRunner().invoke(main, ["select", "--config", str(out / "config.yaml"), "--out",
+                                      str(out), "--method", "irm"], catch_exceptions=False)
+    assert third.exit_code == 0, third.output
+    assert json.loads((out / "selection.json").read_text())["method"] == "irm"
+    # a config of another command is refused
+    wrong = CliRunner().invoke(main, ["train", "--config", str(out / "config.yaml")])
+    assert wrong.exit_code == 2 and "is a config of 'gradproj select'" in wrong.output

@@ -20,6 +20,7 @@ import click
 
 from gradproj.attribution.influence import InfluenceSettings
 from gradproj.cli.options import flatten, settings_from, settings_options
+from gradproj.cli.replay import config_option, write_config
 from gradproj.core.data import DataSettings
 from gradproj.core.errors import GradprojError
 from gradproj.core.model import ModelSettings
@@ -92,6 +93,7 @@ def _load(settings: ModelSettings):
 
 
 @main.command()
+@config_option
 @flatten(model_options, data_options, pref_options, settings_options(TrainSettings))
 @click.option("--data", required=True, type=PATH, help="Preference pairs to train on.")
 @click.option("--out", required=True, type=PATH, help="Folder for the trained adapter.")
@@ -112,6 +114,7 @@ def train(data, out, init_adapter, force, force_objective, **kw):
     pairs = settings_from(DataSettings, kw).load(data)
     result = train_adapter(_load(model), pairs, settings, out, pref=pref, overwrite=force,
                            force_objective=force_objective)
+    write_config(result.out_dir, click.get_current_context())
     click.echo(f"trained {result.n_pairs} pairs, {result.steps} steps in {result.seconds:.1f}s; "
                f"final loss {result.losses[-1]:.4f}; adapter in {result.out_dir}")
     if result.excluded:
@@ -142,6 +145,7 @@ def evaluate(data, out, **kw):
 
 
 @main.command("build-store")
+@config_option
 @flatten(model_options, data_options, pref_options, settings_options(StoreSettings))
 @click.option("--data", required=True, type=PATH, help="Training pairs to store.")
 @click.option("--out", required=True, type=PATH, help="Store directory.")
@@ -160,6 +164,7 @@ def build_store_cmd(data, out, resume, force_objective, **kw):
                         world_size=world, barrier=barrier, force_objective=force_objective)
     if rank != 0:
         return
+    write_config(store.root, click.get_current_context())
     t = store.manifest["timing"]
     click.echo(f"stored {len(store)} pairs ({len(store.manifest['excluded'])} excluded) at "
                f"k={store.k} in {store.root}; {len(store) / t['total']:.2f} pairs/s, projection "
@@ -233,6 +238,7 @@ def inspect(store, no_verify):
 
 
 @main.command()
+@config_option
 @click.option("--store", "stores", required=True, multiple=True, type=PATH,
               help="Store built by build-store; repeat for a TracIn sum over checkpoints.")
 @click.option("--store-weights", default=None,
@@ -265,6 +271,7 @@ def influence(stores, store_weights, val, out, device, no_verify, **kw):
     summary = write_influence(result, out, {"stores": list(stores), "val": val,
                                             "settings": settings.to_dict(),
                                             "objective": opened[0].manifest["objective"]})
+    write_config(out, click.get_current_context())
     t = result.seconds
     click.echo(f"N {summary['n_train']}  M {summary['n_val']}  validation gradients "
                f"{t['validation_gradients']:.2f}s  lookup {t['lookup']:.2f}s")
@@ -302,6 +309,7 @@ def _run_inputs(kw) -> RunInputs:
 
 
 @main.command("select")
+@config_option
 @pipeline_options
 @settings_options(SelectSettings)
 @handle_errors
@@ -314,6 +322,7 @@ def select_cmd(force, force_objective, **kw):
     out = kw.pop("out")
     result = run_select(_run_inputs(kw), out, settings, force=force,
                         force_objective=force_objective)
+    write_config(result.out, click.get_current_context())
     s = result.selection
     click.echo(f"{s.method}: kept {len(s.kept)} of {len(s.ids)} pairs ({s.keep_fraction:.1%})"
                + (f"; computed: {', '.join(result.trained)}" if result.trained
@@ -324,6 +333,7 @@ def select_cmd(force, force_objective, **kw):
 
 
 @main.command()
+@config_option
 @pipeline_options
 @click.option("--with-if", is_flag=True, help="Also build the store and compute IF/TIF.")
 @handle_errors
@@ -334,6 +344,7 @@ def score(with_if, force, force_objective, **kw):
     out = kw.pop("out")
     pipe = Pipeline(_run_inputs(kw), out, force=force, force_objective=force_objective)
     table = pipe.scores(with_if)
+    write_config(out, click.get_current_context())
     click.echo(f"scored {len(table.ids)} pairs: {', '.join(table.columns)} -> {out}/scores.parquet")
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from gradproj.core.errors import GradprojError
+from gradproj.core.errors import BadInput, GradprojError
 from gradproj.core.settings import Settings, at_least_one, setting
 from gradproj.store.shards import STATUS, Store, write_json_atomic
 
@@ -61,7 +61,11 @@ def store_key(store: Store) -> str:
 
 
 def _faiss():
-    import faiss
+    try:
+        import faiss
+    except ImportError:
+        raise BadInput("FAISS is not installed: pip install 'gradproj[cpu]' (faiss-cpu) or "
+                       "'gradproj[gpu]' (faiss-gpu-cu12), not both") from None
     return faiss
 
 

@@ -191,7 +191,7 @@ class StoreWriter:
     def __enter__(self) -> StoreWriter:
         if self.root.exists() and not self.root.is_dir():
             raise GradprojError(f"{self.root}: exists and is not a directory")
-        ours = ("lock", "shards", "ranks", "manifest.json", "index-", VERIFIED_FILE)
+        ours = ("lock", "shards", "ranks", "manifest.json", "index-", VERIFIED_FILE, "config.yaml")
         if self.root.exists() and any(not p.name.startswith(ours) for p in self.root.iterdir()):
             raise GradprojError(f"{self.root}: folder exists and is not a gradproj store")
         self.lock.__enter__()
