@@ -26,6 +26,7 @@ from gradproj.core.errors import GradprojError
 from gradproj.core.model import ModelSettings
 from gradproj.core.objectives import PreferenceSettings
 from gradproj.core.settings import parse_floats
+from gradproj.experiments.ablate import AblateSettings
 from gradproj.pipeline.run import RunInputs, SelectSettings
 from gradproj.store.build import StoreSettings
 from gradproj.training.train import TrainSettings
@@ -330,6 +331,31 @@ def select_cmd(force, force_objective, **kw):
     for reason, n in sorted(s.reason_counts().items()):
         click.echo(f"  dropped {n:5d}  {reason}")
     click.echo(f"wrote {result.out}/selected.jsonl, scores.parquet, selection.json, report.md")
+
+
+@main.command()
+@config_option
+@pipeline_options
+@settings_options(AblateSettings)
+@click.option("--test", "test_path", required=True, type=PATH,
+              help="Held-out pairs every continued run is evaluated on.")
+@click.option("--test-split", default="train", show_default=True,
+              help="Split of --test (a saved DatasetDict or hub dataset), e.g. test_prefs.")
+@handle_errors
+def ablate(force, force_objective, test_path, test_split, **kw):
+    """Does selection help on this data? Each rule (and seed) continued from θ on its
+    selection and evaluated on --test: ablation.json, ablation.md, ablation.png."""
+    from gradproj.experiments.ablate import run_ablation
+
+    settings = settings_from(AblateSettings, kw)
+    out = kw.pop("out")
+    record = run_ablation(_run_inputs(kw), test_path, out, settings, test_split=test_split,
+                          force=force, echo=click.echo)
+    write_config(out, click.get_current_context())
+    for row in record["summary"]:
+        click.echo(f"{row['rule']:>13s}: held-out loss {row['mean_loss']:.4f} ± "
+                   f"{row['mean_loss_std']:.4f}, policy accuracy {row['policy_accuracy']:.3f}")
+    click.echo(f"wrote {out}/ablation.json, ablation.md, ablation.png")
 
 
 @main.command()

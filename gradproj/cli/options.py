@@ -10,6 +10,7 @@ as prefix (``--lora-r``). Nothing about a setting is written here.
 from __future__ import annotations
 
 import functools
+import types
 import typing
 from dataclasses import MISSING, fields
 
@@ -47,8 +48,7 @@ def _default(f):
 
 
 def _click_type(kind):
-    origin = typing.get_origin(kind)
-    if origin is typing.Union or str(origin) == "types.UnionType":
+    if typing.get_origin(kind) in (typing.Union, types.UnionType):
         kind = next(a for a in typing.get_args(kind) if a is not type(None))
     return kind if kind in (int, float, str) else str
 

@@ -171,7 +171,8 @@ class Pipeline:
         self.loaded: LoadedModel | None = loaded
         self.stages: list[str] = []
 
-    def _model(self, adapter: str | None) -> LoadedModel:
+    def model(self, adapter: str | None) -> LoadedModel:
+        """The loaded model with ``adapter`` active (loaded once; adapters are swapped)."""
         if self.loaded is None:
             self.loaded = load_model(replace(self.inputs.model, adapter=adapter))
         elif self.loaded.settings.adapter != adapter or adapter is None:
@@ -183,7 +184,7 @@ class Pipeline:
             return self.inputs.adapter
         path = self.out / "theta"
         if not (path / "adapter_config.json").is_file():
-            train_adapter(self._model(None), self.train, self.inputs.training, path,
+            train_adapter(self.model(None), self.train, self.inputs.training, path,
                           pref=self.inputs.pref, overwrite=True, progress=self.progress)
             self.loaded.settings = replace(self.loaded.settings, adapter=str(path))
             self.stages.append("warm-up θ")
@@ -195,7 +196,7 @@ class Pipeline:
         path = self.out / "theta_v"
         if not (path / "adapter_config.json").is_file():
             theta = self.theta()
-            train_adapter(self._model(theta), self.val, self.inputs.training, path,
+            train_adapter(self.model(theta), self.val, self.inputs.training, path,
                           pref=self.inputs.pref, overwrite=True, progress=self.progress,
                           force_objective=self.force_objective)
             self.loaded.settings = replace(self.loaded.settings, adapter=str(path))
@@ -207,7 +208,7 @@ class Pipeline:
         table = ScoreTable.read(path) if path.is_file() else None
         if table is None:
             theta, aux = self.theta(), self.theta_v()
-            table = score_pairs(self._model(theta), self.train, aux, self.inputs.pref,
+            table = score_pairs(self.model(theta), self.train, aux, self.inputs.pref,
                                 batch_size=self.inputs.training.batch_size,
                                 force_objective=self.force_objective)
             table.meta["objective"] = self.objective.settings()
@@ -223,14 +224,14 @@ class Pipeline:
         theta = self.theta()
         store_dir = self.out / "store"
         if not (store_dir / "manifest.json").is_file() or not Store(store_dir, verify=False).complete:
-            build_store(self._model(theta), self.train, self.inputs.store, store_dir,
+            build_store(self.model(theta), self.train, self.inputs.store, store_dir,
                         pref=self.inputs.pref, resume=store_dir.exists(),
                         progress=self.progress, force_objective=self.force_objective)
             self.stages.append("store")
         store = Store(store_dir)
         result = compute_influence([store], self.val,
                                    InfluenceSettings(tif_band=self.inputs.tif_band, top_k=5),
-                                   loaded=[self._model(theta)])
+                                   loaded=[self.model(theta)])
         write_influence(result, self.out / "influence", {"store": str(store_dir)})
         self.stages.append("influence")
         return result
