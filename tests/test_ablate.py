@@ -79,3 +79,16 @@ def test_ablate_runs_every_rule_and_seed(tiny_char_llama, tmp_path):
         "--out", str(out), "--keep", "0.5", "--max-length", "96", "--batch-size", "4",
         "--lr", "0.01", "--proj-dim", "64"], catch_exceptions=False)
     assert res.exit_code == 0 and "reused everything" in res.output, res.output
+
+
+def test_group_comparison_lines_put_rules_side_by_side():
+    from gradproj.experiments.ablate import group_comparison_lines
+
+    groups = {"all": [{"group": "a", "pairs": 4, "kept_share": 1.0, "flips_removed": 0.0},
+                      {"group": "b", "pairs": 2, "kept_share": 1.0, "flips_removed": None}],
+              "tif": [{"group": "a", "pairs": 4, "kept_share": 0.5, "flips_removed": 1.0},
+                      {"group": "b", "pairs": 2, "kept_share": 0.5, "flips_removed": None}]}
+    lines = group_comparison_lines(groups, "source")
+    assert lines[0] == "## Kept share by source (seed 0) — flips removed in brackets"
+    assert lines[2:] == ["| source | pairs | all | tif |", "|---|---|---|---|",
+                         "| a | 4 | 1.00 (0.00) | 0.50 (1.00) |", "| b | 2 | 1.00 | 0.50 |", ""]

@@ -25,7 +25,7 @@ def uf_run(tiny_llama, tmp_path_factory):
         "select", "--model", tiny_llama, "--device", "cpu", "--train", data,
         "--train-split", "train_prefs", "--val", data, "--val-split", "test_prefs",
         "--out", str(out), "--max-length", "64", "--batch-size", "4", "--lr", "0.01",
-        "--proj-dim", "64", "--with-if"], catch_exceptions=False)
+        "--proj-dim", "64", "--with-if", "--group-by", "source"], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     return {"data": data, "out": out, "model": tiny_llama}
 
@@ -91,3 +91,34 @@ def test_push_to_hub_fails_in_one_line_without_a_hub(uf_run, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(BadInput, match=r"^--push-to-hub me/sel: cannot push to the hub \("):
         push_selection(uf_run["out"], "me/sel")
+
+
+def test_group_by_counts_each_value(uf_run):
+    out = uf_run["out"]
+    info = json.loads((out / "selection.json").read_text())
+    original = datasets.load_from_disk(uf_run["data"])["train_prefs"]
+    rows = {r["group"]: r for r in info["groups"]["rows"]}
+    assert info["groups"]["column"] == "source"
+    assert {g: r["pairs"] for g, r in rows.items()} == {
+        s: original["source"].count(s) for s in set(original["source"])}
+    kept = set(info["kept_ids"])
+    selected = datasets.load_from_disk(str(out / "selected"))
+    for group, row in rows.items():
+        assert row["kept"] == sum(s == group for s in selected["source"])
+        assert row["kept_share"] == pytest.approx(row["kept"] / row["pairs"])
+    assert len(kept) == sum(r["kept"] for r in rows.values())
+    report = (out / "report.md").read_text()
+    assert "## By source" in report and "![kept share by source](groups.png)" in report
+    assert (out / "groups.png").is_file()
+
+
+def test_group_by_a_missing_column_fails_before_any_work(uf_run, tmp_path):
+    res = CliRunner().invoke(main, [
+        "select", "--model", uf_run["model"], "--device", "cpu", "--train", uf_run["data"],
+        "--train-split", "train_prefs", "--val", uf_run["data"], "--val-split", "test_prefs",
+        "--out", str(tmp_path / "g"), "--group-by", "domain"])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == (f"gradproj: error: {uf_run['data']}:1: field 'domain' is "
+                                  "missing (--group-by domain)")
+    assert not (tmp_path / "g" / "theta").exists()
+

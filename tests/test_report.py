@@ -131,3 +131,27 @@ def test_unscorable_pairs_are_counted_and_named(tmp_path):
             "is over the scorable pairs):") in lines
     assert f"| {IDS[2]} | nonfinite:irm |" in lines
     assert f"| {IDS[4]} | excluded:response truncated away |" in lines
+
+
+def test_group_table_counts_flips_removed_by_hand():
+    from gradproj.core.data import pairs_from_records
+    from gradproj.pipeline.groups import group_lines, group_table
+
+    recs = [{"id": f"p{i}", "prompt": "q", "chosen": f"a{i}", "rejected": f"b{i}",
+             "task": "x" if i < 6 else "y", "flipped": i in (0, 1, 6)} for i in range(9)]
+    pairs = pairs_from_records(recs)
+    table = score_table([p.id for p in pairs], irm=[float(i) for i in range(9)],
+                        lossdiff=[1.0] * 8 + [float("nan")])
+    sel = select(table, "all")
+    sel.kept = ["p1", "p2", "p3", "p7"]
+    rows = group_table(pairs, table, sel, "task")
+    assert [r["group"] for r in rows] == ["x", "y"]
+    x, y = rows
+    assert (x["pairs"], x["kept"], x["flipped"], x["flips_removed"]) == (6, 3, 2, 0.5)
+    assert (y["pairs"], y["kept"], y["flipped"], y["flips_removed"]) == (3, 1, 1, 1.0)
+    assert x["mean_irm"] == pytest.approx(2.5) and y["mean_lossdiff"] == pytest.approx(1.0)
+    lines = group_lines(rows, "task")
+    assert lines[0] == ("| task | pairs | kept | kept share | mean lossdiff | mean irm | "
+                        "flipped | flips removed |")
+    assert lines[2] == "| x | 6 | 3 | 0.5 | 1 | 2.5 | 2 | 0.5 |"
+

@@ -21,12 +21,13 @@ from pathlib import Path
 
 import numpy as np
 
-from gradproj.attribution.selection import METHODS
+from gradproj.attribution.selection import METHODS, select
 from gradproj.core.data import FieldMap, load_pairs
 from gradproj.core.errors import BadInput
 from gradproj.core.settings import Settings, at_least_one, fraction, setting
 from gradproj.experiments.runner import Continuation, HeldOut, continue_on_rules
 from gradproj.experiments.stats import mean_std, paired_difference_ci
+from gradproj.pipeline.groups import group_table, group_values
 from gradproj.pipeline.run import NEEDS_IF, Pipeline, RunInputs
 from gradproj.store.shards import write_json_atomic
 
@@ -57,6 +58,9 @@ class AblateSettings(Settings):
                           check=fraction)
     seeds: int = setting(3, "Seeds per rule (data order; and the random rule's draw).",
                          check=at_least_one)
+    group_by: str | None = setting(None, "Input column to break each rule's selection down by "
+                                         "(kept share and flips removed per value, seed 0).",
+                                   metavar="COLUMN")
     continue_epochs: float | None = setting(None, "Epochs of each continued run (default: "
                                                   "--epochs, as for θ and θ_V).",
                                             check=(lambda v: v > 0, "must be > 0"))
@@ -117,6 +121,27 @@ def ablation_lines(summary: list[dict], settings: AblateSettings, n_train: int,
     return lines
 
 
+def group_comparison_lines(groups: dict[str, list[dict]], column: str) -> list[str]:
+    """Kept share (and flips removed, where known) per group value and rule."""
+    rules = list(groups)
+    first = groups[rules[0]]
+    flips = "flips_removed" in first[0]
+    lines = [f"## Kept share by {column} (seed 0)" + (" — flips removed in brackets" if flips
+                                                       else ""), "",
+             f"| {column} | pairs | " + " | ".join(rules) + " |",
+             "|---|---|" + "---|" * len(rules)]
+    for n, row in enumerate(first):
+        cells = []
+        for rule in rules:
+            r = groups[rule][n]
+            cell = f"{r['kept_share']:.2f}"
+            if flips and r.get("flips_removed") is not None:
+                cell += f" ({r['flips_removed']:.2f})"
+            cells.append(cell)
+        lines.append(f"| {row['group']} | {row['pairs']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def plot_ablation(summary: list[dict], path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
@@ -144,6 +169,8 @@ def run_ablation(inputs: RunInputs, test: str, out, settings: AblateSettings = A
     docstring); writes ablation.json, ablation.md, ablation.png and returns the record."""
     test_pairs = load_pairs(test, FieldMap.parse(inputs.field), split=test_split)
     pipe = Pipeline(inputs, out, force=force, progress=progress)
+    if settings.group_by:
+        group_values(pipe.train, settings.group_by)     # a missing column fails before work
     table = pipe.scores(any(m in NEEDS_IF for m in settings.methods))
     theta = pipe.theta()
     loaded = pipe.model(theta)
@@ -171,6 +198,10 @@ def run_ablation(inputs: RunInputs, test: str, out, settings: AblateSettings = A
     lines += ["", f"θ itself (before continuing): loss {before.mean_loss:.4f}, policy accuracy "
                   f"{before.policy_accuracy:.3f}, reward accuracy {before.accuracy:.3f}.", "",
               "![held-out loss and accuracy per rule](ablation.png)", ""]
+    if settings.group_by:
+        record["groups"] = {rule: group_table(pipe.train, table, select(
+            table, rule, settings.keep, seed=0), settings.group_by) for rule in settings.methods}
+        lines += group_comparison_lines(record["groups"], settings.group_by)
     (pipe.out / "ablation.md").write_text("\n".join(lines))
     plot_ablation(summary, pipe.out / "ablation.png")
     return record

@@ -8,6 +8,7 @@ import numpy as np
 
 from gradproj.attribution.scores import ScoreTable
 from gradproj.attribution.selection import Selection
+from gradproj.pipeline.groups import group_lines, plot_groups
 
 
 def _plt():
@@ -109,6 +110,11 @@ def write_report(out: Path, table: ScoreTable, sel: Selection, info: dict) -> Pa
     else:
         lines += ["IF was not computed for this method (add `--with-if` for the IF histogram "
                   "and the overlap with TIF).", ""]
+    if info.get("groups"):
+        column, rows = info["groups"]["column"], info["groups"]["rows"]
+        png = plot_groups(rows, column, out / "groups.png")
+        lines += [f"## By {column}", "", *group_lines(rows, column), "",
+                  f"![kept share by {column}]({png})", ""]
     if info.get("computed"):
         lines += [f"Computed in this run: {', '.join(info['computed'])}.", ""]
     path = out / "report.md"

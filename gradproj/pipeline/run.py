@@ -43,6 +43,7 @@ from gradproj.core.errors import GradprojError, IncompatibleStore
 from gradproj.core.model import LoadedModel, ModelSettings, load_model, reattach
 from gradproj.core.objectives import PreferenceSettings
 from gradproj.core.settings import Settings, band, fraction, parse_floats, setting
+from gradproj.pipeline.groups import group_table, group_values
 from gradproj.pipeline.outputs import push_selection, write_selection_outputs
 from gradproj.store.build import StoreSettings, build_store
 from gradproj.store.shards import Store, write_json_atomic
@@ -72,6 +73,9 @@ class SelectSettings(Settings):
                                check=(lambda v: 0 < v < 1, "must be in (0, 1)"))
     with_if: bool = setting(False, "Also compute IF/TIF when the rule does not need them (for "
                                    "the report's overlap with TIF).")
+    group_by: str | None = setting(None, "Input column to break the selection down by (e.g. "
+                                         "source): pairs, kept share, mean scores, flips "
+                                         "removed per value.", metavar="COLUMN")
     push_to_hub: str | None = setting(None, "Also push OUT/selected to the hub as this dataset "
                                             "repo (needs a hub connection and login).",
                                       metavar="REPO")
@@ -245,6 +249,8 @@ def run_select(inputs: RunInputs, out, settings: SelectSettings = SelectSettings
 
     pipe = Pipeline(inputs, out, force=force, progress=progress,
                     force_objective=force_objective)
+    if settings.group_by:
+        group_values(pipe.train, settings.group_by)     # a missing column fails before work
     table = pipe.scores(settings.needs_if())
     sel = select(table, settings.method, settings.keep, bands=settings.bands() or None,
                  low_share=settings.low_share, seed=inputs.training.seed)
@@ -256,6 +262,9 @@ def run_select(inputs: RunInputs, out, settings: SelectSettings = SelectSettings
     if "if" in table.columns:
         tif = select(table, "tif", settings.keep, low_share=settings.low_share)
         info["overlap_with_tif"] = overlap_coefficient(sel.kept, tif.kept)
+    if settings.group_by:
+        info["groups"] = {"column": settings.group_by,
+                          "rows": group_table(pipe.train, table, sel, settings.group_by)}
     info["outputs"] = write_selection_outputs(pipe.out, pipe.train, table, sel, info,
                                               FieldMap.parse(inputs.field))
     write_json_atomic(pipe.out / "selection.json", info)
