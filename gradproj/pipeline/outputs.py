@@ -109,7 +109,7 @@ def write_selection_outputs(out, pairs: list[PreferencePair], table: ScoreTable,
     out = Path(out)
     note = reference_columns_note(table, sel.kept)
     rows = selection_rows(pairs, table, sel.kept, fields, reference=note is None)
-    dataset = datasets.Dataset.from_list(rows) if rows else datasets.Dataset.from_dict({})
+    dataset = _dataset(rows)
     tmp = out / "selected.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     dataset.save_to_disk(str(tmp))
@@ -122,8 +122,17 @@ def write_selection_outputs(out, pairs: list[PreferencePair], table: ScoreTable,
     for row in everyone:
         row["kept"] = row["id"] in kept
         row["drop_reasons"] = sel.dropped.get(row["id"], [])
-    _parquet(datasets.Dataset.from_list(everyone), out / "scores_all.parquet")
+    _parquet(_dataset(everyone), out / "scores_all.parquet")
     return {"rows": len(rows), "reference_columns": note is None, "reference_note": note}
+
+
+def _dataset(rows: list[dict]):
+    """A Dataset of rows whose columns may differ (a column missing in a row is None there;
+    ``Dataset.from_list`` alone would take the columns of the first row only)."""
+    import datasets
+
+    names = list(dict.fromkeys(k for row in rows for k in row))
+    return datasets.Dataset.from_dict({k: [row.get(k) for row in rows] for k in names})
 
 
 def _parquet(dataset, path: Path) -> None:
