@@ -1,7 +1,7 @@
 """Benchmark: gradient-store build throughput against a plain DPO training step (the floor).
 
 On the embedded SmolLM2-135M-Instruct (LoRA r=8 on q_proj, v_proj; P = 460 800 trainable
-weights), CPU, with generated chat pairs of about 64 tokens per sequence (gradproj.synthetic's
+weights), CPU, with generated chat pairs of about 64 tokens per sequence (the generated
 families, lengthened: gradproj.experiments.synthetic.sized_records; the real token counts are
 printed):
 

@@ -1,4 +1,4 @@
-"""Device check of the fused Triton projection (gradproj.kernels), on one CUDA GPU.
+"""Device check of the fused Triton projection (gradproj.gradients.kernels), on one CUDA GPU.
 
     PYTHONPATH=. python3 benchmarks/gpu_check.py        # (benchmarks/gpu_check.sh runs this)
 
