@@ -137,7 +137,7 @@ def evaluate(data, out, **kw):
     batch_size = settings_from(TrainSettings, kw, only=("batch_size",)).batch_size
     model = settings_from(ModelSettings, kw)
     pairs = settings_from(DataSettings, kw).load(data)
-    result = run_evaluate(_load(model), pairs, pref, batch_size)
+    result = run_evaluate(_load(model), pairs, pref, batch_size, progress=True)
     for key, value in result.to_dict().items():
         click.echo(f"{key:16s} {value:.4f}" if isinstance(value, float) else f"{key:16s} {value}")
     if out:

@@ -42,6 +42,7 @@ from gradproj.core.data import (
 from gradproj.core.errors import GradprojError, IncompatibleStore
 from gradproj.core.model import LoadedModel, ModelSettings, load_model, reattach
 from gradproj.core.objectives import PreferenceSettings
+from gradproj.core.progress import progress_bar
 from gradproj.core.settings import Settings, band, fraction, parse_floats, setting
 from gradproj.pipeline.groups import group_table, group_values
 from gradproj.pipeline.outputs import push_selection, write_selection_outputs
@@ -212,9 +213,11 @@ class Pipeline:
         table = ScoreTable.read(path) if path.is_file() else None
         if table is None:
             theta, aux = self.theta(), self.theta_v()
-            table = score_pairs(self.model(theta), self.train, aux, self.inputs.pref,
-                                batch_size=self.inputs.training.batch_size,
-                                force_objective=self.force_objective)
+            passes = 2 + self.objective.needs_reference       # reference, θ, θ_V
+            with progress_bar(passes * len(self.train), "scores", self.progress) as update:
+                table = score_pairs(self.model(theta), self.train, aux, self.inputs.pref,
+                                    batch_size=self.inputs.training.batch_size,
+                                    progress=update, force_objective=self.force_objective)
             table.meta["objective"] = self.objective.settings()
             self.stages.append("scores")
         if need_if and "if" not in table.columns:

@@ -9,6 +9,7 @@ from gradproj.core.data import PreferencePair
 from gradproj.core.logprobs import PairLogProbs, pair_logprobs
 from gradproj.core.errors import GradprojError
 from gradproj.core.objectives import Objective, PreferenceSettings
+from gradproj.core.progress import progress_bar
 from gradproj.core.model import LoadedModel
 from gradproj.core.tokens import tokenize_pairs
 
@@ -40,7 +41,7 @@ def metrics(lp: PairLogProbs, objective: Objective) -> EvalResult:
 
 def evaluate(loaded: LoadedModel, pairs: list[PreferencePair],
              pref: PreferenceSettings = PreferenceSettings(), batch_size: int = 8,
-             reference=None) -> EvalResult:
+             reference=None, progress: bool = False) -> EvalResult:
     """Score ``pairs`` under the loaded adapter (policy) against the adapter disabled (reference),
     with ``pref``'s objective.
 
@@ -51,8 +52,11 @@ def evaluate(loaded: LoadedModel, pairs: list[PreferencePair],
     tokenized = tokenize_pairs(pairs, loaded.tokenizer, pref.max_length)
     if not tokenized.pairs:
         raise GradprojError("no pair left to evaluate after tokenization")
-    lp = pair_logprobs(loaded.model, tokenized.pairs, loaded.tokenizer.pad_token_id, batch_size,
-                       reference=reference, with_reference=objective.needs_reference)
+    passes = 1 + (reference is None and objective.needs_reference)
+    with progress_bar(passes * len(tokenized.pairs), "evaluate", progress) as update:
+        lp = pair_logprobs(loaded.model, tokenized.pairs, loaded.tokenizer.pad_token_id,
+                           batch_size, reference=reference, progress=update,
+                           with_reference=objective.needs_reference)
     result = metrics(lp, objective)
     result.n_excluded = len(tokenized.excluded)
     return result
