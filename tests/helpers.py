@@ -192,3 +192,22 @@ def ultrafeedback_like(path, n_train: int = 12, n_test: int = 6, seed: int = 0) 
                           "test_prefs": datasets.Dataset.from_list(rows[n_train:])}
                          ).save_to_disk(str(path))
     return str(path)
+
+
+def make_qwen2(vocab_size: int, seed: int = 0):
+    """A 2-layer, hidden-32 random Qwen2 causal LM (biases on q/k/v, grouped-query attention)."""
+    from transformers import AutoModelForCausalLM, Qwen2Config
+
+    torch.manual_seed(seed)
+    cfg = Qwen2Config(vocab_size=vocab_size, hidden_size=32, intermediate_size=64,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=128, pad_token_id=0, tie_word_embeddings=False)
+    return AutoModelForCausalLM.from_config(cfg)
+
+
+def save_tiny_qwen2(path, chat: bool = False, seed: int = 0) -> str:
+    """Folder of a tiny Qwen2 (see make_qwen2) with the word tokenizer."""
+    tok = make_tokenizer(chat)
+    make_qwen2(len(tok), seed).save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)

@@ -119,8 +119,9 @@ def score_pairs(loaded: LoadedModel, pairs: list[PreferencePair], aux_adapter: s
         raise GradprojError("no pair left to score after tokenization")
     pad = loaded.tokenizer.pad_token_id
     ids = [p.id for p in tok.pairs]
+    max_tokens = loaded.settings.max_tokens   # batching only: the scores do not depend on it
     lp = pair_logprobs(loaded.model, tok.pairs, pad, batch_size, progress=progress,
-                       with_reference=fn.needs_reference)
+                       with_reference=fn.needs_reference, max_tokens=max_tokens)
     table = ScoreTable([p.id for p in pairs], meta={
         "objective": fn.settings(), "excluded": dict(tok.excluded),
         "truncated": [p.id for p in tok.pairs if p.truncated],
@@ -137,7 +138,7 @@ def score_pairs(loaded: LoadedModel, pairs: list[PreferencePair], aux_adapter: s
         try:
             loaded.model.set_adapter(AUX)
             pc, pr = response_logprobs(loaded.model, tok.pairs, pad, batch_size,
-                                       progress=progress)
+                                       progress=progress, max_tokens=max_tokens)
         finally:
             loaded.model.set_adapter(active)
             loaded.model.delete_adapter(AUX)

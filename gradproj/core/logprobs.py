@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from gradproj.core.tokens import PairBatch, TokenizedPair, batches
+from gradproj.core.tokens import PairBatch, TokenizedPair, token_batches
 
 
 def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -29,7 +29,8 @@ def sequence_logprobs(model, batch: PairBatch) -> torch.Tensor:
 
     Rows [0, B) are the chosen responses, rows [B, 2B) the rejected ones.
     """
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask).logits
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   use_cache=False).logits   # no KV cache: memory, and checkpoint recompute
     return (token_logprobs(logits, batch.input_ids) * batch.response_mask[:, 1:]).sum(-1)
 
 
@@ -80,25 +81,25 @@ def adapter_disabled(model):
 
 @torch.no_grad()
 def response_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, batch_size: int = 8,
-                      reference: bool = False, progress=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chosen, rejected) response log-probs of ``pairs``, each [N] fp32 on CPU.
+                      reference: bool = False, progress=None,
+                      max_tokens: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen, rejected) response log-probs of ``pairs``, each [N] fp32 on CPU, in input order.
 
     ``reference=True`` evaluates with the adapter disabled (π_ref). ``progress`` is an optional
-    callable taking the number of pairs just done.
+    callable taking the number of pairs just done. ``max_tokens``: batches by a token budget
+    (gradproj.core.tokens.token_batches) instead of ``batch_size`` pairs in order.
     """
     device = next(model.parameters()).device
-    chosen, rejected = [], []
+    chosen, rejected = torch.zeros(len(pairs)), torch.zeros(len(pairs))
     ctx = adapter_disabled(model) if reference else contextlib.nullcontext()
     with ctx:
-        for batch in batches(pairs, batch_size, pad_id):
-            lp = sequence_logprobs(model, batch.to(device)).cpu()
-            chosen.append(lp[:len(batch)])
-            rejected.append(lp[len(batch):])
+        for where, batch in token_batches(pairs, batch_size, pad_id, max_tokens):
+            lp = sequence_logprobs(model, batch.to(device)).float().cpu()
+            chosen[where] = lp[:len(batch)]
+            rejected[where] = lp[len(batch):]
             if progress is not None:
                 progress(len(batch))
-    if not chosen:
-        return torch.zeros(0), torch.zeros(0)
-    return torch.cat(chosen), torch.cat(rejected)
+    return chosen, rejected
 
 
 def pair_lengths(pairs: Sequence[TokenizedPair]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -109,16 +110,18 @@ def pair_lengths(pairs: Sequence[TokenizedPair]) -> tuple[torch.Tensor, torch.Te
 
 def pair_logprobs(model, pairs: Sequence[TokenizedPair], pad_id: int, batch_size: int = 8,
                   reference: tuple[torch.Tensor, torch.Tensor] | None = None,
-                  progress=None, with_reference: bool = True) -> PairLogProbs:
+                  progress=None, with_reference: bool = True,
+                  max_tokens: int | None = None) -> PairLogProbs:
     """Policy and reference log-probs of ``pairs``; pass ``reference`` to reuse computed ones.
 
     ``with_reference=False`` (reference-free objectives) skips the reference pass and leaves
-    the reference at zero.
+    the reference at zero. ``max_tokens``: as in :func:`response_logprobs`.
     """
     if reference is None:
         if with_reference:
-            reference = response_logprobs(model, pairs, pad_id, batch_size, True, progress)
+            reference = response_logprobs(model, pairs, pad_id, batch_size, True, progress,
+                                          max_tokens)
         else:
             reference = (torch.zeros(len(pairs)), torch.zeros(len(pairs)))
-    pc, pr = response_logprobs(model, pairs, pad_id, batch_size, False, progress)
+    pc, pr = response_logprobs(model, pairs, pad_id, batch_size, False, progress, max_tokens)
     return PairLogProbs(pc, pr, reference[0], reference[1], *pair_lengths(pairs))

@@ -6,16 +6,17 @@ alias ``smollm2`` for the SmolLM2-135M-Instruct GGUF shipped by the ``llm-smollm
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
-from gradproj.core.errors import GradprojError
+from gradproj.core.errors import BadInput, GradprojError
 from gradproj.core.settings import Settings, at_least_one, parse_names, setting
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ log = logging.getLogger(__name__)
 SMOLLM2_ALIAS = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTENTION = ("auto", "sdpa", "eager")
 
 
 @dataclass(frozen=True)
@@ -47,9 +49,36 @@ class ModelSettings(Settings):
     adapter: str | None = setting(None, "Existing peft adapter folder to start from (else a "
                                         "fresh LoRA).")
     lora: LoraSettings = setting(default_factory=LoraSettings)
-    dtype: str = setting("float32", "Weights dtype.", choices=tuple(DTYPES))
+    dtype: str = setting("auto", "Weights dtype; auto: bfloat16 on a CUDA device that supports "
+                                 "it, else float32 (LoRA weights, per-pair gradients and "
+                                 "projections stay float32).", choices=("auto", *DTYPES))
     device: str = setting("auto", "auto (cuda when present), cpu, cuda, cuda:N.")
     trust_remote_code: bool = setting(False, "Allow model code from the hub.")
+    attn_implementation: str = setting("auto", "Attention kernel; auto: the model's fastest "
+                                               "(sdpa where supported).", choices=ATTENTION)
+    grad_checkpointing: bool = setting(False, "Activation checkpointing: keep only each decoder "
+                                              "layer's input and recompute the layer in the "
+                                              "backward pass (store build, validation gradients, "
+                                              "training).")
+    max_tokens: int | None = setting(None, "Token budget per forward pass: pairs are sorted by "
+                                           "length and grouped so that 2 x pairs x padded length "
+                                           "<= N (at most --batch-size pairs; a longer pair runs "
+                                           "alone). Results do not depend on it.",
+                                     check=at_least_one, metavar="N")
+    load_in_4bit: bool = setting(False, "Quantize the base weights to 4-bit NF4 (bitsandbytes, "
+                                        "CUDA only); LoRA stays in float32.")
+    load_in_8bit: bool = setting(False, "Quantize the base weights to 8-bit (bitsandbytes, CUDA "
+                                        "only); LoRA stays in float32.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.load_in_4bit and self.load_in_8bit:
+            raise BadInput("--load-in-4bit and --load-in-8bit exclude each other")
+
+    @property
+    def quantization(self) -> str | None:
+        """"4bit", "8bit" or None."""
+        return "4bit" if self.load_in_4bit else "8bit" if self.load_in_8bit else None
 
 
 @dataclass
@@ -65,6 +94,17 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def dtype_name(self) -> str:
+        """The base weights' dtype ("auto" resolved): what artefacts record and compare."""
+        if self.settings.dtype != "auto":
+            return self.settings.dtype
+        names = {v: k for k, v in DTYPES.items()}
+        for p in self.model.parameters():
+            if not p.requires_grad and p.dtype in names:
+                return names[p.dtype]
+        return "float32"
 
     def lora_parameters(self) -> dict[str, torch.nn.Parameter]:
         """The trainable LoRA parameters by name, in module order."""
@@ -90,6 +130,16 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise GradprojError(f"--device {name}: CUDA is not available on this machine")
     return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> str:
+    """``auto`` → bfloat16 on a CUDA device with native bfloat16 (compute capability ≥ 8),
+    else float32; any other name is returned as it is."""
+    if name != "auto":
+        return name
+    if device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 8:
+        return "bfloat16"
+    return "float32"
 
 
 def embedded_gguf_path() -> Path:
@@ -119,26 +169,73 @@ def _source(model: str) -> tuple[str, dict]:
     return model, {}
 
 
+def _quantization(settings: ModelSettings, device: torch.device, dtype: torch.dtype,
+                  extra: dict) -> dict:
+    """from_pretrained kwargs of a bitsandbytes-quantized base; a one-line BadInput where it
+    cannot run (no CUDA, no bitsandbytes, a GGUF file)."""
+    if settings.quantization is None:
+        return {}
+    flag = f"--load-in-{settings.quantization}"
+    if device.type != "cuda":
+        raise BadInput(f"{flag} needs a CUDA device (bitsandbytes); this run is on {device}")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise BadInput(f"{flag} needs bitsandbytes: pip install 'gradproj[quant]'")
+    if "gguf_file" in extra:
+        raise BadInput(f"{flag}: a GGUF model cannot be quantized by bitsandbytes; give a "
+                       "Hugging Face model folder or hub id")
+    from transformers import BitsAndBytesConfig
+
+    if settings.load_in_4bit:
+        config = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                    bnb_4bit_use_double_quant=True,
+                                    bnb_4bit_compute_dtype=dtype)
+    else:
+        config = BitsAndBytesConfig(load_in_8bit=True)
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return {"quantization_config": config, "device_map": {"": index}}
+
+
+def _attention(settings: ModelSettings) -> dict:
+    """from_pretrained kwargs of the attention kernel: nothing for ``auto`` (transformers then
+    picks sdpa where the model supports it, else eager)."""
+    if settings.attn_implementation == "auto":
+        return {}
+    return {"attn_implementation": settings.attn_implementation}
+
+
+def _to_device(model, settings: ModelSettings) -> None:
+    """Move to the settings' device; a bitsandbytes model was placed at load and cannot move."""
+    if settings.quantization is None:
+        model.to(resolve_device(settings.device))
+
+
 def load_base(settings: ModelSettings):
     """(base causal LM in eval mode on its device, tokenizer with a pad token)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     name, extra = _source(settings.model)
+    device = resolve_device(settings.device)
+    dtype = DTYPES[resolve_dtype(settings.dtype, device)]
+    quant = _quantization(settings, device, dtype, extra)
     kwargs = dict(extra, trust_remote_code=settings.trust_remote_code)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
-        # eager attention: vmap/hooks over HF attention need it when a mask is given.
-        model = AutoModelForCausalLM.from_pretrained(
-            name, dtype=DTYPES[settings.dtype], attn_implementation="eager", **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **_attention(settings),
+                                                     **quant, **kwargs)
     except OSError as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise GradprojError(f"cannot load model '{settings.model}': {first}") from None
+    except ValueError as err:
+        if settings.attn_implementation != "auto" and "attn" in str(err).lower():
+            raise BadInput(f"--attn-implementation {settings.attn_implementation}: "
+                           f"{str(err).strip().splitlines()[0]}") from None
+        raise
     if "gguf_file" in extra:
         model = _dequantized_copy(model)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
-    model.to(resolve_device(settings.device))
+    _to_device(model, settings)
     model.eval()
     return model, tokenizer
 
@@ -151,8 +248,8 @@ def _dequantized_copy(model):
     config = model.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config
-    fresh = AutoModelForCausalLM.from_config(config, dtype=model.dtype,
-                                             attn_implementation="eager")
+    fresh = AutoModelForCausalLM.from_config(
+        config, dtype=model.dtype, attn_implementation=config._attn_implementation)
     fresh.load_state_dict(model.state_dict())
     return fresh
 
@@ -192,8 +289,10 @@ def reattach(loaded: LoadedModel, adapter: str | None = None) -> LoadedModel:
     current LoRA layers are removed, not merged, so no reload of the base model is needed."""
     base = loaded.model.unload()
     settings = ModelSettings(**{**vars(loaded.settings), "adapter": adapter})
+    device = loaded.device
     model = _attach(base, settings)
-    model.to(loaded.device)
+    if settings.quantization is None:
+        model.to(device)
     model.eval()
     return LoadedModel(model=model, tokenizer=loaded.tokenizer, settings=settings,
                        base_fingerprint=loaded.base_fingerprint)
@@ -202,12 +301,87 @@ def reattach(loaded: LoadedModel, adapter: str | None = None) -> LoadedModel:
 def load_model(settings: ModelSettings) -> LoadedModel:
     """Load the base model and attach a trainable LoRA adapter (fresh or from ``settings.adapter``).
 
-    One copy of the weights: the reference policy is ``with model.disable_adapter():``.
+    One copy of the weights: the reference policy is ``with model.disable_adapter():``. The
+    returned settings hold the resolved dtype (``auto`` → the one loaded), so artefacts record
+    what ran.
     """
+    settings = replace(settings, dtype=resolve_dtype(settings.dtype,
+                                                     resolve_device(settings.device)))
     base, tokenizer = load_base(settings)
     fingerprint = base_fingerprint(base)
     model = _attach(base, settings)
-    model.to(resolve_device(settings.device))
+    _to_device(model, settings)
     model.eval()
     return LoadedModel(model=model, tokenizer=tokenizer, settings=settings,
                        base_fingerprint=fingerprint)
+
+
+def checkpoint_layers(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder layers of a (peft-wrapped) transformers model: instances of transformers'
+    ``GradientCheckpointingLayer``, else of the classes its ``_no_split_modules`` names."""
+    try:
+        from transformers.modeling_layers import GradientCheckpointingLayer
+    except ImportError:   # transformers < 4.52
+        GradientCheckpointingLayer = ()
+    names = set()
+    for m in model.modules():
+        names.update(getattr(m, "_no_split_modules", None) or ())
+    found: dict[str, torch.nn.Module] = {}
+    for name, m in model.named_modules():
+        if any(name.startswith(outer + ".") for outer in found):
+            continue   # inside a layer already found: the outermost is checkpointed
+        if (GradientCheckpointingLayer and isinstance(m, GradientCheckpointingLayer)) \
+                or type(m).__name__ in names:
+            found[name] = m
+    return list(found.values())
+
+
+@contextlib.contextmanager
+def checkpointed(model: torch.nn.Module, enabled: bool = True):
+    """Within: every decoder layer's forward runs under non-reentrant
+    ``torch.utils.checkpoint`` whatever the train/eval mode (transformers' own checkpointing
+    acts in training mode only, and training mode turns dropout on). The layer keeps only its
+    input; the backward pass recomputes it. Module hooks inside the layer run again in the
+    recomputation (gradproj.gradients.perpair relies on that)."""
+    if not enabled:
+        yield
+        return
+    from functools import partial
+
+    from torch.utils.checkpoint import checkpoint
+
+    layers = checkpoint_layers(model)
+    if not layers:
+        raise BadInput(f"--grad-checkpointing: no decoder layers found in "
+                       f"{type(model).__name__}")
+    saved = []
+    for layer in layers:
+        saved.append(layer.__dict__.get("forward"))
+        layer.forward = partial(checkpoint, layer.forward, use_reentrant=False)
+    try:
+        yield
+    finally:
+        for layer, own in zip(layers, saved):
+            if own is None:
+                del layer.forward
+            else:
+                layer.forward = own
+
+
+def trainer_changes_undoer(model: torch.nn.Module):
+    """Call before building a trainer; the returned function, called after training, undoes
+    what the trainer changed on the model: transformers' activation checkpointing switched on,
+    and the "inputs require grad" hooks added to the input embeddings (transformers keeps only
+    the last call's hook handles, and trl and the Trainer each add one)."""
+    embeddings = [m for m in model.modules() if isinstance(m, torch.nn.Embedding)]
+    before = [set(m._forward_hooks) for m in embeddings]
+
+    def undo() -> None:
+        for m, keys in zip(embeddings, before):
+            for key in set(m._forward_hooks) - keys:
+                del m._forward_hooks[key]
+        disable = (getattr(model, "activation_checkpointing_disable", None)
+                   or getattr(model, "gradient_checkpointing_disable", None))
+        if disable is not None and getattr(model, "supports_gradient_checkpointing", True):
+            disable()
+    return undo

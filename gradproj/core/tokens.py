@@ -166,3 +166,37 @@ def batches(pairs: Sequence[TokenizedPair], batch_size: int, pad_id: int):
     """Yield PairBatch objects of up to ``batch_size`` pairs, in order."""
     for i in range(0, len(pairs), batch_size):
         yield collate(pairs[i:i + batch_size], pad_id)
+
+
+def longest_row(pair: TokenizedPair) -> int:
+    """Tokens of the pair's longer sequence: ``|prompt| + max(|chosen|, |rejected|)``."""
+    return len(pair.prompt_ids) + max(len(pair.chosen_ids), len(pair.rejected_ids))
+
+
+def token_batches(pairs: Sequence[TokenizedPair], batch_size: int, pad_id: int,
+                  max_tokens: int | None = None):
+    """Yield (positions in ``pairs``, PairBatch) covering every pair exactly once.
+
+    Without ``max_tokens``: consecutive groups of ``batch_size`` pairs, in order (as
+    :func:`batches`). With it: the pairs sorted by :func:`longest_row` (longest first, ties in
+    input order) and cut greedily so that a batch's padded size 2·B·T stays within
+    ``max_tokens`` (and B ≤ ``batch_size``); a pair longer than the budget alone forms a batch
+    of one. Per-pair results do not depend on the grouping: callers scatter each batch's
+    outputs back to its positions, so outputs keep the input order.
+    """
+    if max_tokens is None:
+        for i in range(0, len(pairs), batch_size):
+            yield list(range(i, min(i + batch_size, len(pairs)))), collate(
+                pairs[i:i + batch_size], pad_id)
+        return
+    order = sorted(range(len(pairs)), key=lambda i: -longest_row(pairs[i]))
+    group: list[int] = []
+    for i in order:
+        # sorted longest first: the group's padded length is its first pair's
+        if group and (len(group) + 1 > batch_size
+                      or 2 * (len(group) + 1) * longest_row(pairs[group[0]]) > max_tokens):
+            yield group, collate([pairs[j] for j in group], pad_id)
+            group = []
+        group.append(i)
+    if group:
+        yield group, collate([pairs[j] for j in group], pad_id)

@@ -16,7 +16,16 @@ y = W a with W [d_out, d_in]; with a [R, T, d_in] its input and δ = ∂Σℓ/�
 
 This is exact (no approximation): peft's α/r scale sits outside lora_B, so it is already in δ.
 δ is zeroed where attention_mask == 0 before the einsum (equivalent to zeroing a there); prompt
-positions are kept — the response log-probs depend on them through attention.
+positions are kept — the response log-probs depend on them through attention. δ and a are cast
+to fp32 before the einsum, so a bfloat16 (or 4-bit) base still gives fp32 per-pair gradients.
+
+How a is kept: a forward hook on each factor replaces its output y by ``_Tap(y, a)``, an
+identity whose backward receives δ and holds a through ``save_for_backward``. a is therefore an
+ordinary saved activation: under activation checkpointing (``checkpointing=True``, see
+gradproj.core.model.checkpointed) it is dropped after the forward and recomputed, with the rest
+of its decoder layer, when the backward pass reaches that layer — the recomputation runs the
+same hook, and autograd pairs each recomputed a with its own _Tap node. Nothing depends on the
+attention kernel (eager or sdpa): the hooks sit on the LoRA linears only.
 """
 
 from __future__ import annotations
@@ -28,6 +37,7 @@ import torch
 from torch import nn
 
 from gradproj.core.logprobs import PairLogProbs, adapter_disabled, sequence_logprobs
+from gradproj.core.model import checkpointed
 from gradproj.core.objectives import Objective
 from gradproj.core.errors import GradprojError
 from gradproj.core.tokens import PairBatch
@@ -122,6 +132,30 @@ class _Capture:
     mask: torch.Tensor                      # [R, T] bool, True on real tokens
     rows: dict[str, torch.Tensor] = field(default_factory=dict)   # name → [R, d_out, d_in]
     roots: list[torch.Tensor] = field(default_factory=list)
+    backward: bool = False
+    """True once the backward pass started: forwards seen then are checkpoint recomputations."""
+
+
+class _Tap(torch.autograd.Function):
+    """y ↦ y; backward adds Σ_t δ[row, t]ᵀ a[row, t] (fp32, padding masked) to the capture.
+
+    ``a`` is saved with save_for_backward, so activation checkpointing frees and recomputes
+    it like any other activation of its layer."""
+
+    @staticmethod
+    def forward(ctx, out, a, cap: _Capture, name: str):
+        ctx.save_for_backward(a)
+        ctx.cap, ctx.name = cap, name
+        return out.view_as(out)
+
+    @staticmethod
+    def backward(ctx, delta):
+        (a,) = ctx.saved_tensors
+        cap, name = ctx.cap, ctx.name
+        d = delta.float().masked_fill(~cap.mask[..., None], 0.0)
+        g = torch.einsum("rto,rti->roi", d, a.float())
+        cap.rows[name] = g if name not in cap.rows else cap.rows[name] + g
+        return delta, None, None, None
 
 
 class PerPairGradients:
@@ -130,16 +164,24 @@ class PerPairGradients:
     ``grads = PerPairGradients(model, loss)(batch)`` runs one forward with the adapter on (plus
     one no-grad forward with it off when ``ref_logprobs`` is not given) and one backward, and
     leaves every parameter's ``.grad`` untouched. Use ``close()`` (or ``with``) to remove the
-    hooks. Not compatible with gradient checkpointing (the recomputed forward is not hooked).
+    hooks. ``checkpointing=True`` runs the forward with activation checkpointing of every
+    decoder layer (default: the LoadedModel's ``grad_checkpointing`` setting, else off); the
+    gradients are the same.
     """
 
-    def __init__(self, model, loss_fn: Objective):
+    def __init__(self, model, loss_fn: Objective, checkpointing: bool | None = None):
+        from gradproj.core.model import LoadedModel
+
+        if checkpointing is None:
+            checkpointing = (isinstance(model, LoadedModel)
+                             and model.settings.grad_checkpointing)
+        self.checkpointing = bool(checkpointing)
         self.model = _unwrap(model)
         self.loss_fn = loss_fn
         self._linears = _lora_linears(self.model)
         self.layout = [(n, m.weight.numel()) for n, m in self._linears.items()]
         # Backward is asked only for lora_A outputs (small, [R, T, r]): every lora_B output lies
-        # on the path to its own lora_A output, so its tensor hook fires on the way.
+        # on the path to its own lora_A output, so its _Tap's backward runs on the way.
         names = set(self._linears)
         self._capture: _Capture | None = None
         self._handles = []
@@ -151,22 +193,14 @@ class PerPairGradients:
         def hook(module, inputs, output):
             cap = self._capture
             if cap is None or not output.requires_grad:
-                return
-            a = inputs[0].detach()
+                return None
+            a = inputs[0]
             if a.dim() != 3 or a.shape[:2] != cap.mask.shape:
                 raise GradprojError(f"{name}: input of shape {tuple(a.shape)}, expected "
                                     f"[rows, tokens, features] = {tuple(cap.mask.shape)} + [d]")
-            held = [a]
-
-            def grad_hook(delta: torch.Tensor) -> None:
-                act = held.pop()
-                d = delta.float().masked_fill(~cap.mask[..., None], 0.0)
-                g = torch.einsum("rto,rti->roi", d, act.float())
-                cap.rows[name] = g if name not in cap.rows else cap.rows[name] + g
-
-            output.register_hook(grad_hook)
-            if root:
+            if root and not cap.backward:
                 cap.roots.append(output)
+            return _Tap.apply(output, a, cap, name)
         return hook
 
     def __call__(self, batch: PairBatch, ref_logprobs: tuple[torch.Tensor, torch.Tensor] | None
@@ -183,18 +217,21 @@ class PerPairGradients:
                                   self.loss_fn.needs_reference)
 
         cap = _Capture(mask=batch.attention_mask.bool())
-        self._capture = cap
+        self._capture = cap   # kept through the backward: checkpointing recomputes forwards
         try:
-            with torch.enable_grad():
+            with torch.enable_grad(), checkpointed(self.model, self.checkpointing):
                 policy = sequence_logprobs(self.model, batch)
+            if not cap.roots:
+                raise GradprojError("no LoRA layer ran with gradients (adapter disabled?)")
+            lp = PairLogProbs.from_rows(policy, (ref_c, ref_r), batch.response_lengths())
+            losses = self.loss_fn(lp)
+            cap.backward = True
+            # autograd.grad wrt the lora_A outputs: runs every _Tap's backward, never writes a
+            # .grad field.
+            torch.autograd.grad(losses.sum(), cap.roots, allow_unused=True)
         finally:
             self._capture = None
-        if not cap.roots:
-            raise GradprojError("no LoRA layer ran with gradients (adapter disabled?)")
-        lp = PairLogProbs.from_rows(policy, (ref_c, ref_r), batch.response_lengths())
-        losses = self.loss_fn(lp)
-        # autograd.grad wrt the lora_A outputs: fires the hooks, never writes a .grad field.
-        torch.autograd.grad(losses.sum(), cap.roots, allow_unused=True)
+            cap.roots.clear()
 
         grads: dict[str, torch.Tensor] = {}
         finite = torch.isfinite(losses.detach())

@@ -27,7 +27,7 @@ from gradproj.core.memory import release_heap
 from gradproj.core.model import LoadedModel
 from gradproj.core.objectives import Objective, PreferenceSettings
 from gradproj.core.settings import Settings, at_least_one, non_negative, setting
-from gradproj.core.tokens import batches, tokenize_pairs
+from gradproj.core.tokens import token_batches, tokenize_pairs
 from gradproj.gradients.perpair import PerPairGradients, adam_precondition, lora_layout
 from gradproj.gradients.projectors import make_projector
 from gradproj.gradients.spec import KINDS
@@ -82,7 +82,8 @@ def store_header(loaded: LoadedModel, settings: StoreSettings, pref: PreferenceS
     ms = loaded.settings
     return {
         "gradproj_version": __version__,
-        "model": {"name": ms.model, "dtype": ms.dtype, "base_fingerprint": loaded.base_fingerprint,
+        "model": {"name": ms.model, "dtype": loaded.dtype_name,
+                  "base_fingerprint": loaded.base_fingerprint,
                   "lora": asdict(ms.lora) if ms.adapter is None else None},
         "adapter": {"path": ms.adapter, "fingerprint": loaded.adapter_fingerprint()},
         "tokenizer_fingerprint": tokenizer_fingerprint(loaded.tokenizer),
@@ -114,7 +115,8 @@ class FeatureComputer:
                                         seed=settings.seed, sjlt_s=settings.sjlt_s,
                                         cache_mb=settings.proj_cache_mb,
                                         device=device or loaded.device)
-        self.grads = PerPairGradients(loaded.model, objective)
+        self.grads = PerPairGradients(loaded.model, objective,
+                                      checkpointing=loaded.settings.grad_checkpointing)
         self.adam = None
         if settings.grad_type == "adam":
             if loaded.settings.adapter is None:
@@ -126,7 +128,9 @@ class FeatureComputer:
         """Rows whose finite gradient projected to a value the storage dtype cannot hold."""
 
     def features(self, pairs, dtype=np.float16) -> tuple[np.ndarray, np.ndarray]:
-        """(projected features [n, k] in ``dtype``, ROW_DTYPE [n] records) of tokenized pairs.
+        """(projected features [n, k] in ``dtype``, ROW_DTYPE [n] records) of tokenized pairs,
+        in the order of ``pairs`` whatever the batching (``max_tokens`` of the model settings
+        groups pairs by length; each batch's rows are scattered back to their positions).
 
         The store keeps float16; validation queries use float32.
         """
@@ -134,13 +138,13 @@ class FeatureComputer:
         rows = np.zeros(len(pairs), ROW_DTYPE)
         out = np.zeros((len(pairs), s.proj_dim), dtype)
         buffer: list[dict[str, torch.Tensor]] = []
-        done = 0
+        places: list[list[int]] = []   # positions in ``pairs`` of each buffered batch
 
         def flush():
-            nonlocal done
             if not buffer:
                 return
             t = time.perf_counter()
+            where = np.array([p for group in places for p in group], dtype=np.int64)
             merged = {n: torch.cat([b[n] for b in buffer]) for n in buffer[0]}
             proj = self.projector.project(merged).float().cpu().numpy()
             with np.errstate(over="ignore", invalid="ignore"):
@@ -150,18 +154,18 @@ class FeatureComputer:
             bad = ~np.isfinite(cast).all(axis=1)
             if bad.any():
                 cast[bad] = 0
-                rows["status"][done + np.flatnonzero(bad)] = STATUS["non-finite"]
+                rows["status"][where[bad]] = STATUS["non-finite"]
                 self.overflowed += int(bad.sum())
                 log.warning("%d pair(s): projected gradient not finite in %s (|value| > %g?); "
                             "flagged non-finite", int(bad.sum()), np.dtype(dtype).name,
                             float(np.finfo(dtype).max))
-            out[done:done + len(proj)] = cast
-            done += len(proj)
+            out[where] = cast
             buffer.clear()
+            places.clear()
             self.seconds["projection"] += time.perf_counter() - t
 
-        i = 0
-        for batch in batches(pairs, s.batch_size, pad):
+        for where, batch in token_batches(pairs, s.batch_size, pad,
+                                          self.loaded.settings.max_tokens):
             t = time.perf_counter()
             pg = self.grads(batch.to(self.loaded.device))
             g = pg.grads
@@ -170,9 +174,9 @@ class FeatureComputer:
                      for n, v in adam_precondition(pg.grads, *self.adam).items()}
             self.seconds["gradients"] += time.perf_counter() - t
             lp = pg.logprobs
-            for j in range(len(batch)):
-                r = rows[i + j]
-                r["id"], r["truncated"] = pairs[i + j].id, pairs[i + j].truncated
+            for j, i in enumerate(where):
+                r = rows[i]
+                r["id"], r["truncated"] = pairs[i].id, pairs[i].truncated
                 r["status"] = STATUS["ok"] if bool(pg.finite[j]) else STATUS["non-finite"]
                 r["loss"] = float(pg.losses[j])
                 r["policy_chosen"], r["policy_rejected"] = float(lp.policy_chosen[j]), float(
@@ -182,8 +186,8 @@ class FeatureComputer:
                 r["len_chosen"], r["len_rejected"] = float(lp.len_chosen[j]), float(
                     lp.len_rejected[j])
             buffer.append({n: v.detach() for n, v in g.items()})
+            places.append(where)
             del pg, g
-            i += len(batch)
             if sum(len(next(iter(b.values()))) for b in buffer) >= s.proj_batch:
                 flush()
             release_heap()

@@ -30,7 +30,7 @@ import torch
 from gradproj.core.data import PreferencePair, data_fingerprint
 from gradproj.core.errors import BadInput, GradprojError
 from gradproj.core.logprobs import PairLogProbs, adapter_disabled, sequence_logprobs
-from gradproj.core.model import LoadedModel
+from gradproj.core.model import LoadedModel, trainer_changes_undoer
 from gradproj.core.objectives import Objective, PreferenceSettings, check_objective
 from gradproj.core.settings import Settings, at_least_one, positive, setting, unit_interval
 from gradproj.core.tokens import PairBatch, tokenize_pairs
@@ -206,6 +206,15 @@ def check_adapter_objective(adapter_dir, objective: Objective, force: bool = Fal
         check_objective(recorded, objective, f"adapter {adapter_dir}", force)
 
 
+def _checkpointing(config_cls, loaded: LoadedModel) -> dict:
+    """DPOConfig kwargs of activation checkpointing (non-reentrant, from the model settings),
+    under the name this transformers version uses (``activation_checkpointing`` from v5)."""
+    on = loaded.settings.grad_checkpointing
+    name = ("activation_checkpointing" if "activation_checkpointing"
+            in getattr(config_cls, "__dataclass_fields__", {}) else "gradient_checkpointing")
+    return {name: on, f"{name}_kwargs": {"use_reentrant": False} if on else None}
+
+
 def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: TrainSettings,
                   out_dir, *, pref: PreferenceSettings = PreferenceSettings(),
                   overwrite: bool = False, progress: bool = True,
@@ -239,12 +248,14 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
             gradient_accumulation_steps=settings.grad_accum, beta=objective.beta,
             seed=settings.seed, data_seed=settings.seed, lr_scheduler_type=settings.scheduler,
             warmup_steps=settings.warmup_ratio, max_length=None, logging_steps=1,
-            save_strategy="no", report_to="none", gradient_checkpointing=False,
+            save_strategy="no", report_to="none", **_checkpointing(DPOConfig, loaded),
             use_cpu=loaded.device.type == "cpu", dataloader_num_workers=0,
             disable_tqdm=True, loss_type=[objective.trl_loss_type or "sigmoid"],
-            bf16=False, fp16=False)
+            # bfloat16 autocast where the base is bfloat16 on a GPU (LoRA weights stay fp32)
+            bf16=loaded.dtype_name == "bfloat16" and loaded.device.type == "cuda", fp16=False)
         trainer_cls, record_cls = _trainer_class(objective)
         record = record_cls(progress)
+        undo = trainer_changes_undoer(loaded.model)
         trainer = trainer_cls(model=loaded.model, args=config, train_dataset=Dataset.from_dict(rows),
                               processing_class=loaded.tokenizer, callbacks=[record])
         for cb in (PrinterCallback, ProgressCallback):
@@ -254,7 +265,10 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
         if "ref" in getattr(loaded.model, "peft_config", {}):
             loaded.model.delete_adapter("ref")
         start = time.perf_counter()
-        trainer.train()
+        try:
+            trainer.train()
+        finally:
+            undo()
         seconds = time.perf_counter() - start
         loaded.model.eval()
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
@@ -264,7 +278,8 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
         info = {
             "schema_version": TRAIN_SCHEMA, "objective": objective.settings(),
             "preference": pref.to_dict(), "settings": settings.to_dict(),
-            "model": loaded.settings.to_dict(), "base_fingerprint": loaded.base_fingerprint,
+            "model": {**loaded.settings.to_dict(), "dtype": loaded.dtype_name},
+            "base_fingerprint": loaded.base_fingerprint,
             "adapter_fingerprint": loaded.adapter_fingerprint(),
             "data_fingerprint": data_fingerprint(pairs), "n_pairs": len(tokenized.pairs),
             "n_truncated": tokenized.n_truncated, "excluded": tokenized.excluded,
