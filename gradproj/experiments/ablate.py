@@ -24,6 +24,7 @@ import numpy as np
 from gradproj.attribution.selection import METHODS, select
 from gradproj.core.data import FieldMap, load_pairs
 from gradproj.core.errors import BadInput
+from gradproj.core.plots import pyplot, save_figure
 from gradproj.core.settings import Settings, at_least_one, fraction, setting
 from gradproj.experiments.runner import Continuation, HeldOut, continue_on_rules
 from gradproj.experiments.stats import mean_std, paired_difference_ci
@@ -143,11 +144,7 @@ def group_comparison_lines(groups: dict[str, list[dict]], column: str) -> list[s
 
 
 def plot_ablation(summary: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, axes = pyplot().subplots(1, 2, figsize=(10, 3.8))
     names = [r["rule"] for r in summary]
     for ax, (metric, label) in zip(axes, (("mean_loss", "held-out loss"),
                                           ("policy_accuracy", "held-out policy accuracy"))):
@@ -155,11 +152,7 @@ def plot_ablation(summary: list[dict], path: Path) -> None:
                color="#4c72b0", capsize=3)
         ax.set_ylabel(label)
         ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    save_figure(fig, path)
 
 
 def run_ablation(inputs: RunInputs, test: str, out, settings: AblateSettings = AblateSettings(),

@@ -17,6 +17,7 @@ from gradproj.attribution.scores import ScoreTable
 from gradproj.attribution.selection import Selection
 from gradproj.core.data import PreferencePair
 from gradproj.core.errors import InputError
+from gradproj.core.plots import pyplot, save_figure
 
 SCORES = ("if", "lossdiff", "irm")
 FLIPPED = "flipped"
@@ -79,19 +80,10 @@ def group_lines(rows: list[dict], column: str) -> list[str]:
 
 def plot_groups(rows: list[dict], column: str, path: Path) -> str:
     """Kept share per group (bars) — PNG at ``path``; returns its file name."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(rows) + 2), 3.5))
+    fig, ax = pyplot().subplots(figsize=(max(4.0, 0.6 * len(rows) + 2), 3.5))
     ax.bar([r["group"] for r in rows], [r["kept_share"] for r in rows], color="#4c72b0")
     ax.set_ylabel("kept share")
     ax.set_ylim(0, 1)
     ax.set_title(f"kept share by {column}")
     ax.tick_params(axis="x", rotation=30)
-    fig.tight_layout()
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path.name
+    return save_figure(fig, path)

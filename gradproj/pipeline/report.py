@@ -8,26 +8,12 @@ import numpy as np
 
 from gradproj.attribution.scores import ScoreTable
 from gradproj.attribution.selection import Selection
+from gradproj.core.plots import pyplot, save_figure
 from gradproj.pipeline.groups import group_lines, plot_groups
 
 
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
-def _save(fig, path: Path) -> str:
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    tmp.replace(path)
-    return path.name
-
-
 def plot_if_histogram(table: ScoreTable, sel_tif: Selection, path: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(6, 3.5))
     values = table["if"][np.isfinite(table["if"])]
     ax.hist(values, bins=40, color="#7a9cc6")
@@ -38,13 +24,11 @@ def plot_if_histogram(table: ScoreTable, sel_tif: Selection, path: Path) -> str:
     ax.set_xlabel("IF(d) = <g_d, mean validation gradient>")
     ax.set_ylabel("pairs")
     ax.legend()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 def plot_scatter(table: ScoreTable, sel: Selection, path: Path) -> str:
-    plt = _plt()
+    plt = pyplot()
     kept = np.isin(np.asarray(table.ids), sel.kept)
     fig, ax = plt.subplots(figsize=(5.5, 4.5))
     x, y = table["irm"], table["lossdiff"]
@@ -54,9 +38,7 @@ def plot_scatter(table: ScoreTable, sel: Selection, path: Path) -> str:
     ax.set_ylabel("LossDiff(d) = ℓ(θ;d) − ℓ(θ_V;d)")
     ax.set_title(f"{sel.method}: {len(sel.kept)} of {len(sel.ids)} kept")
     ax.legend()
-    out = _save(fig, path)
-    plt.close(fig)
-    return out
+    return save_figure(fig, path)
 
 
 UNSCORABLE_SHOWN = 50
