@@ -76,6 +76,31 @@ class ScoreTable:
         return cls(ids, {k: np.asarray(v, dtype=float) for k, v in data.items()}, meta)
 
 
+def merge_score_tables(parts: list[ScoreTable], pairs: list[PreferencePair]) -> ScoreTable:
+    """One table of ``pairs`` (input order) from tables of disjoint subsets of them (the ranks'
+    shards of a torchrun run): columns by id, ``excluded`` joined and ``truncated`` in input
+    order; the rest of ``meta`` from the first part (equal on every rank)."""
+    ids = [p.id for p in pairs]
+    table = ScoreTable(ids, meta=dict(parts[0].meta))
+    excluded: dict = {}
+    truncated: set = set()
+    for part in parts:
+        excluded.update(part.meta.get("excluded", {}))
+        truncated.update(part.meta.get("truncated", []))
+    if "excluded" in table.meta:
+        table.meta["excluded"] = {i: excluded[i] for i in ids if i in excluded}
+    if "truncated" in table.meta:
+        table.meta["truncated"] = [i for i in ids if i in truncated]
+    for name in parts[0].columns:
+        col = np.full(len(ids), np.nan, dtype=parts[0].columns[name].dtype)
+        pos = {i: n for n, i in enumerate(ids)}
+        for part in parts:
+            if part.ids:
+                col[[pos[i] for i in part.ids]] = part.columns[name]
+        table.columns[name] = col
+    return table
+
+
 def irm_from_store(store: Store) -> tuple[list[str], np.ndarray]:
     """(ids, margin m(d)) from the log-probs a store saved at its adapter — no forward pass;
     the margin of the store's own objective."""
@@ -102,7 +127,8 @@ def with_aux_adapter(loaded: LoadedModel, aux_path: str):
 
 def score_pairs(loaded: LoadedModel, pairs: list[PreferencePair], aux_adapter: str | None,
                 pref: PreferenceSettings = PreferenceSettings(), batch_size: int = 8,
-                progress=None, force_objective: bool = False) -> ScoreTable:
+                progress=None, force_objective: bool = False,
+                shard: tuple[int, int] = (0, 1)) -> ScoreTable:
     """IRM at θ (``loaded``'s active adapter) and, given θ_V, LossDiff and its parts, under
     ``pref``'s objective (refused for an adapter trained with another, unless
     ``force_objective``).
@@ -110,6 +136,11 @@ def score_pairs(loaded: LoadedModel, pairs: list[PreferencePair], aux_adapter: s
     Columns: ``irm`` (the objective's margin), ``loss_theta``, and with ``aux_adapter``:
     ``loss_aux``, ``irm_aux``, ``lossdiff``. Pairs excluded by tokenization get NaN (and are
     listed by ``tokenize_pairs``).
+
+    ``shard=(r, w)`` (a torchrun rank of w): score only the batches b % w == r of the
+    one-process run (consecutive ``batch_size`` tokenized pairs), so every forward pass has the
+    shapes, padding and values it has in one process; the table then holds only those pairs
+    (join the ranks' tables with :func:`merge_score_tables`).
     """
     fn = pref.objective()
     for adapter in (loaded.settings.adapter, aux_adapter):
@@ -118,13 +149,19 @@ def score_pairs(loaded: LoadedModel, pairs: list[PreferencePair], aux_adapter: s
     if not tok.pairs:
         raise GradprojError("no pair left to score after tokenization")
     pad = loaded.tokenizer.pad_token_id
-    ids = [p.id for p in tok.pairs]
+    rank, world = shard
+    scored = tok.pairs if world == 1 else [
+        p for n, p in enumerate(tok.pairs) if (n // batch_size) % world == rank]
+    ids = [p.id for p in scored]
+    if not scored:              # a rank past the last batch
+        return ScoreTable([], meta={"objective": fn.settings(), "excluded": dict(tok.excluded),
+                                    "truncated": []})
     max_tokens = loaded.settings.max_tokens   # batching only: the scores do not depend on it
-    lp = pair_logprobs(loaded.model, tok.pairs, pad, batch_size, progress=progress,
+    lp = pair_logprobs(loaded.model, scored, pad, batch_size, progress=progress,
                        with_reference=fn.needs_reference, max_tokens=max_tokens)
-    table = ScoreTable([p.id for p in pairs], meta={
+    table = ScoreTable([p.id for p in pairs] if world == 1 else ids, meta={
         "objective": fn.settings(), "excluded": dict(tok.excluded),
-        "truncated": [p.id for p in tok.pairs if p.truncated],
+        "truncated": [p.id for p in scored if p.truncated],
         "chat_template": bool(getattr(loaded.tokenizer, "chat_template", None))})
     h = fn.margin(lp)
     if fn.needs_reference:      # trl's precomputed reference columns (see pipeline.outputs)
@@ -137,7 +174,7 @@ def score_pairs(loaded: LoadedModel, pairs: list[PreferencePair], aux_adapter: s
         with_aux_adapter(loaded, aux_adapter)
         try:
             loaded.model.set_adapter(AUX)
-            pc, pr = response_logprobs(loaded.model, tok.pairs, pad, batch_size,
+            pc, pr = response_logprobs(loaded.model, scored, pad, batch_size,
                                        progress=progress, max_tokens=max_tokens)
         finally:
             loaded.model.set_adapter(active)

@@ -109,12 +109,15 @@ def train(data, out, init_adapter, force, force_objective, **kw):
     from gradproj.training.train import train_adapter
 
     settings, pref = settings_from(TrainSettings, kw), settings_from(PreferenceSettings, kw)
+    rank, _, _ = _distributed(kw)       # under torchrun: data-parallel, rank 0 writes
     model = settings_from(ModelSettings, kw)
     if init_adapter:
         model = replace(model, adapter=init_adapter)
     pairs = settings_from(DataSettings, kw).load(data)
     result = train_adapter(_load(model), pairs, settings, out, pref=pref, overwrite=force,
                            force_objective=force_objective)
+    if rank != 0:
+        return
     write_config(result.out_dir, click.get_current_context())
     click.echo(f"trained {result.n_pairs} pairs, {result.steps} steps in {result.seconds:.1f}s; "
                f"final loss {result.losses[-1]:.4f}; adapter in {result.out_dir}")
@@ -176,23 +179,13 @@ def build_store_cmd(data, out, resume, force_objective, **kw):
 def _distributed(kw) -> tuple[int, int, object]:
     """(rank, world size, barrier) under torchrun (gloo on CPU, nccl on CUDA), else (0, 1, None).
 
-    Each rank uses cuda:LOCAL_RANK when the device is CUDA."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world == 1:
+    Each rank uses cuda:LOCAL_RANK when the device is CUDA (``kw["device"]`` is updated)."""
+    from gradproj.core import distributed
+
+    kw["device"] = distributed.init(kw["device"])
+    if distributed.world_size() == 1:
         return 0, 1, None
-    import torch
-    import torch.distributed as dist
-
-    from gradproj.core.model import resolve_device
-
-    cuda = resolve_device(kw["device"]).type == "cuda"
-    if cuda:
-        local = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local)
-        kw["device"] = f"cuda:{local}"
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-    return dist.get_rank(), dist.get_world_size(), dist.barrier
+    return distributed.rank(), distributed.world_size(), distributed.barrier
 
 
 @main.group()
@@ -260,6 +253,12 @@ def influence(stores, store_weights, val, out, device, no_verify, **kw):
     from gradproj.store.shards import Store
 
     settings = settings_from(InfluenceSettings, kw)
+    dist = {"device": device}
+    rank, _, barrier = _distributed(dist)   # under torchrun: rank 0 computes, the others wait
+    if rank != 0:
+        barrier()
+        return
+    device = dist["device"]
     weights = None
     if store_weights:
         try:
@@ -273,6 +272,8 @@ def influence(stores, store_weights, val, out, device, no_verify, **kw):
                                             "settings": settings.to_dict(),
                                             "objective": opened[0].manifest["objective"]})
     write_config(out, click.get_current_context())
+    if barrier is not None:
+        barrier()
     t = result.seconds
     click.echo(f"N {summary['n_train']}  M {summary['n_val']}  validation gradients "
                f"{t['validation_gradients']:.2f}s  lookup {t['lookup']:.2f}s")
@@ -321,8 +322,11 @@ def select_cmd(force, force_objective, **kw):
 
     settings = settings_from(SelectSettings, kw)
     out = kw.pop("out")
+    rank, _, _ = _distributed(kw)   # under torchrun: every stage across the ranks (see run.py)
     result = run_select(_run_inputs(kw), out, settings, force=force,
                         force_objective=force_objective)
+    if rank != 0:
+        return
     write_config(result.out, click.get_current_context())
     s = result.selection
     click.echo(f"{s.method}: kept {len(s.kept)} of {len(s.ids)} pairs ({s.keep_fraction:.1%})"
@@ -368,8 +372,11 @@ def score(with_if, force, force_objective, **kw):
     from gradproj.pipeline.run import Pipeline
 
     out = kw.pop("out")
+    rank, _, _ = _distributed(kw)   # under torchrun: every stage across the ranks (see run.py)
     pipe = Pipeline(_run_inputs(kw), out, force=force, force_objective=force_objective)
     table = pipe.scores(with_if)
+    if rank != 0:
+        return
     write_config(out, click.get_current_context())
     click.echo(f"scored {len(table.ids)} pairs: {', '.join(table.columns)} -> {out}/scores.parquet")
 

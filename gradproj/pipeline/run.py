@@ -12,6 +12,13 @@
 
 A folder made for other inputs is refused unless ``force``; rerunning with another ``method``
 or ``keep`` reuses the adapters and scores and only reselects.
+
+Under torchrun (gradproj.core.distributed) every rank runs the pipeline: θ and θ_V train
+data-parallel (rank 0 writes them), the scores' forward passes are sharded (rank r scores the
+one-process run's batches b % world == r, merged in input order on every rank), the store is
+built as by ``build-store`` (rank r the shards i % world == r), IF is computed by rank 0 while
+the others wait, and the selection's outputs, report and run.json are written by rank 0 alone.
+Rank 0 prints one ``gradproj: stage NAME: ranks ...`` line per stage on stderr.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gradproj.attribution.influence import InfluenceSettings, compute_influence, write_influence
-from gradproj.attribution.scores import ScoreTable, score_pairs
+from gradproj.attribution.scores import ScoreTable, merge_score_tables, score_pairs
 from gradproj.attribution.selection import (
     BAND_SCORES,
     DEFAULT_LOW_SHARE,
@@ -32,6 +39,7 @@ from gradproj.attribution.selection import (
     overlap_coefficient,
     select,
 )
+from gradproj.core import distributed
 from gradproj.core.data import (
     FieldMap,
     PreferencePair,
@@ -133,6 +141,24 @@ def _fingerprint(inputs: RunInputs, train: list[PreferencePair], val: list[Prefe
 
 
 def _claim(out: Path, fingerprint: dict, force: bool) -> None:
+    """Make ``out`` this run's folder. Under torchrun every rank checks (and refuses alike);
+    rank 0 alone clears and writes, then all meet at a barrier."""
+    replace_old = _check_claim(out, fingerprint, force)
+    distributed.barrier()               # no rank reads the folder after rank 0 changes it
+    if distributed.is_main():
+        if replace_old:
+            for name in ("theta", "theta_v", "store", "influence"):
+                shutil.rmtree(out / name, ignore_errors=True)
+            for f in out.glob("*"):
+                if f.is_file():
+                    f.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / "run.json", fingerprint)
+    distributed.barrier()
+
+
+def _check_claim(out: Path, fingerprint: dict, force: bool) -> bool:
+    """Refuse a folder that is not ours; True when an older run in it must be cleared."""
     path = out / "run.json"
     if path.is_file():
         old = json.loads(path.read_text())
@@ -147,16 +173,11 @@ def _claim(out: Path, fingerprint: dict, force: bool) -> None:
                               if old.get(k) != fingerprint.get(k))
                 raise GradprojError(f"{out}: holds a run with other inputs ({', '.join(diff)} "
                                     "differ); use --force to replace it, or another --out")
-            for name in ("theta", "theta_v", "store", "influence"):
-                shutil.rmtree(out / name, ignore_errors=True)
-            for f in out.glob("*"):
-                if f.is_file():
-                    f.unlink()
+            return True
     elif out.exists() and any(out.iterdir()) and not force:
         raise GradprojError(f"{out}: folder exists and is not a gradproj select folder "
                             "(use --force or another --out)")
-    out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, fingerprint)
+    return False
 
 
 class Pipeline:
@@ -189,8 +210,9 @@ class Pipeline:
             return self.inputs.adapter
         path = self.out / "theta"
         if not (path / "adapter_config.json").is_file():
-            train_adapter(self.model(None), self.train, self.inputs.training, path,
-                          pref=self.inputs.pref, overwrite=True, progress=self.progress)
+            with distributed.stage("warm-up θ", self._data_parallel()):
+                train_adapter(self.model(None), self.train, self.inputs.training, path,
+                              pref=self.inputs.pref, overwrite=True, progress=self.progress)
             self.loaded.settings = replace(self.loaded.settings, adapter=str(path))
             self.stages.append("warm-up θ")
         return str(path)
@@ -201,12 +223,18 @@ class Pipeline:
         path = self.out / "theta_v"
         if not (path / "adapter_config.json").is_file():
             theta = self.theta()
-            train_adapter(self.model(theta), self.val, self.inputs.training, path,
-                          pref=self.inputs.pref, overwrite=True, progress=self.progress,
-                          force_objective=self.force_objective)
+            with distributed.stage("auxiliary θ_V", self._data_parallel()):
+                train_adapter(self.model(theta), self.val, self.inputs.training, path,
+                              pref=self.inputs.pref, overwrite=True, progress=self.progress,
+                              force_objective=self.force_objective)
             self.loaded.settings = replace(self.loaded.settings, adapter=str(path))
             self.stages.append("auxiliary θ_V")
         return str(path)
+
+    def _data_parallel(self) -> str:
+        world = distributed.world_size()
+        return (f"data-parallel, {self.inputs.training.batch_size // max(world, 1)} pairs per "
+                f"rank per step")
 
     def scores(self, need_if: bool) -> ScoreTable:
         path = self.out / "scores.parquet"
@@ -214,32 +242,58 @@ class Pipeline:
         if table is None:
             theta, aux = self.theta(), self.theta_v()
             passes = 2 + self.objective.needs_reference       # reference, θ, θ_V
-            with progress_bar(passes * len(self.train), "scores", self.progress) as update:
-                table = score_pairs(self.model(theta), self.train, aux, self.inputs.pref,
-                                    batch_size=self.inputs.training.batch_size,
-                                    progress=update, force_objective=self.force_objective)
+            rank, world = distributed.rank(), distributed.world_size()
+            bs = self.inputs.training.batch_size
+            mine = sum(len(self.train[i:i + bs]) for i in range(rank * bs, len(self.train),
+                                                                 world * bs))
+            # rank r: the one-process run's batches b % world == r (same forward passes)
+            with distributed.stage("scores", f"batches b % {world} == r of {bs} pairs"), \
+                    progress_bar(passes * mine, "scores",
+                                 self.progress and distributed.is_main()) as update:
+                part = score_pairs(self.model(theta), self.train, aux, self.inputs.pref,
+                                   batch_size=bs, progress=update,
+                                   force_objective=self.force_objective, shard=(rank, world))
+                table = (merge_score_tables(distributed.all_gather(part), self.train)
+                         if world > 1 else part)
             table.meta["objective"] = self.objective.settings()
             self.stages.append("scores")
         if need_if and "if" not in table.columns:
             inf = self.influence()
-            table.add("if", inf.ids, inf.scores)
-            table.add("tif", inf.ids, inf.tif.astype(float))
-        table.write(path)
+            if inf is not None:                               # rank 0
+                table.add("if", inf.ids, inf.scores)
+                table.add("tif", inf.ids, inf.tif.astype(float))
+        if distributed.is_main():
+            table.write(path)
+        distributed.barrier()
+        if not distributed.is_main():       # IF is added on rank 0: read back its table
+            table = ScoreTable.read(path)
         return table
 
     def influence(self):
+        """IF and TIF of the training pairs on VAL (None on ranks other than 0 under torchrun:
+        rank 0 computes the validation gradients and IF while the others wait)."""
         theta = self.theta()
         store_dir = self.out / "store"
         if not (store_dir / "manifest.json").is_file() or not Store(store_dir, verify=False).complete:
-            build_store(self.model(theta), self.train, self.inputs.store, store_dir,
-                        pref=self.inputs.pref, resume=store_dir.exists(),
-                        progress=self.progress, force_objective=self.force_objective)
+            world = distributed.world_size()
+            resume = store_dir.exists()
+            distributed.barrier()       # every rank has looked before rank 0 creates the folder
+            with distributed.stage("store", f"shards i % {world} == r"):
+                build_store(self.model(theta), self.train, self.inputs.store, store_dir,
+                            pref=self.inputs.pref, resume=resume,
+                            progress=self.progress, force_objective=self.force_objective,
+                            rank=distributed.rank(), world_size=world,
+                            barrier=distributed.barrier)
             self.stages.append("store")
-        store = Store(store_dir)
-        result = compute_influence([store], self.val,
-                                   InfluenceSettings(tif_band=self.inputs.tif_band, top_k=5),
-                                   loaded=[self.model(theta)])
-        write_influence(result, self.out / "influence", {"store": str(store_dir)})
+        result = None
+        with distributed.main_only_stage("influence") as run:
+            if run:
+                store = Store(store_dir)
+                result = compute_influence([store], self.val,
+                                           InfluenceSettings(tif_band=self.inputs.tif_band,
+                                                             top_k=5),
+                                           loaded=[self.model(theta)])
+                write_influence(result, self.out / "influence", {"store": str(store_dir)})
         self.stages.append("influence")
         return result
 
@@ -257,6 +311,9 @@ def run_select(inputs: RunInputs, out, settings: SelectSettings = SelectSettings
     table = pipe.scores(settings.needs_if())
     sel = select(table, settings.method, settings.keep, bands=settings.bands() or None,
                  low_share=settings.low_share, seed=inputs.training.seed)
+    if not distributed.is_main():       # every rank selects (cheap); rank 0 writes the outputs
+        distributed.barrier()
+        return SelectResult(sel, table, pipe.out, pipe.stages)
     by_id = {p.id: p for p in pipe.train}
     write_pairs_jsonl([by_id[i] for i in sel.kept], pipe.out / "selected.jsonl")
     info = dict(sel.to_dict(), objective=pipe.objective.settings(), keep=settings.keep,
@@ -274,4 +331,6 @@ def run_select(inputs: RunInputs, out, settings: SelectSettings = SelectSettings
     write_report(pipe.out, table, sel, info)
     if settings.push_to_hub:
         push_selection(pipe.out, settings.push_to_hub)
+    distributed.barrier()
+    distributed.announce("selection, outputs, report", "rank 0 (the others wait)")
     return SelectResult(sel, table, pipe.out, pipe.stages)

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from gradproj.core import distributed
 from gradproj.core.data import PreferencePair, data_fingerprint
 from gradproj.core.errors import BadInput, GradprojError
 from gradproj.core.logprobs import PairLogProbs, adapter_disabled, sequence_logprobs
@@ -224,6 +225,11 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
 
     The folder appears complete or not at all: everything is written to a temporary sibling and
     renamed at the end.
+
+    Under torchrun (gradproj.core.distributed initialised) training is data-parallel (DDP
+    through trl/accelerate): each rank takes ``batch_size / world`` pairs of every step, so a
+    step sees the same ``batch_size`` pairs as one process; only rank 0 writes ``out_dir`` and
+    every rank returns after it is there, its in-memory adapter equal to the saved one.
     """
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -232,6 +238,10 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
     objective = pref.objective()
     check_adapter_objective(loaded.settings.adapter, objective, force_objective)
     out_dir = Path(out_dir)
+    world, main = distributed.world_size(), distributed.is_main()
+    if settings.batch_size % world:
+        raise BadInput(f"--batch-size {settings.batch_size} does not divide among {world} "
+                       "processes (the global batch is split evenly across ranks)")
     tokenized = tokenize_pairs(pairs, loaded.tokenizer, pref.max_length)
     if not tokenized.pairs:
         raise GradprojError("no pair left to train on after tokenization")
@@ -240,11 +250,15 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
     rows = {"prompt_ids": [list(p.prompt_ids) for p in tokenized.pairs],
             "chosen_ids": [list(p.chosen_ids) for p in tokenized.pairs],
             "rejected_ids": [list(p.rejected_ids) for p in tokenized.pairs]}
+    if world > 1 and len(tokenized.pairs) % settings.batch_size:
+        log.warning("%d pairs are not a multiple of --batch-size %d: the last step's batch "
+                    "differs from a one-process run's across %d ranks", len(tokenized.pairs),
+                    settings.batch_size, world)
     tmp = _prepare_out(out_dir, overwrite)
     try:
         config = DPOConfig(
             output_dir=str(tmp / "trainer"), num_train_epochs=settings.epochs,
-            learning_rate=settings.lr, per_device_train_batch_size=settings.batch_size,
+            learning_rate=settings.lr, per_device_train_batch_size=settings.batch_size // world,
             gradient_accumulation_steps=settings.grad_accum, beta=objective.beta,
             seed=settings.seed, data_seed=settings.seed, lr_scheduler_type=settings.scheduler,
             warmup_steps=settings.warmup_ratio, max_length=None, logging_steps=1,
@@ -254,7 +268,7 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
             # bfloat16 autocast where the base is bfloat16 on a GPU (LoRA weights stay fp32)
             bf16=loaded.dtype_name == "bfloat16" and loaded.device.type == "cuda", fp16=False)
         trainer_cls, record_cls = _trainer_class(objective)
-        record = record_cls(progress)
+        record = record_cls(progress and main)
         undo = trainer_changes_undoer(loaded.model)
         trainer = trainer_cls(model=loaded.model, args=config, train_dataset=Dataset.from_dict(rows),
                               processing_class=loaded.tokenizer, callbacks=[record])
@@ -271,9 +285,20 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
             undo()
         seconds = time.perf_counter() - start
         loaded.model.eval()
+        optimizer = trainer.optimizer
+        if world > 1:       # drop the DDP wrapper: its gradient hooks must not outlive training
+            trainer.accelerator.free_memory()
+            del trainer
+            import gc
+            gc.collect()
+        if not main:        # rank 0 writes the folder; the others keep their equal weights
+            shutil.rmtree(tmp, ignore_errors=True)
+            distributed.barrier()
+            return TrainResult(out_dir, len(record.losses), record.losses, seconds,
+                               len(tokenized.pairs), tokenized.excluded)
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         loaded.model.save_pretrained(str(tmp))
-        save_optimizer_state(trainer.optimizer, loaded.lora_parameters(), tmp / OPTIMIZER_FILE)
+        save_optimizer_state(optimizer, loaded.lora_parameters(), tmp / OPTIMIZER_FILE)
         (tmp / "lr_schedule.json").write_text(json.dumps({"lr": record.lrs}))
         info = {
             "schema_version": TRAIN_SCHEMA, "objective": objective.settings(),
@@ -292,5 +317,6 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    distributed.barrier()
     return TrainResult(out_dir, len(record.losses), record.losses, seconds,
                        len(tokenized.pairs), tokenized.excluded)
