@@ -46,7 +46,8 @@ def downstream_lines(res: dict) -> list[str]:
                              ("θ_V (θ + val)", res["theta_v"]))]
     for r in res["rules"]:
         d = r.get("policy_accuracy_vs_all")
-        delta = [f"{d[0]:+.3f} ({d[1]:+.3f}, {d[2]:+.3f})" if d else ""] if paired else []
+        ci = f" ({d[1]:+.3f}, {d[2]:+.3f})" if d and d[1] == d[1] else ""   # NaN: one seed
+        delta = [f"{d[0]:+.3f}{ci}" if d else ""] if paired else []
         rows.append([f"θ + {r['rule']}", f"{r['kept']:.0f}", fmt(r, "flips_removed", ".0%"),
                      fmt(r, "flipped_in_kept", ".0%"), fmt(r, "overlap_tif", ".2f"),
                      fmt(r, "policy_accuracy"), *delta, fmt(r, "accuracy"),
