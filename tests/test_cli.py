@@ -18,6 +18,8 @@ from gradproj.core.data import DataSettings
 from gradproj.core.errors import BadInput
 from gradproj.core.model import ModelSettings
 from gradproj.core.objectives import OBJECTIVES, PreferenceSettings
+from gradproj.experiments.ablate import AblateSettings
+from gradproj.experiments.demo import DemoSettings
 from gradproj.core.settings import (
     Settings,
     at_least_one,
@@ -138,6 +140,8 @@ COMMAND_SETTINGS = {
     "influence": (DataSettings, InfluenceSettings),
     "select": (ModelSettings, PreferenceSettings, SelectSettings),
     "score": (ModelSettings, PreferenceSettings),
+    "ablate": (ModelSettings, PreferenceSettings, AblateSettings),
+    "demo": (DemoSettings,),
 }
 
 

@@ -27,6 +27,7 @@ from gradproj.core.model import ModelSettings
 from gradproj.core.objectives import PreferenceSettings
 from gradproj.core.settings import parse_floats
 from gradproj.experiments.ablate import AblateSettings
+from gradproj.experiments.demo import DemoSettings
 from gradproj.pipeline.run import RunInputs, SelectSettings
 from gradproj.store.build import StoreSettings
 from gradproj.training.train import TrainSettings
@@ -404,24 +405,14 @@ def compare(dir_a, dir_b, out):
 
 
 @main.command()
-@click.option("--model", default="smollm2", show_default=True, help="Model to run the demo on.")
-@click.option("--n-train", default=32, show_default=True, help="Generated training pairs.")
-@click.option("--n-test", default=24, show_default=True, help="Generated held-out pairs.")
-@click.option("--flip", default=0.25, show_default=True, help="Share of training pairs flipped.")
-@click.option("--keep", default=0.64, show_default=True, help="Keep fraction of every rule.")
-@click.option("--epochs", default=1.0, show_default=True, help="Epochs of each training stage.")
-@click.option("--lr", default=2e-3, show_default=True, help="Learning rate.")
-@click.option("--seed", default=0, show_default=True, help="Task and training seed.")
-@click.option("--out", default="runs/demo", show_default=True, type=PATH,
-              help="Folder for the demo's data, adapters and results.")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda.")
+@settings_options(DemoSettings)
 @handle_errors
 def demo(**kw):
     """The pipeline on SmolLM2 and a generated task with flipped pairs: warm-up, scores, and
     every selection rule compared by held-out accuracy after continued training."""
-    from gradproj.experiments.demo import DemoSettings, run_demo
+    from gradproj.experiments.demo import run_demo
 
-    run_demo(DemoSettings(**kw), echo=click.echo)
+    run_demo(settings_from(DemoSettings, kw), echo=click.echo)
 
 
 if __name__ == "__main__":

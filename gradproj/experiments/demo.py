@@ -4,7 +4,8 @@
 2. Warm up θ (1 epoch DPO on train), train θ_V (1 epoch on val from θ).
 3. Score every training pair: IRM, LossDiff, and IF/TIF from a gradient store at θ.
 4. For each rule (all, random, top-if, tif, lossdiff, irm, lossdiff-irm) at the same keep
-   fraction: continue DPO from θ on its selection and measure held-out preference accuracy.
+   fraction: continue DPO from θ on its selection and measure held-out preference accuracy —
+   all of 2–4 by ``gradproj ablate`` (gradproj.experiments.ablate) into ``out/run``.
 
 Sizes are small so that it runs in minutes on a 2-core CPU; the rigour (same θ, same keep, same
 training budget per rule, held-out test pairs never seen) is the paper's.
@@ -21,9 +22,10 @@ from gradproj.core.data import write_pairs_jsonl
 from gradproj.core.model import ModelSettings, load_model
 from gradproj.core.objectives import PreferenceSettings
 from gradproj.core.settings import Settings, at_least_one, fraction, positive, setting
-from gradproj.experiments.runner import Continuation, HeldOut, continue_on_rules
-from gradproj.experiments.scoring import score_run
+from gradproj.experiments.ablate import AblateSettings, run_ablation
+from gradproj.experiments.runner import HeldOut
 from gradproj.experiments.synthetic import make_task
+from gradproj.pipeline.run import RunInputs
 from gradproj.store.build import StoreSettings
 from gradproj.training.evaluate import EvalResult
 from gradproj.training.train import TrainSettings
@@ -49,40 +51,39 @@ class DemoSettings(Settings):
 
 
 def run_demo(s: DemoSettings, echo=print) -> dict:
-    """Run the demo, print its table, and write ``out/results.json``."""
+    """Run the demo through ``gradproj ablate`` (one seed), print its table, and write
+    ``out/results.json`` beside the ablation's files."""
     out = Path(s.out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     task = make_task(n_train=s.n_train, n_val=max(8, s.n_train // 4), n_test=s.n_test,
                      flip=s.flip, seed=s.seed)
-    write_pairs_jsonl(task.test, out / "test.jsonl")      # train and val: by score_run
+    for name in ("train", "val", "test"):
+        write_pairs_jsonl(getattr(task, name), out / f"{name}.jsonl")
     (out / "flipped.json").write_text(json.dumps(sorted(task.flipped)))
     echo(f"task: {len(task.train)} train pairs ({len(task.flipped)} flipped), {len(task.val)} "
          f"val, {len(task.test)} test -> {out}")
 
-    loaded = load_model(ModelSettings(model=s.model, device=s.device))
+    model = ModelSettings(model=s.model, device=s.device)
+    loaded = load_model(model)
     pref = PreferenceSettings(max_length=MAX_LENGTH)
-    heldout = HeldOut(loaded, task.test, pref)
-    before = heldout.evaluate(loaded)
+    before = HeldOut(loaded, task.test, pref).evaluate(loaded)
     clock = {"load + base eval": time.perf_counter() - start}
-
-    training = TrainSettings(epochs=s.epochs, lr=s.lr, batch_size=8, seed=s.seed)
-    scored = score_run(loaded, task.train, task.val, out, training,
-                       StoreSettings(proj_dim=2048, batch_size=8), pref)
-    clock.update(scored.seconds)
-    cont = Continuation(scored.loaded, heldout, training, pref, out / "continued",
-                        keep_adapters=True)
-    warm = cont.evaluate()
-
-    def lap(row):
+    inputs = RunInputs(model=model, train=str(out / "train.jsonl"), val=str(out / "val.jsonl"),
+                       training=TrainSettings(epochs=s.epochs, lr=s.lr, batch_size=8,
+                                              seed=s.seed),
+                       store=StoreSettings(proj_dim=2048, batch_size=8), pref=pref)
+    record = run_ablation(inputs, str(out / "test.jsonl"), out / "run",
+                          AblateSettings(methods=RULES, keep=s.keep, seeds=1), force=True,
+                          flipped=task.flipped, loaded=loaded)
+    for row in record["runs"]:
         clock[f"continue on {row['rule']}"] = row["train_seconds"] + row["eval_seconds"]
-
-    rows = continue_on_rules(cont, scored.table, task.train, RULES, s.keep, (s.seed,),
-                             task.flipped, on_row=lap)
+    warm = EvalResult(**record["theta"])
     total = time.perf_counter() - start
-    _print(echo, s, before, warm, rows, clock, total)
+    _print(echo, s, before, warm, record["runs"], clock, total)
     results = {"settings": s.to_dict(), "before": before.to_dict(), "warm_up": warm.to_dict(),
-               "rules": rows, "seconds": clock, "total_seconds": total}
+               "rules": record["runs"], "ablation": str(out / "run" / "ablation.md"),
+               "seconds": clock, "total_seconds": total}
     (out / "results.json").write_text(json.dumps(results, indent=2))
     return results
 
