@@ -40,8 +40,18 @@ def init(device: str = "auto") -> str:
         torch.cuda.set_device(local)
         device = f"cuda:{local}"
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
+        dist.init_process_group(backend="nccl" if cuda else "gloo", timeout=timeout())
     return device
+
+
+def timeout():
+    """How long a rank waits at a collective: ``GRADPROJ_DIST_TIMEOUT`` seconds, else 12 hours
+    (the other ranks wait at a barrier while rank 0 alone computes IF and writes the outputs,
+    which can take longer than torch's 30-minute default on a large run; a rank that fails
+    ends the others through torchrun, so a long timeout does not keep a failed run alive)."""
+    from datetime import timedelta
+
+    return timedelta(seconds=float(os.environ.get("GRADPROJ_DIST_TIMEOUT", 12 * 3600)))
 
 
 def active() -> bool:

@@ -250,9 +250,10 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
     rows = {"prompt_ids": [list(p.prompt_ids) for p in tokenized.pairs],
             "chosen_ids": [list(p.chosen_ids) for p in tokenized.pairs],
             "rejected_ids": [list(p.rejected_ids) for p in tokenized.pairs]}
-    if world > 1 and len(tokenized.pairs) % settings.batch_size:
-        log.warning("%d pairs are not a multiple of --batch-size %d: the last step's batch "
-                    "differs from a one-process run's across %d ranks", len(tokenized.pairs),
+    if world > 1 and main and len(tokenized.pairs) % settings.batch_size:
+        log.warning("%d pairs are not a multiple of --batch-size %d: across %d ranks the last "
+                    "step is filled with pairs from the start of the epoch (accelerate's even "
+                    "batches), so it differs from a one-process run's", len(tokenized.pairs),
                     settings.batch_size, world)
     tmp = _prepare_out(out_dir, overwrite)
     try:
