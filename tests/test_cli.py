@@ -286,3 +286,15 @@ def test_objective_is_recorded_end_to_end_and_a_mismatch_is_refused(tiny_llama, 
     res = _run("score", *common, "--loss", "simpo", "--adapter", str(theta), "--train",
                sample_jsonl, "--val", sample_jsonl, "--out", str(tmp_path / "score-simpo"))
     assert res.exit_code == 2 and "made with objective ipo" in res.stderr
+
+
+@pytest.mark.parametrize("command", ["evaluate", "ablate", "demo"])
+def test_single_process_commands_refuse_torchrun(command, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    args = {"evaluate": ["--data", "x"], "demo": [],
+            "ablate": ["--train", "t", "--val", "v", "--test", "x", "--out", "o"]}[command]
+    res = CliRunner().invoke(main, [command, *args])
+    assert res.exit_code == 2
+    assert res.stderr.strip() == (f"gradproj: error: gradproj {command} runs in one process; run "
+                                  "it without torchrun (select, score, train, influence and "
+                                  "build-store run across ranks)")

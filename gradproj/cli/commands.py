@@ -22,7 +22,7 @@ from gradproj.attribution.influence import InfluenceSettings
 from gradproj.cli.options import flatten, settings_from, settings_options
 from gradproj.cli.replay import config_option, write_config
 from gradproj.core.data import DataSettings
-from gradproj.core.errors import GradprojError
+from gradproj.core.errors import BadInput, GradprojError
 from gradproj.core.model import ModelSettings
 from gradproj.core.objectives import PreferenceSettings
 from gradproj.core.settings import parse_floats
@@ -69,6 +69,20 @@ def handle_errors(fn):
             click.echo(f"gradproj: internal error (a bug in gradproj, please report it with the "
                        f"traceback above): {type(err).__name__}: {err}", err=True)
             sys.exit(1)
+    return wrapper
+
+
+def single_process(fn):
+    """Refuse, in one line, a command that does not run across torchrun ranks."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from gradproj.core.distributed import env_world_size
+
+        if env_world_size() > 1:
+            raise BadInput(f"gradproj {fn.__name__} runs in one process; run it without "
+                           "torchrun (select, score, train, influence and build-store run "
+                           "across ranks)")
+        return fn(*args, **kwargs)
     return wrapper
 
 
@@ -132,6 +146,7 @@ def train(data, out, init_adapter, force, force_objective, **kw):
 @click.option("--data", required=True, type=PATH, help="Preference pairs to score.")
 @click.option("--out", default=None, type=PATH, help="Also write the metrics as JSON.")
 @handle_errors
+@single_process
 def evaluate(data, out, **kw):
     """Preference accuracy, mean margin and mean loss of a model (and adapter) on pairs, under
     the --loss objective."""
@@ -347,6 +362,7 @@ def select_cmd(force, force_objective, **kw):
 @click.option("--test-split", default="train", show_default=True,
               help="Split of --test (a saved DatasetDict or hub dataset), e.g. test_prefs.")
 @handle_errors
+@single_process
 def ablate(force, force_objective, test_path, test_split, **kw):
     """Does selection help on this data? Each rule (and seed) continued from θ on its
     selection and evaluated on --test: ablation.json, ablation.md, ablation.png."""
@@ -407,6 +423,7 @@ def compare(dir_a, dir_b, out):
 @main.command()
 @settings_options(DemoSettings)
 @handle_errors
+@single_process
 def demo(**kw):
     """The pipeline on SmolLM2 and a generated task with flipped pairs: warm-up, scores, and
     every selection rule compared by held-out accuracy after continued training."""
