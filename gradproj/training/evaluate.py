@@ -56,7 +56,8 @@ def evaluate(loaded: LoadedModel, pairs: list[PreferencePair],
     with progress_bar(passes * len(tokenized.pairs), "evaluate", progress) as update:
         lp = pair_logprobs(loaded.model, tokenized.pairs, loaded.tokenizer.pad_token_id,
                            batch_size, reference=reference, progress=update,
-                           with_reference=objective.needs_reference)
+                           with_reference=objective.needs_reference,
+                           max_tokens=loaded.settings.max_tokens)
     result = metrics(lp, objective)
     result.n_excluded = len(tokenized.excluded)
     return result
