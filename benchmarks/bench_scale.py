@@ -1,26 +1,20 @@
 """Store build against a DPO training step at real sizes (gradproj.experiments.scale).
 
-Published architectures (benchmarks/configs/, random weights: the same cost per pair as the
-real models), one batch of --pairs pairs with rows of T tokens: a training step (reference
-forward, forward, backward, AdamW) and the store build of the same batch (per-pair LoRA
-gradients, one backward, projection to k), alternating. Prints pairs/s, peak memory (VmHWM on a
-CPU, max_memory_allocated on CUDA) beside `gradproj plan`'s estimate, build/train ratios and the
-hours for UltraFeedback's 61,135 pairs on one device; merges the results and the measured FLOP
-rates (what `gradproj plan` scales time by) into --out, and plots peak memory against T.
+Random-weight models of published architectures (benchmarks/configs/: the real models' cost
+per pair), one batch of --pairs pairs of T tokens a row: a training step and the store build of
+that batch, alternating. Prints pairs/s, peak memory (VmHWM on a CPU, max_memory_allocated on
+CUDA) beside `gradproj plan`'s estimate, build/train ratios and hours for UltraFeedback's 61,135
+pairs; merges results and FLOP rates (what `gradproj plan` scales time by) into --out; plots
+peak memory against T. GPU use: benchmarks/gpu_check.sh. This CPU:
 
-    # this CPU: the 1B architecture, checkpointed, T = 256 and 1024
     PYTHONPATH=. python benchmarks/bench_scale.py --arch llama-3.2-1b --tokens 256,1024 \\
         --dtype float32 --checkpointing --repeats 1
-    # a GPU (benchmarks/gpu_check.sh): 1B and 8B, bf16, T = 1024 and 2048; then a 4-bit base
-    python benchmarks/bench_scale.py --device cuda --dtype bfloat16 --checkpointing \\
-        --arch llama-3.2-1b,llama-3.1-8b --tokens 1024,2048 --warmup 1 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,36 +41,18 @@ def main(argv=None) -> int:
                     help="start no further run once this much time has gone")
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench_scale.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "bench_scale.png"))
-    args = ap.parse_args(argv)
-    cuda = args.device.startswith("cuda")
-    info = machine_info(ROOT, ("transformers", "peft"))
-    machine = machine_key(args.device)
+    a = ap.parse_args(argv)
+    info, machine = machine_info(ROOT, ("transformers", "peft")), machine_key(a.device)
     print(f"{machine}: {machine_line(info)}", flush=True)
-    start, results = time.perf_counter(), []
-    for arch in args.arch.split(","):
-        for tokens in (int(t) for t in args.tokens.split(",")):
-            if time.perf_counter() - start > args.budget_s:
-                print(f"skipped {arch} T={tokens}: time budget ({args.budget_s:.0f} s) spent")
-                continue
-            print(f"{arch} T={tokens} {args.dtype} {args.quantized or ''} "
-                  f"checkpointing={args.checkpointing}", flush=True)
-            try:
-                results.append(scale.compare(
-                    arch, tokens, pairs=args.pairs, dtype=args.dtype,
-                    checkpointing=args.checkpointing, repeats=args.repeats,
-                    warmup=args.warmup, how="cuda" if cuda else "rss", k=args.k,
-                    device=args.device, quantized=args.quantized))
-            except Exception as err:   # noqa: BLE001 - report, keep the runs done
-                if not cuda or "out of memory" not in str(err).lower() and not isinstance(
-                        err, ImportError):
-                    raise
-                print(f"  {arch} T={tokens}: {type(err).__name__}: {str(err)[:200]}")
-                continue
-            data = scale.save(args.out, machine, info, results)
+    results = scale.sweep(
+        a.arch.split(","), [int(t) for t in a.tokens.split(",")], out=a.out, machine=machine,
+        info=info, budget_s=a.budget_s, pairs=a.pairs, dtype=a.dtype, k=a.k,
+        checkpointing=a.checkpointing, repeats=a.repeats, warmup=a.warmup, device=a.device,
+        how="cuda" if a.device.startswith("cuda") else "rss", quantized=a.quantized,
+        log=lambda line: print(line, flush=True))
     if not results:
         return 1
-    mine = data["runs"][machine]["results"]
-    scale.plot_memory(mine, args.plot)
+    scale.plot_memory(scale.load_runs(a.out, machine), a.plot)
     print(f"\n{machine_line(info)}\n{scale.PAPER}\n\n{scale.markdown(results)}")
     return 0
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Device check of the fused Triton projection kernel (gradproj/kernels), one GPU: at most
-# 4 min 40 s (pytest ≤ 90 s, gpu_check.py ≤ 180 s; expected about 2-3 minutes on an H100).
+# Device check of the fused Triton projection kernel (gradproj/kernels) and of real sizes, one
+# GPU: at most 9 min 40 s (pytest ≤ 120 s, gpu_check.py ≤ 180 s, bench_scale ≤ 170 + 100 s).
 #
 #   bash benchmarks/gpu_check.sh          # from anywhere; runs in the repository root
 #
@@ -10,7 +10,10 @@
 # 2. the CUDA tests (tests/gpu: the Triton kernel, a CUDA store == the CPU store) and the CPU
 #    hash tests run when pytest is importable;
 # 3. benchmarks/gpu_check.py (parts a-c: its docstring); table last, JSON to $OUT/gpu_check.json
-#    when $OUT is set (with the pytest log beside it).
+#    when $OUT is set (with the pytest log beside it);
+# 4. benchmarks/bench_scale.py (issue 13): store build vs a DPO step on random-weight Llama-3.2-1B
+#    and Llama-3.1-8B, bf16, checkpointing, T = 1024, 2048; then the 8B on a 4-bit base (carry a
+#    bitsandbytes wheel in .whl/); JSON + memory-vs-T PNG to $OUT. GPU_CHECK_SCALE=0 skips it.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
@@ -42,6 +45,16 @@ fi
 timeout 180 $PY benchmarks/gpu_check.py "$@"
 rc=$?
 [ "$rc" = 124 ] && echo "gpu_check.py: timed out after 180 s (the JSON holds the parts done)"
+if [ "${GPU_CHECK_SCALE:-1}" != 0 ]; then
+  so=${OUT:-/tmp}; mkdir -p "$so"
+  common=(--device cuda --checkpointing --pairs 2 --warmup 1 --repeats 3 --out "$so/bench_scale.json")
+  timeout 170 $PY benchmarks/bench_scale.py "${common[@]}" --dtype bfloat16 --budget-s 120 \
+      --arch llama-3.2-1b,llama-3.1-8b --tokens 1024,2048 --plot "$so/bench_scale.png"
+  src=$?
+  timeout 100 $PY benchmarks/bench_scale.py "${common[@]}" --quantized 4bit --arch llama-3.1-8b \
+      --tokens 1024 --plot "$so/bench_scale_4bit.png"
+  echo "bench_scale: rc=$src (bf16), rc=$? (4-bit); 124 = timed out, the JSON holds the runs done"
+fi
 echo "pytest: $GPU_CHECK_PYTEST"
 [ "$rc" = 0 ] && [ "$prc" != 0 ] && rc=1
 exit $rc

@@ -230,11 +230,15 @@ def compare(config, tokens: int, *, pairs: int = 1, dtype: str = "float32",
                 log(f"  {name:5s} T={tokens} repeat {rep + 1}/{repeats}: "
                     f"{runs[name][-1]['seconds']:.1f} s, peak "
                     f"{runs[name][-1]['peak_bytes'] / 2**30:.2f} GiB")
+        projector = stages.computer.projector
+        proj = {n: projection_seconds(projector, n, stages.loaded.device)
+                for n in (pairs, PROJ_BATCH)}
     finally:
         stages.close()
     precision = Precision(dtype if quantized is None else "bfloat16", quantized or "full",
                           checkpointing)
-    out = {"arch": Path(config).stem if isinstance(config, (str, Path)) else "config",
+    out = {"arch": Path(config).name.removesuffix(".json")
+           if isinstance(config, (str, Path)) else "config",
            "tokens": tokens, "pairs": pairs, "dtype": dtype if quantized is None else "bfloat16",
            "checkpointing": checkpointing, "base": quantized or "full", "how": how,
            "seconds": {n: [x["seconds"] for x in rs] for n, rs in runs.items()}}
@@ -249,11 +253,47 @@ def compare(config, tokens: int, *, pairs: int = 1, dtype: str = "float32",
                      if how == "rss" else 0,
                      "plan_bytes": memory(arch, name, precision, pairs=pairs, tokens=tokens,
                                           targets=targets, r=r, k=k, proj_batch=pairs).peak}
-    out["build_over_train_memory"] = out["build"]["peak_bytes"] / out["train"]["peak_bytes"]
-    out["build_over_train_speed"] = out["build"]["pairs_per_s"] / out["train"]["pairs_per_s"]
+    amortize(out, proj[pairs], proj[PROJ_BATCH])
     del stages, model
     release_heap()
     return out
+
+
+PROJ_BATCH = 64
+"""A store build projects the gradients of every 64 pairs at once (StoreSettings.proj_batch)."""
+
+
+def projection_seconds(projector, rows: int, device, repeats: int = 3) -> float:
+    """Median seconds of projecting ``rows`` random gradients with ``projector`` (after one
+    warm-up), result brought to the host as FeatureComputer does."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+    x = {n: torch.randn(rows, numel, generator=g).to(device) for n, numel in projector.layout}
+    projector.project(x).float().cpu()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        projector.project(x).float().cpu()
+        times.append(time.perf_counter() - t0)
+    return median(times)
+
+
+def amortize(result: dict, proj_batch_of_pairs: float, proj_64: float) -> dict:
+    """The build as a store build runs it: the measured build of one batch projected that
+    batch alone (generating R for a handful of rows); a build projects 64 pairs per call, so
+    its per-batch cost is build − projection(B rows) + B·projection(64 rows)/64. Sets the
+    build's ``seconds_amortized`` / ``pairs_per_s_amortized`` / ``flops_per_s`` and the two
+    ratios (speed on the amortized build; ``build_over_train_speed_raw`` on the measured one)."""
+    b, pairs = result["build"], result["pairs"]
+    b["projection_seconds"] = {str(pairs): proj_batch_of_pairs, str(PROJ_BATCH): proj_64}
+    b["seconds_amortized"] = b["seconds"] - proj_batch_of_pairs + pairs * proj_64 / PROJ_BATCH
+    b["pairs_per_s_amortized"] = pairs / b["seconds_amortized"]
+    b["flops_per_s_measured"] = b.get("flops_per_s_measured", b["flops_per_s"])
+    b["flops_per_s"] = b["flops_per_s_measured"] * b["seconds"] / b["seconds_amortized"]
+    t = result["train"]
+    result["build_over_train_memory"] = b["peak_bytes"] / t["peak_bytes"]
+    result["build_over_train_speed"] = b["pairs_per_s_amortized"] / t["pairs_per_s"]
+    result["build_over_train_speed_raw"] = b["pairs_per_s"] / t["pairs_per_s"]
+    return result
 
 
 def quantized_model(config, bits: str, *, targets=("q_proj", "v_proj"), r: int = 8,
@@ -273,7 +313,11 @@ def quantized_model(config, bits: str, *, targets=("q_proj", "v_proj"), r: int =
     cfg = dict(read_config(config))
     cfg.pop("torch_dtype", None)
     torch.manual_seed(seed)
-    shm = "/dev/shm" if Path("/dev/shm").is_dir() else None
+    import shutil
+
+    need = 3 * 2 * Architecture.from_config(cfg).parameters()   # bf16 weights, with room
+    shm = "/dev/shm" if Path("/dev/shm").is_dir() and shutil.disk_usage(
+        "/dev/shm").free > need else None
     with tempfile.TemporaryDirectory(dir=shm) as tmp:
         with torch.device("cuda"):
             base = AutoModelForCausalLM.from_config(AutoConfig.for_model(**cfg),
@@ -335,14 +379,16 @@ def save(path, machine: str, info: dict, results: list[dict]) -> dict:
 
 def hours(result: dict, stage: str, pairs: int = ULTRAFEEDBACK_PAIRS) -> float:
     """Hours for ``pairs`` pairs at the measured pairs/s of ``stage`` (one device)."""
-    return pairs / result[stage]["pairs_per_s"] / 3600
+    rate = result[stage].get("pairs_per_s_amortized", result[stage]["pairs_per_s"])
+    return pairs / rate / 3600
 
 
 def markdown(results: list[dict]) -> str:
     """The table bench_scale prints and docs/results.md holds."""
-    head = ("| architecture | T | pairs | weights | ckpt | train pairs/s | build pairs/s | "
-            "build/train speed | train peak GiB | build peak GiB | build/train memory | "
-            "plan train / build GiB | UltraFeedback 61k: build h | train epoch h |")
+    head = ("| architecture | T | pairs | weights | ckpt | train pairs/s | build pairs/s "
+            "(measured; projection per 64 pairs) | build/train speed | train peak GiB | "
+            "build peak GiB | build/train memory | plan train / build GiB | "
+            "UltraFeedback 61k: build h | train epoch h |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in results:
         base = r["dtype"] + ("" if r["base"] == "full" else f" + {r['base']}")
@@ -350,7 +396,8 @@ def markdown(results: list[dict]) -> str:
         lines.append(
             f"| {r['arch']} | {r['tokens']} | {r['pairs']} | {base} | "
             f"{'on' if r['checkpointing'] else 'off'} | {r['train']['pairs_per_s']:.4g} | "
-            f"{r['build']['pairs_per_s']:.4g} | {r['build_over_train_speed']:.2f} | "
+            f"{r['build']['pairs_per_s']:.4g}; {r['build']['pairs_per_s_amortized']:.4g} | "
+            f"{r['build_over_train_speed']:.2f} | "
             f"{r['train']['peak_bytes'] / 2**30:.2f} | {r['build']['peak_bytes'] / 2**30:.2f} | "
             f"{r['build_over_train_memory']:.2f} | "
             f"{(r['train']['plan_bytes'] + extra) / 2**30:.2f} / "
@@ -389,3 +436,35 @@ def plot_memory(results: list[dict], path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def sweep(archs, tokens, *, out, machine: str, info: dict, budget_s: float = float("inf"),
+          log=print, **kw) -> list[dict]:
+    """:func:`compare` for every architecture × T (skipping what starts after ``budget_s``),
+    each result merged into ``out`` as it comes (:func:`save`). On CUDA a failed run (out of
+    memory, no bitsandbytes) is reported and the sweep goes on; on a CPU it raises."""
+    start, results = time.perf_counter(), []
+    for arch in archs:
+        for t in tokens:
+            if time.perf_counter() - start > budget_s:
+                log(f"skipped {arch} T={t}: time budget ({budget_s:.0f} s) spent")
+                continue
+            log(f"{arch} T={t} {kw}")
+            try:
+                results.append(compare(arch, t, log=log, **kw))
+            except Exception as err:   # noqa: BLE001 - on a lent GPU: report, keep the rest
+                if not str(kw.get("device", "cpu")).startswith("cuda"):
+                    raise
+                log(f"  {arch} T={t}: {type(err).__name__}: {str(err)[:200]}")
+                continue
+            save(out, machine, info, results)
+            log(markdown(results[-1:]).splitlines()[-1])
+    return results
+
+
+def load_runs(path, machine: str) -> list[dict]:
+    """Every result recorded in ``path`` for ``machine`` ([] if none)."""
+    try:
+        return json.loads(Path(path).read_text())["runs"][machine]["results"]
+    except (OSError, ValueError, KeyError):
+        return []
