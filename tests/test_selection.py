@@ -49,7 +49,8 @@ def test_lossdiff_irm_is_the_intersection_with_both_reasons():
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.5, 0.64, 0.9, 1.0])
-@pytest.mark.parametrize("method", ["lossdiff-irm", "lossdiff", "tif", "top-if", "random"])
+@pytest.mark.parametrize("method", ["lossdiff-irm", "lossdiff", "tif", "top-if", "reward-gap",
+                                    "random"])
 def test_keep_fraction_within_one_pair(method, keep):
     rng = np.random.default_rng(int(keep * 100))
     n = 257
@@ -79,6 +80,18 @@ def test_top_if_random_all():
     r1, r2 = select(t, "random", keep=0.6, seed=1), select(t, "random", keep=0.6, seed=1)
     assert r1.kept == r2.kept and len(r1.kept) == 3
     assert select(t, "random", keep=0.6, seed=3).kept != r1.kept   # the seed matters
+
+
+def test_reward_gap_keeps_the_smallest_signed_margins():
+    # arXiv 2508.04149: the smallest implicit reward gaps (signed: a pair the model gets wrong,
+    # margin < 0, is harder than one it barely gets right); ties keep table order
+    t = _table(irm=[0.5, -2.0, 3.0, 0.1, 0.1, -0.3])
+    sel = select(t, "reward-gap", keep=0.5)
+    assert sel.kept == ["p1", "p3", "p5"]
+    assert sel.dropped == {"p0": ["irm:high"], "p2": ["irm:high"], "p4": ["irm:high"]}
+    t = _table(irm=[1.0, float("nan"), -1.0, 2.0])
+    sel = select(t, "reward-gap", keep=0.34)
+    assert sel.kept == ["p2"] and sel.unscorable == {"p1": "nonfinite:irm"}
 
 
 def test_bad_input_is_rejected_with_a_message():

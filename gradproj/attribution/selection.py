@@ -9,6 +9,9 @@ Rules (all return a :class:`Selection`):
 - ``lossdiff-irm``: LossDiff in its middle band AND IRM in its middle band (the paper's rule).
 - ``tif``, ``lossdiff``, ``irm``: one score in its middle band.
 - ``top-if``: the round(F·N) pairs with the highest IF (classical influence selection).
+- ``reward-gap``: the round(F·N) pairs with the smallest implicit reward gap, i.e. the
+  objective's margin m_θ(d) = IRM, ascending and signed (the hardest pairs; Qi, Xu & Jin,
+  "Difficulty-Based Preference Data Selection by DPO Implicit Reward Gap", arXiv 2508.04149).
 - ``random``: round(F·N) pairs drawn with a seeded generator.
 - ``all``: every pair.
 
@@ -37,7 +40,7 @@ import numpy as np
 from gradproj.core.errors import GradprojError
 from gradproj.attribution.scores import ScoreTable
 
-METHODS = ("lossdiff-irm", "tif", "lossdiff", "irm", "top-if", "random", "all")
+METHODS = ("lossdiff-irm", "tif", "lossdiff", "irm", "top-if", "reward-gap", "random", "all")
 BAND_SCORES = {"lossdiff-irm": ("lossdiff", "irm"), "tif": ("if",), "lossdiff": ("lossdiff",),
                "irm": ("irm",)}
 DEFAULT_LOW_SHARE = 5 / 9
@@ -92,7 +95,11 @@ def _check_keep(keep: float) -> float:
     return float(keep)
 
 
-RULE_SCORES = {**BAND_SCORES, "top-if": ("if",), "random": (), "all": ()}
+RULE_SCORES = {**BAND_SCORES, "top-if": ("if",), "reward-gap": ("irm",), "random": (),
+               "all": ()}
+TOP_K = {"top-if": ("if", -1.0, "if:low"), "reward-gap": ("irm", 1.0, "irm:high")}
+"""Rules keeping the round(F·N) pairs first in the order of sign × score (stable): the score,
+the sign, and the drop reason of the others."""
 """The scores each rule reads."""
 
 
@@ -189,13 +196,14 @@ def _apply(method, ids, cols, keep, bands, low_share, seed):
     n = len(ids)
     if method == "all":
         return list(ids), {}, {}, {}
-    if method in ("random", "top-if"):
+    if method == "random" or method in TOP_K:
+        size = max(1, round(keep * n))
         if method == "random":
-            rng = np.random.default_rng(seed)
-            chosen = set(rng.choice(n, size=max(1, round(keep * n)), replace=False).tolist())
+            chosen = set(np.random.default_rng(seed).choice(n, size=size, replace=False).tolist())
+            why = "random"
         else:
-            chosen = set(np.argsort(-cols["if"], kind="stable")[:max(1, round(keep * n))].tolist())
-        why = "random" if method == "random" else "if:low"
+            name, sign, why = TOP_K[method]
+            chosen = set(np.argsort(sign * cols[name], kind="stable")[:size].tolist())
         return ([i for j, i in enumerate(ids) if j in chosen],
                 {i: [why] for j, i in enumerate(ids) if j not in chosen}, {}, {})
     names = BAND_SCORES[method]
