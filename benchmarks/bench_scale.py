@@ -41,6 +41,10 @@ def main(argv=None) -> int:
                     help="start no further run once this much time has gone")
     ap.add_argument("--out", default=str(ROOT / "docs" / "bench_scale.json"))
     ap.add_argument("--plot", default=str(ROOT / "docs" / "bench_scale.png"))
+    ap.add_argument("--plan-check", action="store_true",
+                    help="also check gradproj plan's peaks at the PLAN_SIZES (torch allocations)")
+    ap.add_argument("--results-md", default=str(ROOT / "docs" / "results.md"),
+                    help="write the tables between its bench_scale markers")
     a = ap.parse_args(argv)
     info, machine = machine_info(ROOT, ("transformers", "peft")), machine_key(a.device)
     print(f"{machine}: {machine_line(info)}", flush=True)
@@ -50,10 +54,16 @@ def main(argv=None) -> int:
         checkpointing=a.checkpointing, repeats=a.repeats, warmup=a.warmup, device=a.device,
         how="cuda" if a.device.startswith("cuda") else "rss", quantized=a.quantized,
         log=lambda line: print(line, flush=True))
-    if not results:
+    if a.plan_check:
+        scale.save_plan_check(a.out, machine, [scale.check_plan(size) for size in scale.PLAN_SIZES])
+    if not results and not a.plan_check:
         return 1
-    scale.plot_memory(scale.load_runs(a.out, machine), a.plot)
-    print(f"\n{machine_line(info)}\n{scale.PAPER}\n\n{scale.markdown(results)}")
+    runs = scale.load_runs(a.out, machine)
+    scale.plot_memory(runs, a.plot)
+    text = scale.report(a.out, machine, Path(a.plot).name)
+    print(text)
+    if scale.write_results(a.results_md, text):
+        print(f"tables written into {a.results_md}")
     return 0
 
 

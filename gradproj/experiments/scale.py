@@ -468,3 +468,119 @@ def load_runs(path, machine: str) -> list[dict]:
         return json.loads(Path(path).read_text())["runs"][machine]["results"]
     except (OSError, ValueError, KeyError):
         return []
+
+
+PLAN_SIZES = (  # hidden, intermediate, layers, heads, kv heads, vocab, tokens, pairs, dtype, ckpt
+    (128, 352, 4, 4, 2, 4000, 128, 2, "float32", False),
+    (256, 704, 4, 8, 2, 8000, 256, 2, "float32", False),
+    (256, 704, 8, 8, 2, 1000, 384, 2, "float32", True),
+    (384, 1024, 6, 6, 6, 2000, 256, 1, "bfloat16", True),
+)
+"""Llama-shaped sizes at which `gradproj plan`'s peak estimate is checked against torch's
+allocations (tests/test_plan.py; bench_scale --plan-check): both precisions, with and without
+checkpointing, one and two pairs."""
+
+
+def size_config(size: tuple) -> dict:
+    """The Llama config.json of a :data:`PLAN_SIZES` entry."""
+    h, i, layers, heads, kv, vocab = size[:6]
+    return dict(model_type="llama", vocab_size=vocab, hidden_size=h, intermediate_size=i,
+                num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv,
+                max_position_embeddings=1024, tie_word_embeddings=False)
+
+
+def check_plan(size: tuple, k: int = 256) -> dict:
+    """:func:`compare` at one :data:`PLAN_SIZES` entry, peaks from torch's allocations: per
+    stage the measured and planned peak bytes and the plan's relative error."""
+    tokens, pairs, dtype, ckpt = size[6:]
+    out = compare(size_config(size), tokens, pairs=pairs, dtype=dtype, checkpointing=ckpt,
+                  how="torch", k=k, log=lambda *_: None)
+    row = {"size": "h{}-i{}-L{}-heads{}/{}-V{}".format(*size[:6]), "tokens": tokens,
+           "pairs": pairs, "dtype": dtype, "checkpointing": ckpt}
+    for stage in ("train", "build"):
+        measured, planned = out[stage]["peak_bytes"], out[stage]["plan_bytes"]
+        row[stage] = {"measured": measured, "plan": planned,
+                      "error": (planned - measured) / measured}
+    return row
+
+
+def plan_rows(results: list[dict]) -> list[dict]:
+    """:func:`check_plan`-shaped rows from bench_scale results measured by RSS: the plan plus
+    what the process held besides the weights before the stage, against VmHWM."""
+    rows = []
+    for r in results:
+        row = {"size": r["arch"], "tokens": r["tokens"], "pairs": r["pairs"],
+               "dtype": r["dtype"], "checkpointing": r["checkpointing"], "how": r["how"]}
+        for stage in ("train", "build"):
+            measured = r[stage]["peak_bytes"]
+            planned = r[stage]["plan_bytes"] + r[stage].get("runtime_bytes", 0)
+            row[stage] = {"measured": measured, "plan": planned,
+                          "error": (planned - measured) / measured}
+        rows.append(row)
+    return rows
+
+
+def plan_markdown(rows: list[dict]) -> str:
+    """Planned against measured peak memory, one row per size and stage."""
+    head = "| size | T | pairs | dtype | ckpt | measured by | stage | measured MiB | plan MiB | plan error |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        how = {"rss": "VmHWM", "cuda": "max_memory_allocated"}.get(r.get("how", "torch"),
+                                                                    "torch allocations")
+        for stage in ("train", "build"):
+            s = r[stage]
+            lines.append(f"| {r['size']} | {r['tokens']} | {r['pairs']} | {r['dtype']} | "
+                         f"{'on' if r['checkpointing'] else 'off'} | {how} | {stage} | "
+                         f"{s['measured'] / 2**20:.1f} | {s['plan'] / 2**20:.1f} | "
+                         f"{100 * s['error']:+.1f}% |")
+    return "\n".join(lines)
+
+
+RESULTS_BEGIN = "<!-- bench_scale: begin — written by benchmarks/bench_scale.py -->"
+RESULTS_END = "<!-- bench_scale: end -->"
+
+
+def write_results(results_md, body: str) -> bool:
+    """Replace what stands between the bench_scale markers of ``results_md`` with ``body``;
+    False (nothing written) when the markers are missing."""
+    path = Path(results_md)
+    text = path.read_text() if path.is_file() else ""
+    if RESULTS_BEGIN not in text or RESULTS_END not in text.split(RESULTS_BEGIN, 1)[1]:
+        return False
+    head, rest = text.split(RESULTS_BEGIN, 1)
+    path.write_text(f"{head}{RESULTS_BEGIN}\n{body.strip()}\n{RESULTS_END}"
+                    f"{rest.split(RESULTS_END, 1)[1]}")
+    return True
+
+
+def save_plan_check(path, machine: str, rows: list[dict]) -> None:
+    """Record :func:`check_plan` rows under ``plan_check[machine]`` of the JSON at ``path``."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        data = {}
+    data.setdefault("plan_check", {})[machine] = rows
+    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def report(path, machine: str, plot_name: str = "bench_scale.png") -> str:
+    """docs/results.md's bench_scale section for every machine recorded in ``path``: the build
+    against training table, the memory plot and the plan against measured peaks."""
+    data = json.loads(Path(path).read_text())
+    parts = []
+    for name, entry in sorted(data.get("runs", {}).items()):
+        info = entry.get("machine", {})
+        parts += [f"**{name}** (commit {info.get('commit', '?')}, {info.get('date', '?')}; "
+                  f"load average at start {info.get('loadavg_at_start', '?')}). {PAPER}; "
+                  f"hours are for UltraFeedback's {ULTRAFEEDBACK_PAIRS:,} pairs on one device.",
+                  "", markdown(entry["results"]), ""]
+    parts += [f"![peak memory against T]({plot_name})", "",
+              "`gradproj plan` against the measured peak (the error is plan − measured over "
+              "measured; torch allocations plus the weights, or the process's VmHWM with what "
+              "it held before the stage added to the plan):", ""]
+    rows = list(data.get("plan_check", {}).get(machine, []))
+    for entry in data.get("runs", {}).values():
+        rows += plan_rows(entry["results"])
+    parts.append(plan_markdown(rows))
+    return "\n".join(parts)
