@@ -5,7 +5,7 @@ VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: test demo bench bench-quick setup clean
+.PHONY: test test-slow demo bench bench-quick setup clean
 
 setup: $(VENV)/.installed
 
@@ -24,6 +24,10 @@ $(VENV)/.smollm2: $(VENV)/.installed
 
 test: $(VENV)/.installed $(VENV)/.smollm2
 	$(BIN)/pytest
+
+# The end-to-end tests marked slow (deselected by `make test`; CI runs both).
+test-slow: $(VENV)/.installed $(VENV)/.smollm2
+	$(BIN)/pytest -m slow
 
 demo: $(VENV)/.installed $(VENV)/.smollm2
 	$(BIN)/gradproj demo

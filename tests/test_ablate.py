@@ -49,6 +49,7 @@ def test_settings_parse_rules_and_refuse_unknown_ones():
     assert res.stderr.strip().startswith("gradproj: error: --methods: unknown rule 'best'")
 
 
+@pytest.mark.slow
 def test_ablate_runs_every_rule_and_seed(tiny_char_llama, tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", make_records(16, 0, "train"))
     val = write_jsonl(tmp_path / "val.jsonl", make_records(4, 1, "val"))

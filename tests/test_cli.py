@@ -118,6 +118,7 @@ def test_train_then_evaluate(tiny_llama, sample_jsonl, tmp_path):
     assert "accuracy" in result.stdout
 
 
+@pytest.mark.slow
 def test_demo_runs_on_a_tiny_model(tiny_char_llama, tmp_path):
     result = _run("demo", "--model", tiny_char_llama, "--n-train", "8", "--n-test", "4",
                   "--out", str(tmp_path / "demo"), "--device", "cpu")

@@ -74,6 +74,7 @@ def test_two_rank_gloo_build_equals_one_process(tiny_llama, data, single, tmp_pa
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to python")
+@pytest.mark.slow
 def test_killed_rank_resumes(tiny_llama, data, single, tmp_path):
     out = tmp_path / "killed"
     proc = subprocess.Popen(_cmd(tiny_llama, data, out, 2), stdout=subprocess.DEVNULL,
@@ -191,6 +192,7 @@ def _scores(out: Path) -> dict:
 
 
 @pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun is not installed next to python")
+@pytest.mark.slow
 def test_two_rank_select_keeps_the_pairs_of_one_process(tiny_char_llama, select_task, tmp_path):
     runs = {}
     for nproc in (1, 2):

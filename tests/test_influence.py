@@ -185,6 +185,7 @@ def test_top_influences_never_list_nonfinite_rows(tmp_path, settings):
     assert np.isnan(mean_influence(store, val)[bad + [7]]).all()
 
 
+@pytest.mark.slow
 def test_ivf_pq_recall_at_10(tmp_path):
     store = _synthetic_store(tmp_path / "s", n=10000)
     q = np.random.default_rng(1).standard_normal((50, store.k)).astype(np.float32)

@@ -163,6 +163,7 @@ def _cli_build(model_dir, pairs_file, out, resume=False):
     return args + (["--resume"] if resume else [])
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_points_then_resume_equals_clean_build(tiny_llama, pairs_file,
                                                                  tmp_path):
     clean = _build(tiny_llama, pairs_file, tmp_path / "clean")
