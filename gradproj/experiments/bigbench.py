@@ -126,15 +126,46 @@ def ensure_archive(archive: str | os.PathLike | None, cache: Path) -> Path:
 
 
 def _download(cache: Path) -> None:
-    """``pip download --no-deps bigbench==1.0.0`` into ``cache``; a failure names pip's reason."""
+    """``pip download --no-deps bigbench==1.0.0`` into ``cache``; where pip refuses (pip ≥ 24
+    rejects the sdist's direct-URL dependency after fetching it), the file is fetched from the
+    index's JSON API and checked against its sha256. A failure names both reasons."""
     cache.mkdir(parents=True, exist_ok=True)
     print(f"downloading {PACKAGE} (358 MB) into {cache} ...", file=sys.stderr, flush=True)
     done = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE,
                            "-d", str(cache)], capture_output=True, text=True)
-    if done.returncode != 0 or not (cache / ARCHIVE_NAME).is_file():
-        reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
-        raise BigbenchError(f"no {ARCHIVE_NAME} in {cache} and pip could not download "
-                            f"{PACKAGE} ({reason}); pass --archive PATH")
+    if done.returncode == 0 and (cache / ARCHIVE_NAME).is_file():
+        return
+    reason = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+    try:
+        fetch_from_index(cache / ARCHIVE_NAME)
+    except (OSError, ValueError, KeyError) as err:
+        raise BigbenchError(f"no {ARCHIVE_NAME} in {cache}: pip could not download {PACKAGE} "
+                            f"({reason}) nor the index serve it ({err}); pass --archive PATH"
+                            ) from None
+
+
+def fetch_from_index(path: Path, index: str = "https://pypi.org/simple") -> None:
+    """Fetch ``path.name`` from ``index``'s JSON simple API (PEP 691) to ``path``, checking the
+    sha256 the index gives (a partial or wrong file is removed, never left in the cache)."""
+    import urllib.request
+
+    request = urllib.request.Request(f"{index}/{PACKAGE.split('==')[0]}/",
+                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    with urllib.request.urlopen(request, timeout=60) as r:
+        entry = next((f for f in json.load(r)["files"] if f["filename"] == path.name), None)
+    if entry is None:
+        raise KeyError(f"the index lists no {path.name}")
+    part, digest = path.with_suffix(".part"), hashlib.sha256()
+    try:
+        with urllib.request.urlopen(entry["url"], timeout=180) as r, open(part, "wb") as out:
+            while chunk := r.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+        if digest.hexdigest() != entry["hashes"]["sha256"]:
+            raise ValueError(f"sha256 of {path.name} does not match the index's")
+        part.replace(path)
+    finally:
+        part.unlink(missing_ok=True)
 
 
 def read_tasks(archive: Path, tasks: Sequence[str]) -> dict[str, dict]:
