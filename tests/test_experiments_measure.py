@@ -56,6 +56,19 @@ def test_query_cost_on_a_random_store(tmp_path):
                                "flop_frac": 2 * 1000 * 64 * 8 / 0.5 / 1e10})
 
 
+def test_merge_results_keeps_the_parts_a_run_skipped():
+    old = {"synthetic": [1], "smollm2": {"a": 1}, "limits": {"bw": 2}, "machine": "old",
+           "quick": True, "k": 8192}
+    only_smollm = {"smollm2": {"a": 2}, "machine": "new", "limits": {"bw": 3}, "k": 8192}
+    merged = querycost.merge_results(only_smollm, old)
+    assert merged == {"smollm2": {"a": 2}, "synthetic": [1], "limits": {"bw": 2},
+                      "machine": "old", "quick": True, "k": 8192}
+    assert only_smollm["machine"] == "new"           # the argument is left alone
+    only_synthetic = {"synthetic": [4], "machine": "new"}
+    assert querycost.merge_results(only_synthetic, old) == {
+        "synthetic": [4], "machine": "new", "smollm2": {"a": 1}}
+
+
 def test_tiny_tokenizer_is_the_test_helpers_and_the_model_loads(tmp_path):
     from gradproj.core.model import ModelSettings, load_model
 
