@@ -1,28 +1,17 @@
-"""benchmarks/run_suite.py: the report's tables are copied into docs/results.md between markers,
-and nothing outside the markers changes."""
+"""The evidence suite's report (gradproj.experiments.suite, written by benchmarks/run_suite.py):
+the report's tables are copied into docs/results.md between markers, and nothing outside the
+markers changes."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from gradproj.experiments import suite
 
-
-def _load():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("run_suite", BENCH / "run_suite.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_splice_replaces_only_the_marked_block(tmp_path):
-    suite = _load()
     results = tmp_path / "results.md"
     before = "# results\n\nhand-written intro\n\n"
     after = "\n## Later section\n\nkept as is\n"
@@ -42,7 +31,6 @@ def test_splice_replaces_only_the_marked_block(tmp_path):
 
 
 def test_splice_without_markers_writes_nothing(tmp_path):
-    suite = _load()
     results = tmp_path / "results.md"
     results.write_text("# results\n\nno markers here\n")
     report = tmp_path / "results_evidence.md"
@@ -54,7 +42,7 @@ def test_splice_without_markers_writes_nothing(tmp_path):
     assert not suite.splice(results, report) and results.read_text() == only_begin
 
 
-DOCS = BENCH.parent / "docs"
+DOCS = ROOT / "docs"
 COMMITTED = ("bench_select_bigbench.json", "bench_lds.json", "bench_fidelity.json")
 
 
@@ -64,7 +52,6 @@ def test_report_rebuilds_from_the_committed_results(tmp_path):
     import json
     import shutil
 
-    suite = _load()
     for name in COMMITTED:
         shutil.copy(DOCS / name, tmp_path / name)
     text = suite.write_report(tmp_path, [], False, {}).read_text()
@@ -89,3 +76,19 @@ def test_lds_table_is_the_committed_one():
 
     data = json.loads((DOCS / "bench_lds.json").read_text())
     assert lds_table(data["lds"]) == data["table"]
+
+
+def test_script_rewrites_the_report_from_the_json_in_out(tmp_path):
+    """run_suite.py --only 0: no step runs, the report is assembled from --out's JSON."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(DOCS / "bench_lds.json", tmp_path / "bench_lds.json")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_suite.py"), "--only",
+                           "0", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "results_evidence.md").read_text()
+    assert "Assembled from the JSON files below" in text and "## Linear datamodeling" in text
+    assert "(no results: bench_select_bigbench.json was not written)" in text
+

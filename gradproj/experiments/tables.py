@@ -15,6 +15,8 @@ from gradproj.experiments.noise import noise_lines
 PAPER = {"pearson_lossdiff_if": 0.77, "pearson_irm_if": 0.67,
          "overlap_lossdiff_irm_tif": (0.73, 0.78), "overlap_single_tif": (0.60, 0.70)}
 """The paper's reported values (Pearson with IF; overlap of selections with TIF's)."""
+RULES = ("all", "random", "top-if", "tif", "lossdiff", "irm", "lossdiff-irm")
+"""The selection rules in the order of the selection benchmark's tables."""
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
