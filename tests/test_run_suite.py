@@ -92,3 +92,17 @@ def test_script_rewrites_the_report_from_the_json_in_out(tmp_path):
     assert "Assembled from the JSON files below" in text and "## Linear datamodeling" in text
     assert "(no results: bench_select_bigbench.json was not written)" in text
 
+
+def test_projection_tables_are_the_committed_ones():
+    """tables.speed_table and .fidelity_table reproduce bench_projection's committed tables."""
+    import json
+
+    from gradproj.experiments.tables import fidelity_table, speed_table
+
+    data = json.loads((DOCS / "bench_projection.json").read_text())
+    ks = [int(k) for k in data["args"]["fid_ks"].split(",")]
+    with_std = len(data["args"]["fid_seeds"].split(",")) > 1
+    assert fidelity_table(data["fidelity"], ks, with_std) == data["markdown_fidelity"]
+    assert speed_table(data["speed"]) == data["markdown_speed"]
+    assert "± " in data["markdown_fidelity"] and " ± " not in fidelity_table(
+        data["fidelity"], ks, False)
