@@ -26,6 +26,21 @@ def test_median_timed_and_interleaved_rotation():
     assert got == {"a": [1.0] * 3, "b": [1.0] * 3, "c": [1.0] * 3}
 
 
+def test_quiet_sets_threads_and_logging_and_restores_them():
+    import logging
+    import warnings
+
+    import torch
+
+    before, lg = torch.get_num_threads(), logging.getLogger("trl")
+    lg.setLevel(logging.INFO)
+    with measure.quiet(threads=1):
+        assert torch.get_num_threads() == 1 and lg.level == logging.ERROR
+        warnings.warn("hidden", UserWarning, stacklevel=1)      # ignored inside
+    assert torch.get_num_threads() == before and lg.level == logging.INFO
+    lg.setLevel(logging.NOTSET)
+
+
 def test_process_memory_and_peak_sampler():
     status = measure.proc_status()
     assert status["VmRSS"] > 0 and status["VmHWM"] >= status["VmRSS"]
