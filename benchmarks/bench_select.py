@@ -280,17 +280,9 @@ def main(argv=None):
     args.seeds = tuple(args.seeds)
 
     if args.replot:
-        from gradproj.experiments.runner import aggregate
+        from gradproj.experiments.runner import reaggregate
 
-        res = json.loads(Path(args.replot).read_text())
-        res["rules"] = aggregate(res.get("runs", []), RULES)
-        if "selections" not in res:       # older files: from the first seed's runs
-            keys = ("kept", "flips_removed", "flipped_in_kept", "overlap_tif", "bands",
-                    "drop_reasons")
-            first = res["settings"]["seeds"][0]
-            res["selections"] = {r["rule"]: {k: r[k] for k in keys} for r in res["runs"]
-                                 if r["seed"] == first}
-        res["reaggregated"] = "rules and selections recomputed from the same runs by --replot"
+        res = reaggregate(json.loads(Path(args.replot).read_text()), RULES)
         if Path(args.replot).resolve() != Path(args.json).resolve():
             Path(args.json).write_text(json.dumps(res, indent=2, ensure_ascii=False))
     else:

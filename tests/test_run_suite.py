@@ -106,3 +106,32 @@ def test_projection_tables_are_the_committed_ones():
     assert speed_table(data["speed"]) == data["markdown_speed"]
     assert "± " in data["markdown_fidelity"] and " ± " not in fidelity_table(
         data["fidelity"], ks, False)
+
+
+def test_reaggregate_reproduces_the_committed_rules_and_selections():
+    """runner.reaggregate (bench_select --replot) recomputes the committed JSON's per-rule
+    aggregates from its runs exactly, and an older file's missing selections from the first
+    seed's runs."""
+    import copy
+    import json
+
+    import numpy as np
+
+    from gradproj.experiments.runner import SELECTION_KEYS, reaggregate
+    from gradproj.experiments.tables import RULES
+
+    data = json.loads((DOCS / "bench_select_bigbench.json").read_text())
+    older = copy.deepcopy(data)
+    del older["selections"]
+    again = reaggregate(copy.deepcopy(data), RULES)
+    assert [r["rule"] for r in again["rules"]] == [r["rule"] for r in data["rules"]]
+    for got, want in zip(again["rules"], data["rules"], strict=True):
+        assert set(want) <= set(got)           # newer aggregates add the paired difference
+        for key, value in want.items():
+            assert np.allclose(got[key], value, rtol=1e-9, equal_nan=True) if isinstance(
+                value, (float, list)) else got[key] == value, (want["rule"], key)
+    assert again["selections"] == data["selections"] and "reaggregated" in again
+    rebuilt = reaggregate(older, RULES)["selections"]
+    assert set(rebuilt) == set(data["selections"])
+    for rule, sel in rebuilt.items():
+        assert sel == {k: data["selections"][rule][k] for k in SELECTION_KEYS}
