@@ -195,20 +195,7 @@ def main(argv=None) -> int:
     rows, table = [], []
 
     def add(name, runs, count, note=""):
-        """Ratio to the train step: against the training steps of the same FeatureComputer run
-        (builds), else against the same repeat's training steps (LESS, trl)."""
-        walls = [r["wall"] for r in runs]
-        trains = [r.get("train", t) for r, t in zip(runs, train_s)]
-        ratios = [(count / w) / (n / t) for w, t in zip(walls, trains)]
-        share = [r["projection"] / r["wall"] for r in runs if "projection" in r]
-        row = {"variant": name, "pairs": count, "median_seconds": C.median(walls),
-               "pairs_per_s": count / C.median(walls), "ratio_to_train_step": C.median(ratios),
-               "ratio_per_repeat": ratios,
-               "projection_share": C.median(share) if share else None,
-               "gradient_seconds": C.median([r["gradients"] for r in runs if "gradients" in r])
-               if share else None,
-               "projection_seconds": C.median([r["projection"] for r in runs])
-               if share else None, "note": note}
+        row = buildcost.summary_row(name, runs, count, n, train_s, note)
         rows.append(row)
         table.append([name, count, f"{row['median_seconds']:.1f}", f"{row['pairs_per_s']:.3f}",
                       f"{row['ratio_to_train_step']:.2f}×",

@@ -90,74 +90,6 @@ def load_pairs(args) -> tuple[list, list, frozenset]:
     return task.train, task.val, task.flipped
 
 
-# ------------------------------------------------------------------------------ plot
-
-def plot(path: Path, rows: list[dict], sums: np.ndarray, losses: np.ndarray, flips: np.ndarray,
-         repeats: dict[int, list[float]], exact_row: dict, floor: dict, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.6))
-    ex = exact_row
-    ax.axhline(ex["lds"], color="k", lw=1.5, label=f"exact (unprojected) {ex['lds']:.3f}")
-    ax.axhspan(ex["ci_low"], ex["ci_high"], color="k", alpha=0.08)
-    if "lds_seed_mean" in ex:
-        ax.axhline(ex["lds_seed_mean"], color="k", ls="--", lw=1,
-                   label=f"exact vs loss averaged over {floor.get('seeds_per_subset', '?')} "
-                         f"data-order seeds {ex['lds_seed_mean']:.3f}")
-    if "ceiling" in floor:
-        ax.axhline(floor["ceiling"], color="gray", ls=":", label=f"noise ceiling "
-                                                                 f"{floor['ceiling']:.2f}")
-    markers = {"rademacher": "o", "sjlt": "s", "gaussian": "^"}
-    for (variant, gt), group in _groups(rows).items():
-        pts = sorted((r["k"], r["lds"], r["ci_low"], r["ci_high"]) for r in group
-                     if r["proj_seed"] == group[0]["proj_seed"])
-        ks, lds, lo, hi = (np.array(v) for v in zip(*pts, strict=True))
-        kind = variant.split()[-1]
-        ks = ks * {"sjlt": 1.08, "gaussian": 0.93}.get(kind, 1.0)   # side by side at one k
-        style = "-" if gt == "sgd" else "--"
-        label = f"store {kind}" + (" (adam)" if gt == "adam" else "")
-        line = ax.errorbar(ks, lds, yerr=[lds - lo, hi - lds], marker=markers.get(kind, "o"),
-                           ls=style if len(ks) > 1 else "none", capsize=3, label=label)
-        others = [(r["k"], r["lds"]) for r in group if r["proj_seed"] != group[0]["proj_seed"]]
-        if others:
-            ax.scatter(*zip(*others, strict=True), s=12, color=line[0].get_color(), alpha=0.5)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("k (projected dimension); small dots: other projection seeds")
-    ax.set_ylabel("LDS = Spearman(Σ IF, −val loss)")
-    ax.set_title("LDS vs k (95 % bootstrap CI over subsets)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-
-    for s, v in repeats.items():
-        if v:
-            vals = [losses[s]] + list(v)
-            bx.plot([sums[s]] * 2, [min(vals), max(vals)], color="r", lw=1, alpha=0.35,
-                    zorder=1)
-    sc = bx.scatter(sums, losses, c=flips, cmap="viridis", s=22, zorder=2)
-    fig.colorbar(sc, ax=bx, label="flipped pairs in subset")
-    bx.set_xlabel("Σ_subset IF (exact gradients)")
-    bx.set_ylabel("validation DPO loss after retraining")
-    bx.set_title(f"exact: LDS {ex['lds']:.3f}; red bars: min–max over data-order seeds",
-                 fontsize=10)
-    bx.grid(alpha=0.3)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def _groups(rows):
-    out: dict = {}
-    for r in rows:
-        if r["variant"].startswith("store"):
-            out.setdefault((r["variant"], r["grad_type"]), []).append(r)
-    return out
-
-
 # ------------------------------------------------------------------------------ main
 
 def parse_args(argv):
@@ -238,6 +170,7 @@ def run(args) -> None:
     from gradproj.core.tokens import tokenize_pairs
     from gradproj.experiments import lds
     from gradproj.experiments.exact import exact_influences
+    from gradproj.experiments.plots import lds_plot
     from gradproj.experiments.runner import Continuation, HeldOut
     from gradproj.experiments.stats import spearman
     from gradproj.experiments.step import step_seconds
@@ -379,8 +312,8 @@ def run(args) -> None:
         title = (f"{MODEL_NAMES[args.model]} (P={P}), {args.data}: {len(train)} train pairs "
                  f"({int(flipped.sum())} flipped), {len(val)} val, S={len(subsets)} "
                  f"half-subsets, AdamW lr {args.lr} via trl, commit {info['commit']}")
-        plot(args.png, rows, np.array(rows[0]["subset_sums"]), losses, flips, repeats, rows[0],
-             floor, title)
+        lds_plot(args.png, rows, np.array(rows[0]["subset_sums"]), losses, flips, repeats,
+                 rows[0], floor, title)
         C.log(f"wrote {args.png}")
         C.write_json(args.json, {
             "benchmark": "bench_lds", "machine": info,

@@ -140,48 +140,6 @@ def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size, data="syntheti
     return rows, info
 
 
-def plot(path: Path, fid_rows, speed_rows, fid_ks, ks) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2 if speed_rows else 1, figsize=(11 if speed_rows else 6, 4.2),
-                             squeeze=False)
-    ax = axes[0][0]
-    for kind in KINDS:
-        pts = sorted((r["k"], r["spearman"], r.get("spearman_std", 0.0)) for r in fid_rows
-                     if r["kind"] == kind)
-        if pts:
-            xs, ys, es = zip(*pts)
-            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=kind)
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(fid_ks, [str(k) for k in fid_ks])
-    ax.set_xlabel("k (projected dimension)")
-    ax.set_ylabel("Spearman(exact g·v, projected)")
-    ax.set_title("Fidelity over SmolLM2 LoRA gradients")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    if speed_rows:
-        ax = axes[0][1]
-        for name in dict.fromkeys(r["variant"] for r in speed_rows):
-            pts = sorted((r["k"], r["median_seconds"]) for r in speed_rows
-                         if r["variant"] == name)
-            ax.plot(*zip(*pts), marker="o", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xticks(ks, [str(k) for k in ks])
-        ax.set_xlabel("k")
-        ax.set_ylabel("seconds per call (median)")
-        ax.set_title("Projection of 64 × P=460800 on CPU")
-        ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="k=512 only, 40 + 8 pairs")
@@ -216,6 +174,8 @@ def main(argv=None) -> int:
     fid_ks = [int(k) for k in args.fid_ks.split(",")]
     seeds = [int(x) for x in args.fid_seeds.split(",")]
 
+    from gradproj.experiments.plots import projection_plot
+    from gradproj.experiments.tables import fidelity_table, speed_table
     from gradproj.experiments.step import perturb_lora_b
     from gradproj.gradients.perpair import lora_layout
 
@@ -236,25 +196,11 @@ def main(argv=None) -> int:
         speed_rows, speed_raw = speed_part(layout, ks, args.batch, args.repeats,
                                            args.cache_mb, args.gemm_mb)
 
-    md_speed = C.markdown_table(
-        ["k", "variant", "median s", "× GEMM limit", "note"],
-        [[r["k"], r["variant"], f"{r['median_seconds']:.3f}", f"{r['ratio_to_gemm']:.2f}",
-          "" if r["cached_fraction"] is None else f"{100 * r['cached_fraction']:.0f}% of R cached"]
-         for r in speed_rows]) if speed_rows else ""
-    md_fid = ""
-    if fid_rows:
-        head = ["kind", "metric"] + [f"k={k}" for k in fid_ks]
-        body = []
-        for kind in KINDS:
-            by_k = {r["k"]: r for r in fid_rows if r["kind"] == kind}
-            for metric in ("spearman", "pearson", "sign_agreement"):
-                body.append([kind, metric] + [
-                    f"{by_k[k][metric]:.4f}" + (f" ± {by_k[k][metric + '_std']:.4f}"
-                                                if len(seeds) > 1 else "") for k in fid_ks])
-        md_fid = C.markdown_table(head, body)
+    md_speed = speed_table(speed_rows) if speed_rows else ""
+    md_fid = fidelity_table(fid_rows, fid_ks, len(seeds) > 1) if fid_rows else ""
     C.log("\n" + md_speed + "\n\n" + md_fid + "\n")
     if fid_rows:
-        plot(args.png, fid_rows, speed_rows, fid_ks, ks)
+        projection_plot(args.png, fid_rows, speed_rows, fid_ks, ks)
         C.log(f"wrote {args.png}")
     C.write_json(args.json, {
         "benchmark": "bench_projection", "machine": info,

@@ -35,7 +35,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -43,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 from gradproj.experiments import measure, tables  # noqa: E402
 from gradproj.experiments import querycost as qc  # noqa: E402
 from gradproj.experiments.measure import drop_caches  # noqa: E402
+from gradproj.experiments.plots import query_plot  # noqa: E402
 
 K = 8192
 M = 256
@@ -137,72 +137,14 @@ def smollm_part(n_train: int, n_val: int, tmp: Path, repeats: int, budget_min: f
 
 # ------------------------------------------------------------------------------ report
 
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lim = results["limits"]
-    syn = results["synthetic"]
-    ns = np.array([e["n"] for e in syn], float)
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.8))
-    ax = axes[0]
-    ax.plot(ns, [e["queries"]["mean"]["warm_median"] for e in syn], "o-", color="C0",
-            label="mean_influence (warm median)")
-    ax.plot(ns, [e["queries"]["mean"]["first"] for e in syn], "x", ms=9, color="C0",
-            label="mean_influence, cold first pass")
-    ax.plot(ns, [e["queries"]["mean_ref"]["warm_median"] for e in syn], "s--", color="C2",
-            label="reference (not gradproj): torch cast\ninto a reused buffer, 1 thread")
-    ax.plot(ns, ns * K * 2 / lim["bandwidth"], "k:", label="bandwidth limit (store bytes / BW)")
-    ax.set(xscale="log", yscale="log", xlabel="N rows (k = 8192)", ylabel="seconds",
-           title="one influence query (mean vector)")
-    ax.legend(fontsize=8)
-    ax = axes[1]
-    for qn, color, name in (("matvec", "C0", "stream_matvec"), ("topk", "C1", "stream_topk")):
-        ax.plot(ns, [e["queries"][qn]["warm_median"] for e in syn], "o-", color=color,
-                label=f"{name}, M={M} (warm median)")
-        ax.plot(ns, [e["queries"][qn]["first"] for e in syn], "x", ms=9, color=color,
-                label=f"{name}, cold first pass")
-    ax.plot(ns, 2 * ns * K * M / lim["matmul_flops"], "k:", label="matmul FLOP/s limit")
-    ax.plot(ns, ns * K * 2 / lim["bandwidth"], "k-.", lw=0.8, label="bandwidth limit")
-    ax.set(xscale="log", yscale="log", xlabel="N rows (k = 8192)", ylabel="seconds",
-           title=f"per-pair query (M = {M})")
-    ax.legend(fontsize=8)
-    ax = axes[2]
-    for qn, color in (("mean", "C0"), ("matvec", "C1"), ("topk", "C2"), ("mean_ref", "C3")):
-        r = [e["queries"][qn] for e in syn]
-        name = qn if qn != "mean_ref" else "mean reference"
-        ax.plot(ns, [(x["peak_rss_increase"] or 0) / 2**20 for x in r], "o-", color=color,
-                label=f"{name}: peak RSS increase")
-        ax.plot(ns, [x["peak_anon_increase"] / 2**20 for x in r], "x--", color=color,
-                label=f"{name}: peak anonymous increase")
-    ax.plot(ns, ns * M * 4 / 2**20, "k:", lw=0.8, label=f"[N, {M}] float32 output of matvec")
-    ax.set(xscale="log", xlabel="N rows", ylabel="MiB", ylim=(0, None),
-           title="peak memory during the query")
-    ax.legend(fontsize=7)
-    fig.suptitle(f"gradproj query benchmark — {results['machine']['cpu_model']}, "
-                 f"{results['machine']['nproc']} cores, commit {results['machine']['commit']}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
 def save(args, results: dict) -> dict:
     """Write --json (merged into the existing file's other parts with --update) and --png."""
     if args.update and args.json.is_file():
-        old = json.loads(args.json.read_text())
-        for part in ("synthetic", "smollm2"):
-            if part not in results and part in old:
-                results = dict(results, **{part: old[part]})
-                if part == "synthetic":
-                    for key in ("limits", "limits_start", "limits_end", "machine", "repeats",
-                                "quick", "total_seconds"):
-                        if key in old:
-                            results[key] = old[key]
+        results = qc.merge_results(results, json.loads(args.json.read_text()))
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     if "synthetic" in results:
-        plot(results, args.png)
+        query_plot(results, args.png)
     return results
 
 

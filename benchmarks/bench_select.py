@@ -44,7 +44,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -52,8 +51,9 @@ import _common as C  # noqa: E402
 
 from gradproj.experiments import noise as label_noise  # noqa: E402
 from gradproj.experiments import tables  # noqa: E402
+from gradproj.experiments.plots import select_plot  # noqa: E402
 
-RULES = ("all", "random", "top-if", "tif", "lossdiff", "irm", "lossdiff-irm")
+RULES = tables.RULES
 
 
 def say(msg):
@@ -225,76 +225,6 @@ def finish(res: dict, runs: list[dict], stages: dict, t_all: float, partial: boo
     return res
 
 
-# ------------------------------------------------------------------------------ output
-
-def report_lines(res: dict) -> list[str]:
-    """Every table of a results JSON (gradproj.experiments.tables.select_report)."""
-    return tables.select_report(res, [r for r in RULES if r != "all"])
-
-
-def plot(res: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rules = res["rules"]
-    names = [r["rule"] for r in rules]
-    x = np.arange(len(names))
-    noise = res.get("noise") or {}
-    fig, axes = plt.subplots(1, 3 if noise else 2, figsize=(19 if noise else 13, 4.6))
-    ax1, ax2 = axes[0], axes[1]
-    if noise:
-        ax3, keys = axes[2], sorted(noise)
-        xs, w3 = np.arange(len(label_noise.SCORES)), 0.8 / len(keys)
-        for j, key in enumerate(keys):
-            vals = [noise[key]["auroc_clean_vs_flipped"][c] for c in label_noise.SCORES]
-            ax3.bar(xs + (j - (len(keys) - 1) / 2) * w3, vals, w3,
-                    label=f"{noise[key]['flip']:.0%} flipped")
-        ax3.axhline(0.5, color="grey", ls=":", lw=1, label="chance")
-        ax3.set_xticks(xs, [{"if": "IF", "lossdiff": "LossDiff", "irm": "IRM"}[c]
-                            for c in label_noise.SCORES])
-        ax3.set_ylim(0, 1.05)
-        ax3.set_title("AUROC of each score, clean vs flipped training pairs", fontsize=10)
-        ax3.legend(fontsize=8)
-    w = 0.38
-    ax1.bar(x - w / 2, [r["policy_accuracy"] for r in rules], w,
-            yerr=[r["policy_accuracy_std"] for r in rules], capsize=3,
-            label="policy acc (log π(y_w) > log π(y_l))", color="#4C72B0")
-    ax1.bar(x + w / 2, [r["accuracy"] for r in rules], w,
-            yerr=[r["accuracy_std"] for r in rules], capsize=3, label="reward acc (h > 0)",
-            color="#DD8452")
-    ax1.axhline(res["theta"]["policy_accuracy"], color="#4C72B0", ls="--", lw=1,
-                label="θ policy acc")
-    ax1.axhline(res["theta"]["accuracy"], color="#DD8452", ls="--", lw=1, label="θ reward acc")
-    ax1.axhline(res["base"]["policy_accuracy"], color="grey", ls=":", lw=1,
-                label="base policy acc")
-    ax1.set_xticks(x, names, rotation=20)
-    ax1.set_ylim(0, 1.18)
-    n_seeds = len(res["settings"]["seeds"])
-    ax1.set_title(f"held-out accuracy after continued DPO from θ "
-                  f"({res['task']['n_test']} test pairs, {n_seeds} seed(s), ±std)", fontsize=10)
-    ax1.legend(fontsize=7, loc="upper center", ncol=3)
-    ax2.bar(x, [r["flips_removed"] for r in rules],
-            yerr=[r["flips_removed_std"] for r in rules], capsize=3, color="#55A868")
-    ax2.axhline(1 - res["settings"]["keep"], color="grey", ls=":", lw=1,
-                label=f"chance (1 − keep = {1 - res['settings']['keep']:.2f})")
-    for i, r in enumerate(rules):
-        ax2.text(i, r["flips_removed"] + 0.02, f"{r['flips_removed']:.0%}", ha="center",
-                 fontsize=8)
-    ax2.set_xticks(x, names, rotation=20)
-    ax2.set_ylim(0, 1.1)
-    ax2.set_title(f"share of the {res['task']['n_flipped']} flipped training pairs removed "
-                  f"(keep {res['settings']['keep']:.2f})", fontsize=10)
-    ax2.legend(fontsize=8)
-    m = res["machine"]
-    fig.suptitle(f"bench_select: SmolLM2-135M, {res.get('settings', {}).get('data', 'synthetic')}"
-                 f" data, {res['task']['n_train']} train pairs, "
-                 f"commit {m['commit']}, {m['date'][:10]}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -350,17 +280,9 @@ def main(argv=None):
     args.seeds = tuple(args.seeds)
 
     if args.replot:
-        from gradproj.experiments.runner import aggregate
+        from gradproj.experiments.runner import reaggregate
 
-        res = json.loads(Path(args.replot).read_text())
-        res["rules"] = aggregate(res.get("runs", []), RULES)
-        if "selections" not in res:       # older files: from the first seed's runs
-            keys = ("kept", "flips_removed", "flipped_in_kept", "overlap_tif", "bands",
-                    "drop_reasons")
-            first = res["settings"]["seeds"][0]
-            res["selections"] = {r["rule"]: {k: r[k] for k in keys} for r in res["runs"]
-                                 if r["seed"] == first}
-        res["reaggregated"] = "rules and selections recomputed from the same runs by --replot"
+        res = reaggregate(json.loads(Path(args.replot).read_text()), RULES)
         if Path(args.replot).resolve() != Path(args.json).resolve():
             Path(args.json).write_text(json.dumps(res, indent=2, ensure_ascii=False))
     else:
@@ -370,8 +292,8 @@ def main(argv=None):
         Path(args.json).write_text(json.dumps(res, indent=2, ensure_ascii=False))
     print()
     if res["rules"]:
-        plot(res, Path(args.png))
-    print("\n".join(report_lines(res)))
+        select_plot(res, Path(args.png))
+    print("\n".join(tables.select_report(res, [r for r in RULES if r != "all"])))
     print(f"wrote {args.json} and {args.png}")
 
 

@@ -150,6 +150,22 @@ def test_cached_share_and_prebuilt_projector():
     assert torch.allclose(proj.project(x), x @ R.T / 2.0, atol=1e-6)
 
 
+def test_summary_row_ratios_against_the_runs_training_steps():
+    # two repeats of a build of 8 pairs: its own training steps take 4 s and 2 s
+    runs = [{"wall": 8.0, "train": 4.0, "gradients": 6.0, "projection": 2.0},
+            {"wall": 4.0, "train": 2.0, "gradients": 3.0, "projection": 1.0}]
+    row = buildcost.summary_row("build", runs, 8, 8, [100.0, 100.0], "n")
+    assert row["ratio_per_repeat"] == [0.5, 0.5] and row["ratio_to_train_step"] == 0.5
+    assert row["median_seconds"] == 6.0 and row["pairs_per_s"] == pytest.approx(8 / 6)
+    assert row["projection_share"] == 0.25 and row["gradient_seconds"] == 4.5
+    assert row["projection_seconds"] == 1.5 and row["note"] == "n"
+    # LESS: 2 pairs in 10 s and 30 s, against the repeats' 8-pair training steps of 4 s and 2 s
+    less = buildcost.summary_row("less", [{"wall": 10.0}, {"wall": 30.0}], 2, 8, [4.0, 2.0])
+    assert less["ratio_per_repeat"] == pytest.approx([(2 / 10) / (8 / 4), (2 / 30) / (8 / 2)])
+    assert less["ratio_to_train_step"] == pytest.approx((0.1 + 1 / 60) / 2)
+    assert less["projection_share"] is None and less["gradient_seconds"] is None
+
+
 def test_projection_fidelity():
     """An identity 'projection' keeps IF exactly; a 2-dimensional one loses most of it."""
     from gradproj.gradients.projectors import make_projector

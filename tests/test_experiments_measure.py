@@ -26,6 +26,21 @@ def test_median_timed_and_interleaved_rotation():
     assert got == {"a": [1.0] * 3, "b": [1.0] * 3, "c": [1.0] * 3}
 
 
+def test_quiet_sets_threads_and_logging_and_restores_them():
+    import logging
+    import warnings
+
+    import torch
+
+    before, lg = torch.get_num_threads(), logging.getLogger("trl")
+    lg.setLevel(logging.INFO)
+    with measure.quiet(threads=1):
+        assert torch.get_num_threads() == 1 and lg.level == logging.ERROR
+        warnings.warn("hidden", UserWarning, stacklevel=1)      # ignored inside
+    assert torch.get_num_threads() == before and lg.level == logging.INFO
+    lg.setLevel(logging.NOTSET)
+
+
 def test_process_memory_and_peak_sampler():
     status = measure.proc_status()
     assert status["VmRSS"] > 0 and status["VmHWM"] >= status["VmRSS"]
@@ -54,6 +69,19 @@ def test_query_cost_on_a_random_store(tmp_path):
                                "bytes_frac": 1000 * 64 * 2 / 0.5 / 1e9,
                                "bytes_frac_first": 1000 * 64 * 2 / 1.0 / 1e9,
                                "flop_frac": 2 * 1000 * 64 * 8 / 0.5 / 1e10})
+
+
+def test_merge_results_keeps_the_parts_a_run_skipped():
+    old = {"synthetic": [1], "smollm2": {"a": 1}, "limits": {"bw": 2}, "machine": "old",
+           "quick": True, "k": 8192}
+    only_smollm = {"smollm2": {"a": 2}, "machine": "new", "limits": {"bw": 3}, "k": 8192}
+    merged = querycost.merge_results(only_smollm, old)
+    assert merged == {"smollm2": {"a": 2}, "synthetic": [1], "limits": {"bw": 2},
+                      "machine": "old", "quick": True, "k": 8192}
+    assert only_smollm["machine"] == "new"           # the argument is left alone
+    only_synthetic = {"synthetic": [4], "machine": "new"}
+    assert querycost.merge_results(only_synthetic, old) == {
+        "synthetic": [4], "machine": "new", "smollm2": {"a": 1}}
 
 
 def test_tiny_tokenizer_is_the_test_helpers_and_the_model_loads(tmp_path):

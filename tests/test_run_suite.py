@@ -1,28 +1,17 @@
-"""benchmarks/run_suite.py: the report's tables are copied into docs/results.md between markers,
-and nothing outside the markers changes."""
+"""The evidence suite's report (gradproj.experiments.suite, written by benchmarks/run_suite.py):
+the report's tables are copied into docs/results.md between markers, and nothing outside the
+markers changes."""
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from gradproj.experiments import suite
 
-
-def _load():
-    sys.path.insert(0, str(BENCH))
-    try:
-        spec = importlib.util.spec_from_file_location("run_suite", BENCH / "run_suite.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(BENCH))
-    return module
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_splice_replaces_only_the_marked_block(tmp_path):
-    suite = _load()
     results = tmp_path / "results.md"
     before = "# results\n\nhand-written intro\n\n"
     after = "\n## Later section\n\nkept as is\n"
@@ -42,7 +31,6 @@ def test_splice_replaces_only_the_marked_block(tmp_path):
 
 
 def test_splice_without_markers_writes_nothing(tmp_path):
-    suite = _load()
     results = tmp_path / "results.md"
     results.write_text("# results\n\nno markers here\n")
     report = tmp_path / "results_evidence.md"
@@ -54,7 +42,7 @@ def test_splice_without_markers_writes_nothing(tmp_path):
     assert not suite.splice(results, report) and results.read_text() == only_begin
 
 
-DOCS = BENCH.parent / "docs"
+DOCS = ROOT / "docs"
 COMMITTED = ("bench_select_bigbench.json", "bench_lds.json", "bench_fidelity.json")
 
 
@@ -64,7 +52,6 @@ def test_report_rebuilds_from_the_committed_results(tmp_path):
     import json
     import shutil
 
-    suite = _load()
     for name in COMMITTED:
         shutil.copy(DOCS / name, tmp_path / name)
     text = suite.write_report(tmp_path, [], False, {}).read_text()
@@ -89,3 +76,62 @@ def test_lds_table_is_the_committed_one():
 
     data = json.loads((DOCS / "bench_lds.json").read_text())
     assert lds_table(data["lds"]) == data["table"]
+
+
+def test_script_rewrites_the_report_from_the_json_in_out(tmp_path):
+    """run_suite.py --only 0: no step runs, the report is assembled from --out's JSON."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(DOCS / "bench_lds.json", tmp_path / "bench_lds.json")
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "run_suite.py"), "--only",
+                           "0", "--out", str(tmp_path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "results_evidence.md").read_text()
+    assert "Assembled from the JSON files below" in text and "## Linear datamodeling" in text
+    assert "(no results: bench_select_bigbench.json was not written)" in text
+
+
+def test_projection_tables_are_the_committed_ones():
+    """tables.speed_table and .fidelity_table reproduce bench_projection's committed tables."""
+    import json
+
+    from gradproj.experiments.tables import fidelity_table, speed_table
+
+    data = json.loads((DOCS / "bench_projection.json").read_text())
+    ks = [int(k) for k in data["args"]["fid_ks"].split(",")]
+    with_std = len(data["args"]["fid_seeds"].split(",")) > 1
+    assert fidelity_table(data["fidelity"], ks, with_std) == data["markdown_fidelity"]
+    assert speed_table(data["speed"]) == data["markdown_speed"]
+    assert "± " in data["markdown_fidelity"] and " ± " not in fidelity_table(
+        data["fidelity"], ks, False)
+
+
+def test_reaggregate_reproduces_the_committed_rules_and_selections():
+    """runner.reaggregate (bench_select --replot) recomputes the committed JSON's per-rule
+    aggregates from its runs exactly, and an older file's missing selections from the first
+    seed's runs."""
+    import copy
+    import json
+
+    import numpy as np
+
+    from gradproj.experiments.runner import SELECTION_KEYS, reaggregate
+    from gradproj.experiments.tables import RULES
+
+    data = json.loads((DOCS / "bench_select_bigbench.json").read_text())
+    older = copy.deepcopy(data)
+    del older["selections"]
+    again = reaggregate(copy.deepcopy(data), RULES)
+    assert [r["rule"] for r in again["rules"]] == [r["rule"] for r in data["rules"]]
+    for got, want in zip(again["rules"], data["rules"], strict=True):
+        assert set(want) <= set(got)           # newer aggregates add the paired difference
+        for key, value in want.items():
+            assert np.allclose(got[key], value, rtol=1e-9, equal_nan=True) if isinstance(
+                value, (float, list)) else got[key] == value, (want["rule"], key)
+    assert again["selections"] == data["selections"] and "reaggregated" in again
+    rebuilt = reaggregate(older, RULES)["selections"]
+    assert set(rebuilt) == set(data["selections"])
+    for rule, sel in rebuilt.items():
+        assert sel == {k: data["selections"][rule][k] for k in SELECTION_KEYS}

@@ -7,5 +7,6 @@ on a selection, evaluate on held-out pairs), ``step`` (a hand-written training s
 Measures — ``stats`` (ranks, correlations, AUROC, intervals), ``noise`` (label-noise detection),
 ``exact`` (unprojected gradients and influence), ``lds`` (linear datamodeling score),
 ``buildcost`` and ``querycost`` (what a store costs to build and to query), ``measure`` (machine,
-time, memory, limits), ``tables`` (markdown reports). ``demo`` is ``gradproj demo``.
+time, memory, limits), ``tables`` (markdown reports), ``plots`` (the benchmarks' figures), ``suite``
+(the evidence suite's report). ``demo`` is ``gradproj demo``.
 """

@@ -24,6 +24,7 @@ import torch
 from gradproj.core.model import LoadedModel
 from gradproj.core.objectives import Objective
 from gradproj.core.tokens import PairBatch, TokenizedPair, collate
+from gradproj.experiments.measure import median
 from gradproj.experiments.step import objective_step, restore, snapshot, trainable
 from gradproj.gradients.perpair import per_pair_gradients_loop
 from gradproj.store.build import FeatureComputer, StoreSettings
@@ -130,6 +131,26 @@ def less_pass(loaded: LoadedModel, pairs: list[TokenizedPair], projector,
         t2 = time.perf_counter()
         tg, tp = tg + t1 - t0, tp + t2 - t1
     return {"wall": tg + tp, "gradients": tg, "projection": tp}
+
+
+def summary_row(name: str, runs: list[dict], count: int, n: int, train_s: list[float],
+                note: str = "") -> dict:
+    """One variant's line of the build benchmark: ``runs`` (one dict per repeat: ``wall`` and,
+    for a build, ``train``, ``gradients`` and ``projection`` seconds) of ``count`` pairs, against
+    training steps over ``n`` pairs. The ratio of pairs/s to the training steps' is taken against
+    the training steps of the same run (builds), else of the same repeat (``train_s``: LESS,
+    trl); medians over repeats."""
+    walls = [r["wall"] for r in runs]
+    trains = [r.get("train", t) for r, t in zip(runs, train_s)]
+    ratios = [(count / w) / (n / t) for w, t in zip(walls, trains)]
+    share = [r["projection"] / r["wall"] for r in runs if "projection" in r]
+    return {"variant": name, "pairs": count, "median_seconds": median(walls),
+            "pairs_per_s": count / median(walls), "ratio_to_train_step": median(ratios),
+            "ratio_per_repeat": ratios, "projection_share": median(share) if share else None,
+            "gradient_seconds": median([r["gradients"] for r in runs if "gradients" in r])
+            if share else None,
+            "projection_seconds": median([r["projection"] for r in runs]) if share else None,
+            "note": note}
 
 
 def cached_share(layout, k: int, cache_mb: float, bytes_per_value: int = 4) -> float:

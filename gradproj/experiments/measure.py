@@ -1,5 +1,6 @@
 """Measuring runs on a shared machine: what the machine is, wall time, process memory, and the
-machine's own limits (memory bandwidth, matmul FLOP/s, disk read) to compare a cost against.
+machine's own limits (memory bandwidth, matmul FLOP/s, disk read) to compare a cost against;
+:func:`quiet` keeps library logging, warnings and progress bars out of a measured run.
 
 Linux-specific where it reads /proc; every reader degrades to NaN / None / False elsewhere.
 Times on a shared machine drift with load: :func:`interleaved` rotates the order of the variants
@@ -8,13 +9,16 @@ each repeat so that a drift hits them alike, and the load average is recorded at
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import logging
 import os
 import platform
 import statistics
 import subprocess
 import threading
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -119,6 +123,35 @@ def interleaved(variants: dict[str, Callable[[], float]], repeats: int,
             out[name].append(s)
             log(f"  repeat {rep + 1}/{repeats}  {name:<28s} {s:9.3f} s")
     return out
+
+
+@contextlib.contextmanager
+def quiet(threads: int | None = None):
+    """torch threads (when given); no progress bars, warnings or library logging below ERROR;
+    all restored afterwards (benchmarks' main() is also called in-process by tests)."""
+    import torch
+    from transformers.utils import logging as hf_logging
+
+    old_threads, bars = torch.get_num_threads(), hf_logging.is_progress_bar_enabled()
+    loggers = [logging.getLogger(n) for n in ("transformers", "trl", "peft", "datasets",
+                                              "gradproj")]
+    levels = [lg.level for lg in loggers]
+    if threads:
+        torch.set_num_threads(threads)
+    hf_logging.disable_progress_bar()
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        torch.set_num_threads(old_threads)
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 # ------------------------------------------------------------------------------ memory

@@ -136,6 +136,22 @@ def limit_fractions(res: dict, n: int, k: int, m: int, lim: dict, suffix: str = 
         res["flop_frac" + suffix] = 2 * n * k * m / res["warm_median"] / lim["matmul_flops"]
 
 
+SYNTHETIC_CONTEXT = ("limits", "limits_start", "limits_end", "machine", "repeats", "quick",
+                     "total_seconds")
+"""The keys of a results dict measured with its synthetic part (kept with it by a merge)."""
+
+
+def merge_results(results: dict, old: dict) -> dict:
+    """``results`` with the parts it lacks (``synthetic``, ``smollm2``) taken from ``old``, an
+    earlier run's results; a synthetic part comes with its :data:`SYNTHETIC_CONTEXT`."""
+    for part in ("synthetic", "smollm2"):
+        if part not in results and part in old:
+            results = dict(results, **{part: old[part]})
+            if part == "synthetic":
+                results.update({key: old[key] for key in SYNTHETIC_CONTEXT if key in old})
+    return results
+
+
 def smollm2_step(step: str, root: str | Path, n: int = 0, n_val: int = 0, k: int = 8192,
                  top_k: int = 10, max_length: int = 64) -> dict:
     """Load the embedded SmolLM2 (CPU), then time either a store build (``step="build"``) of

@@ -149,3 +149,21 @@ def aggregate(rows: list[dict], rules: Sequence[str], keys: Sequence[str] = AGGR
             agg[f"policy_accuracy_vs_{baseline}"] = paired_difference_ci(*zip(*paired))
         out.append(agg)
     return out
+
+
+SELECTION_KEYS = ("kept", "flips_removed", "flipped_in_kept", "overlap_tif", "bands",
+                  "drop_reasons")
+"""A run row's keys that describe its selection rather than its training."""
+
+
+def reaggregate(res: dict, rules: Sequence[str]) -> dict:
+    """A selection benchmark's results with ``rules`` (:func:`aggregate`) recomputed from its
+    ``runs``, and ``selections`` taken from the first seed's runs where an older file lacks
+    them; marked ``reaggregated``."""
+    res["rules"] = aggregate(res.get("runs", []), rules)
+    if "selections" not in res:       # older files: from the first seed's runs
+        first = res["settings"]["seeds"][0]
+        res["selections"] = {r["rule"]: {k: r[k] for k in SELECTION_KEYS} for r in res["runs"]
+                             if r["seed"] == first}
+    res["reaggregated"] = "rules and selections recomputed from the same runs by --replot"
+    return res

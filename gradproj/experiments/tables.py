@@ -15,6 +15,8 @@ from gradproj.experiments.noise import noise_lines
 PAPER = {"pearson_lossdiff_if": 0.77, "pearson_irm_if": 0.67,
          "overlap_lossdiff_irm_tif": (0.73, 0.78), "overlap_single_tif": (0.60, 0.70)}
 """The paper's reported values (Pearson with IF; overlap of selections with TIF's)."""
+RULES = ("all", "random", "top-if", "tif", "lossdiff", "irm", "lossdiff-irm")
+"""The selection rules in the order of the selection benchmark's tables."""
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
@@ -238,3 +240,27 @@ def query_cost_table(results: dict, m: int, block_rows: int) -> str:
             lines.append(f"| ratio recompute 2000 pairs (EXTRAPOLATED) / answer | "
                          f"{s['ratio_2000_over_answer_extrapolated']:.1f}× |")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ projection
+
+def speed_table(rows: list[dict]) -> str:
+    """bench_projection's speed rows: median seconds per call and ratio to the GEMM limit."""
+    return markdown_table(
+        ["k", "variant", "median s", "× GEMM limit", "note"],
+        [[r["k"], r["variant"], f"{r['median_seconds']:.3f}", f"{r['ratio_to_gemm']:.2f}",
+          "" if r["cached_fraction"] is None else f"{100 * r['cached_fraction']:.0f}% of R cached"]
+         for r in rows])
+
+
+def fidelity_table(rows: list[dict], ks: Sequence[int], with_std: bool) -> str:
+    """bench_projection's fidelity rows: Spearman, Pearson and sign agreement per kind (in the
+    rows' order) and k, with the std over projection seeds when ``with_std``."""
+    body = []
+    for kind in dict.fromkeys(r["kind"] for r in rows):
+        by_k = {r["k"]: r for r in rows if r["kind"] == kind}
+        for metric in ("spearman", "pearson", "sign_agreement"):
+            body.append([kind, metric] + [
+                f"{by_k[k][metric]:.4f}" + (f" ± {by_k[k][metric + '_std']:.4f}"
+                                            if with_std else "") for k in ks])
+    return markdown_table(["kind", "metric"] + [f"k={k}" for k in ks], body)

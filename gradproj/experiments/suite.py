@@ -1,0 +1,95 @@
+"""The evidence suite's report (benchmarks/run_suite.py): one section per benchmark, rendered
+from the JSON it wrote (tables from :mod:`gradproj.experiments.tables` and ``.noise``), into
+``results_evidence.md``; and the copy of its sections between the BEGIN/END markers of
+docs/results.md (the hand-written reading above them is not touched).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from gradproj.experiments.measure import machine_line
+from gradproj.experiments.tables import RULES, select_report
+
+
+def section(title: str, paths: list[Path], render) -> list[str]:
+    """The first of ``paths`` that exists, rendered (bench_projection.json, written by a full
+    bench_projection run with --data bigbench, holds the same fidelity table)."""
+    path = next((p for p in paths if p.is_file()), None)
+    if path is None:
+        return [f"## {title}", "", f"(no results: {paths[0].name} was not written)", ""]
+    res = json.loads(path.read_text())
+    machine = res.get("machine") or {}
+    when = f"Source: `{path.name}`, commit {machine.get('commit')}, {machine.get('date')}."
+    png = path.with_suffix(".png")
+    return [f"## {title}", "", when, "", *render(res), "",
+            *([f"![{path.stem}]({png.name})", ""] if png.is_file() else [])]
+
+
+def render_fidelity(res: dict) -> list[str]:
+    info = res.get("fidelity_info", {})
+    return [f"{info.get('n_train')} train and {info.get('n_val')} validation pairs "
+            f"({info.get('data')}), exact per-pair gradients over the LoRA weights at a "
+            f"perturbed fresh adapter; projection seeds {info.get('seeds')} (mean ± std). "
+            "Score = inner product with the mean validation gradient.", "",
+            res.get("markdown_fidelity", "")]
+
+
+def render_lds(res: dict) -> list[str]:
+    s, a, nf = res.get("settings", {}), res.get("args", {}), res.get("noise_floor", {})
+    head = (f"Tiny Llama (P = {s.get('P', '?')}), {a.get('train_pairs', '?')} train pairs "
+            f"({a.get('flip', 0):.0%} flipped), {a.get('val_pairs', '?')} validation pairs, "
+            f"{nf.get('n_subsets', '?')} random half-subsets, each retrained from θ; LDS = "
+            "Spearman(Σ_subset IF, −validation loss). Noise ceiling from retraining the same "
+            f"subsets with other data-order seeds: {nf.get('ceiling', float('nan')):.2f}.")
+    return [head, "", res.get("table", "(no table in the JSON)")]
+
+
+def render_select(res: dict) -> list[str]:
+    lines = [f"{res['data']}: {res['task']['n_train']} train pairs ({res['task']['n_flipped']} "
+             f"flipped), {res['task']['n_val']} val, {res['task']['n_val2']} second val, "
+             f"{res['task']['n_test']} test; keep {res['settings']['keep']}; seeds "
+             f"{res['settings']['seeds']}.", ""]
+    return lines + select_report(res, [r for r in RULES if r != "all"])
+
+
+def write_report(out: Path, runs: list[dict], quick: bool, info: dict) -> Path:
+    path = out / "results_evidence.md"
+    total = sum(r["seconds"] for r in runs)
+    lines = ["# Evidence suite (benchmarks/run_suite.py)" + (" — quick" if quick else ""), ""]
+    if runs:
+        lines += [f"Machine: {machine_line(info)}. Total {total / 60:.1f} min.", "",
+                  "| step | exit | minutes |", "|---|---:|---:|",
+                  *[f"| {r['step']} | {r['rc']} | {r['seconds'] / 60:.1f} |" for r in runs], ""]
+    else:
+        lines += ["Assembled from the JSON files below, not from one suite run: each section "
+                  "names the commit and date of its source. `make bench` replaces it.", ""]
+    lines += section("Projection fidelity", [out / "bench_fidelity.json",
+                                             out / "bench_projection.json"], render_fidelity)
+    lines += section("Linear datamodeling score", [out / "bench_lds.json"], render_lds)
+    lines += section("Label noise, downstream alignment and cost (BIG-bench)",
+                     [out / "bench_select_bigbench.json"], render_select)
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+BEGIN = ("<!-- evidence suite: begin — written by benchmarks/run_suite.py from "
+         "docs/results_evidence.md; edit the script, not this block -->")
+END = "<!-- evidence suite: end -->"
+
+
+def splice(results_md: Path, report: Path) -> bool:
+    """Copy the report's sections (headings one level down) between the BEGIN/END markers of
+    ``results_md``, so docs/results.md holds the same tables as the last full run. False (and
+    nothing written) when the markers are missing."""
+    text = results_md.read_text() if results_md.is_file() else ""
+    if BEGIN not in text or END not in text.split(BEGIN, 1)[1]:
+        return False
+    body = report.read_text().splitlines()[1:]            # without the report's own title
+    body = ["#" + line if line.startswith("#") else line for line in body]
+    head, rest = text.split(BEGIN, 1)
+    tail = rest.split(END, 1)[1]
+    results_md.write_text(head + BEGIN + "\n" + "\n".join(body).strip("\n") + "\n" + END
+                          + tail)
+    return True
