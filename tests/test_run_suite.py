@@ -135,3 +135,15 @@ def test_reaggregate_reproduces_the_committed_rules_and_selections():
     assert set(rebuilt) == set(data["selections"])
     for rule, sel in rebuilt.items():
         assert sel == {k: data["selections"][rule][k] for k in SELECTION_KEYS}
+
+
+def test_replace_between_keeps_the_text_around_the_markers(tmp_path):
+    from gradproj.experiments.tables import replace_between
+
+    path = tmp_path / "r.md"
+    path.write_text("head\n<!-- b -->\nold 1\nold 2\n<!-- e -->\ntail <!-- b -->\n")
+    assert replace_between(path, "<!-- b -->", "<!-- e -->", "\nnew\n\n")
+    assert path.read_text() == "head\n<!-- b -->\nnew\n<!-- e -->\ntail <!-- b -->\n"
+    assert not replace_between(path, "<!-- b -->", "<!-- z -->", "x")   # no end marker
+    assert not replace_between(tmp_path / "missing.md", "<!-- b -->", "<!-- e -->", "x")
+    assert path.read_text() == "head\n<!-- b -->\nnew\n<!-- e -->\ntail <!-- b -->\n"

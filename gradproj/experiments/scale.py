@@ -543,14 +543,9 @@ RESULTS_END = "<!-- bench_scale: end -->"
 def write_results(results_md, body: str) -> bool:
     """Replace what stands between the bench_scale markers of ``results_md`` with ``body``;
     False (nothing written) when the markers are missing."""
-    path = Path(results_md)
-    text = path.read_text() if path.is_file() else ""
-    if RESULTS_BEGIN not in text or RESULTS_END not in text.split(RESULTS_BEGIN, 1)[1]:
-        return False
-    head, rest = text.split(RESULTS_BEGIN, 1)
-    path.write_text(f"{head}{RESULTS_BEGIN}\n{body.strip()}\n{RESULTS_END}"
-                    f"{rest.split(RESULTS_END, 1)[1]}")
-    return True
+    from gradproj.experiments.tables import replace_between
+
+    return replace_between(results_md, RESULTS_BEGIN, RESULTS_END, body)
 
 
 def save_plan_check(path, machine: str, rows: list[dict]) -> None:

@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from gradproj.experiments.measure import machine_line
-from gradproj.experiments.tables import RULES, select_report
+from gradproj.experiments.tables import RULES, replace_between, select_report
 
 
 def section(title: str, paths: list[Path], render) -> list[str]:
@@ -83,13 +83,6 @@ def splice(results_md: Path, report: Path) -> bool:
     """Copy the report's sections (headings one level down) between the BEGIN/END markers of
     ``results_md``, so docs/results.md holds the same tables as the last full run. False (and
     nothing written) when the markers are missing."""
-    text = results_md.read_text() if results_md.is_file() else ""
-    if BEGIN not in text or END not in text.split(BEGIN, 1)[1]:
-        return False
     body = report.read_text().splitlines()[1:]            # without the report's own title
     body = ["#" + line if line.startswith("#") else line for line in body]
-    head, rest = text.split(BEGIN, 1)
-    tail = rest.split(END, 1)[1]
-    results_md.write_text(head + BEGIN + "\n" + "\n".join(body).strip("\n") + "\n" + END
-                          + tail)
-    return True
+    return replace_between(results_md, BEGIN, END, "\n".join(body))

@@ -7,6 +7,7 @@ are in :mod:`gradproj.experiments.noise`.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -25,6 +26,19 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> s
              "|" + "|".join("---" for _ in header) + "|"]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def replace_between(path, begin: str, end: str, body: str) -> bool:
+    """Replace what stands between the marker lines ``begin`` and ``end`` of the text file
+    ``path`` with ``body`` (the text around them untouched); False, and nothing written, when
+    the file or a marker is missing."""
+    path = Path(path)
+    text = path.read_text() if path.is_file() else ""
+    if begin not in text or end not in text.split(begin, 1)[1]:
+        return False
+    head, rest = text.split(begin, 1)
+    path.write_text(f"{head}{begin}\n{body.strip(chr(10))}\n{end}{rest.split(end, 1)[1]}")
+    return True
 
 
 # ------------------------------------------------------------------------------ selection
