@@ -1,0 +1,83 @@
+"""Which evidence sources can the model learn? Base vs warm-up θ on held-out pairs of each source
+(gradproj.experiments.learnability): the generated task and each BIG-bench task, N training and
+M test pairs a source, one epoch of DPO with `gradproj select`'s θ settings. Prints and writes
+the table (JSON, and docs/results.md between its bench_learnability markers).
+
+    .venv/bin/python benchmarks/bench_learnability.py                   # 23 candidates, ~1 h
+    .venv/bin/python benchmarks/bench_learnability.py --quick           # 4 sources, minutes
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _common as C  # noqa: E402
+
+CANDIDATES = ("sports_understanding,navigate,implicatures,ruin_names,disambiguation_qa,"
+              "anachronisms,emoji_movie,hyperbaton,snarks,causal_judgment,date_understanding,"
+              "movie_recommendation,logical_fallacy_detection,epistemic_reasoning,"
+              "formal_fallacies_syllogisms_negation,winowhy,presuppositions_as_nli,"
+              "analytic_entailment,general_knowledge,social_iqa,odd_one_out,timedial,"
+              "physical_intuition")
+QUICK = "navigate,sports_understanding,epistemic_reasoning"
+BEGIN = "<!-- bench_learnability: begin — written by benchmarks/bench_learnability.py -->"
+END = "<!-- bench_learnability: end -->"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tasks", default=None, help=f"BIG-bench tasks (default: {CANDIDATES})")
+    ap.add_argument("--n-train", type=int, default=64, help="training pairs a source")
+    ap.add_argument("--n-test", type=int, default=32, help="held-out pairs a source")
+    ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help=f"{QUICK} and the generated task, "
+                    "32 / 16 pairs, into runs/bench-quick/")
+    ap.add_argument("--json", default=str(C.ROOT / "docs" / "bench_learnability.json"))
+    ap.add_argument("--results-md", default=str(C.ROOT / "docs" / "results.md"))
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.tasks, a.n_train, a.n_test = a.tasks or QUICK, 32, 16
+        a.json = str(C.ROOT / "runs" / "bench-quick" / "bench_learnability.json")
+    tasks = (a.tasks or CANDIDATES).split(",")
+
+    from gradproj.core.objectives import PreferenceSettings
+    from gradproj.experiments import learnability as L
+    from gradproj.experiments.bigbench import bigbench_pairs
+    from gradproj.experiments.tables import replace_between
+    from gradproj.training.train import TrainSettings
+
+    info = C.machine_info(("transformers", "peft", "trl"))
+    C.log(C.machine_line(info))
+    splits = bigbench_pairs(tasks=tasks, seed=a.seed, max_train=a.n_train * len(tasks),
+                            max_test=a.n_test * len(tasks))
+    sources = [L.synthetic_source(a.n_train, a.n_test, a.seed)] + L.split_by(
+        {"train": splits["train"], "test": splits["test"]}, "task", min_pairs=8,
+        prefix="bigbench:")
+    pref, training = PreferenceSettings(max_length=a.max_length), TrainSettings(seed=a.seed)
+    rows = []
+    with C.quiet(a.threads):
+        loaded = C.load_smollm2()
+        for src in sources:
+            rows.append(L.measure(loaded, src, training, pref, "/tmp/gradproj-learnability"))
+            C.log(L.markdown(rows[-1:]).splitlines()[-1])
+    settings = {"n_train": a.n_train, "n_test": a.n_test, "max_length": a.max_length,
+                "seed": a.seed, "training": training.to_dict(), "min_accuracy": L.MIN_ACCURACY,
+                "max_loss": L.MAX_LOSS}
+    C.write_json(Path(a.json), {"machine": info, "settings": settings, "rows": rows})
+    text = (f"{C.machine_line(info)}; {a.n_train} training / {a.n_test} held-out pairs a "
+            f"source, max length {a.max_length}, one epoch (lr {training.lr}, batch "
+            f"{training.batch_size}).\n\n{L.markdown(rows)}")
+    print("\n" + text)
+    if not a.quick and replace_between(a.results_md, BEGIN, END, text):
+        C.log(f"table written into {a.results_md}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
