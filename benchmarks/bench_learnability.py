@@ -60,22 +60,22 @@ def main(argv=None) -> int:
         {"train": splits["train"], "test": splits["test"]}, "task", min_pairs=8,
         prefix="bigbench:")
     pref, training = PreferenceSettings(max_length=a.max_length), TrainSettings(seed=a.seed)
-    rows = []
-    with C.quiet(a.threads):
-        loaded = C.load_smollm2()
-        for src in sources:
-            rows.append(L.measure(loaded, src, training, pref, "/tmp/gradproj-learnability"))
-            C.log(L.markdown(rows[-1:]).splitlines()[-1])
     settings = {"n_train": a.n_train, "n_test": a.n_test, "max_length": a.max_length,
                 "seed": a.seed, "training": training.to_dict(), "min_accuracy": L.MIN_ACCURACY,
                 "max_loss": L.MAX_LOSS}
-    C.write_json(Path(a.json), {"machine": info, "settings": settings, "rows": rows})
-    text = (f"{C.machine_line(info)}; {a.n_train} training / {a.n_test} held-out pairs a "
+    head = (f"{C.machine_line(info)}; {a.n_train} training / {a.n_test} held-out pairs a "
             f"source, max length {a.max_length}, one epoch (lr {training.lr}, batch "
-            f"{training.batch_size}).\n\n{L.markdown(rows)}")
-    print("\n" + text)
-    if not a.quick and replace_between(a.results_md, BEGIN, END, text):
-        C.log(f"table written into {a.results_md}")
+            f"{training.batch_size}).")
+    rows = []
+    with C.quiet(a.threads):
+        loaded = C.load_smollm2()
+        for src in sources:     # results written after every source: a cut run keeps them
+            rows.append(L.measure(loaded, src, training, pref, "/tmp/gradproj-learnability"))
+            C.log(L.markdown(rows[-1:]).splitlines()[-1])
+            C.write_json(Path(a.json), {"machine": info, "settings": settings, "rows": rows})
+            if not a.quick:
+                replace_between(a.results_md, BEGIN, END, f"{head}\n\n{L.markdown(rows)}")
+    print(f"\n{head}\n\n{L.markdown(rows)}")
     return 0
 
 
