@@ -8,7 +8,6 @@ Measures — ``stats`` (ranks, correlations, AUROC, intervals), ``noise`` (label
 ``exact`` (unprojected gradients and influence), ``lds`` (linear datamodeling score),
 ``learnability`` (does warm-up θ generalise on a source at all), ``buildcost`` and ``querycost``
 (what a store costs to build and to query), ``scale`` (real architectures: build vs training
-step, plan vs measured memory), ``measure`` (machine,
-time, memory, limits), ``tables`` (markdown reports), ``plots`` (the benchmarks' figures), ``suite``
-(the evidence suite's report). ``demo`` is ``gradproj demo``.
+step, plan vs measured memory), ``measure`` (machine, time, memory, limits), ``tables`` (markdown
+reports), ``plots`` (the benchmarks' figures), ``suite`` (the evidence suite's report). ``demo`` is ``gradproj demo``.
 """
