@@ -1,9 +1,10 @@
 """Which evidence sources can the model learn? Base vs warm-up θ on held-out pairs of each source
 (gradproj.experiments.learnability): the generated task and each BIG-bench task, N training and
-M test pairs a source, one epoch of DPO with `gradproj select`'s θ settings. Prints and writes
-the table (JSON, and docs/results.md between its bench_learnability markers).
+M test pairs a source, one epoch of DPO at the warm-up settings of bench_select (lr 2e-3,
+batch 8), which the evidence runs use. Prints and writes the table (JSON, and docs/results.md
+between its bench_learnability markers).
 
-    .venv/bin/python benchmarks/bench_learnability.py                   # 23 candidates, ~1 h
+    .venv/bin/python benchmarks/bench_learnability.py                   # 23 candidates, ~40 min
     .venv/bin/python benchmarks/bench_learnability.py --quick           # 4 sources, minutes
 """
 
@@ -31,9 +32,12 @@ END = "<!-- bench_learnability: end -->"
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tasks", default=None, help=f"BIG-bench tasks (default: {CANDIDATES})")
-    ap.add_argument("--n-train", type=int, default=64, help="training pairs a source")
-    ap.add_argument("--n-test", type=int, default=32, help="held-out pairs a source")
+    ap.add_argument("--n-train", type=int, default=96, help="training pairs a source")
+    ap.add_argument("--n-test", type=int, default=48, help="held-out pairs a source")
     ap.add_argument("--max-length", type=int, default=128)
+    ap.add_argument("--lr", type=float, default=2e-3,
+                    help="warm-up learning rate (bench_select's, which the evidence runs use)")
+    ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help=f"{QUICK} and the generated task, "
@@ -59,12 +63,13 @@ def main(argv=None) -> int:
     sources = [L.synthetic_source(a.n_train, a.n_test, a.seed)] + L.split_by(
         {"train": splits["train"], "test": splits["test"]}, "task", min_pairs=8,
         prefix="bigbench:")
-    pref, training = PreferenceSettings(max_length=a.max_length), TrainSettings(seed=a.seed)
+    pref = PreferenceSettings(max_length=a.max_length)
+    training = TrainSettings(seed=a.seed, lr=a.lr, epochs=a.epochs)
     settings = {"n_train": a.n_train, "n_test": a.n_test, "max_length": a.max_length,
                 "seed": a.seed, "training": training.to_dict(), "min_accuracy": L.MIN_ACCURACY,
                 "max_loss": L.MAX_LOSS}
     head = (f"{C.machine_line(info)}; {a.n_train} training / {a.n_test} held-out pairs a "
-            f"source, max length {a.max_length}, one epoch (lr {training.lr}, batch "
+            f"source, max length {a.max_length}, {training.epochs:g} epoch(s) (lr {training.lr}, batch "
             f"{training.batch_size}).")
     rows = []
     with C.quiet(a.threads):

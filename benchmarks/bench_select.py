@@ -65,7 +65,8 @@ def load_task(args, flip: float):
     from gradproj.experiments.tasks import load_task as load
 
     return load(args.data, args.n_train, args.n_val, args.n_test, flip, args.task_seed,
-                second_val=True, cache_dir=args.bigbench_cache)
+                second_val=True, cache_dir=args.bigbench_cache,
+                tasks=args.bigbench_tasks.split(",") if args.bigbench_tasks else None)
 
 
 def score_stage(args, loaded, task, work: Path, label: str) -> dict:
@@ -239,6 +240,9 @@ def main(argv=None):
     ap.add_argument("--bigbench-cache", default=None,
                     help="cache folder of bigbench_pairs (default $GRADPROJ_CACHE or "
                          "~/.cache/gradproj)")
+    ap.add_argument("--bigbench-tasks", default=None,
+                    help="comma-separated BIG-bench tasks (default: bigbench_pairs' seven), "
+                         "e.g. the learnable ones of bench_learnability.py")
     ap.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     ap.add_argument("--flip", type=float, default=0.25,
                     help="label-noise rate of the main run (downstream rules, cost)")
@@ -293,7 +297,7 @@ def main(argv=None):
     print()
     if res["rules"]:
         select_plot(res, Path(args.png))
-    print("\n".join(tables.select_report(res, [r for r in RULES if r != "all"])))
+    print("\n".join(tables.select_report(res, tables.present_rules(res))))
     print(f"wrote {args.json} and {args.png}")
 
 

@@ -63,7 +63,7 @@ def test_bigbench_data_flips_the_requested_share(monkeypatch):
 
     asked = {}
 
-    def fake(seed, max_train, max_val, max_test, cache_dir):
+    def fake(tasks, seed, max_train, max_val, max_test, cache_dir):
         asked.update(seed=seed, max_train=max_train, max_val=max_val, cache_dir=cache_dir)
         return {"train": records("train", max_train), "val": records("val", max_val),
                 "test": records("test", max_test)}

@@ -80,7 +80,11 @@ def test_synthetic_task_is_make_task_plus_a_second_validation_set():
 def test_bigbench_task_splits_the_validation_pairs_in_two(monkeypatch):
     import gradproj.experiments.bigbench as bb
 
-    def fake(seed, max_train, max_val, max_test, cache_dir):
+    asked = []
+
+    def fake(tasks, seed, max_train, max_val, max_test, cache_dir):
+        asked.append(tasks)
+
         def rows(split, n):
             return [{"id": f"t-{split}{i}", "prompt": "q", "chosen": "y", "rejected": "n"}
                     for i in range(n)]
@@ -92,6 +96,8 @@ def test_bigbench_task_splits_the_validation_pairs_in_two(monkeypatch):
     assert [p.id for p in task.val] == ["t-va0", "t-va2", "t-va4"]
     assert [p.id for p in task.val2] == ["t-va1", "t-va3", "t-va5"]
     assert len(task.flipped) == 4 and task.source.startswith("BIG-bench")
+    tasks.load_task("bigbench", 8, 3, 2, 0.5, tasks=["navigate", "snarks"])
+    assert asked == [bb.DEFAULT_TASKS, ("navigate", "snarks")]
     with pytest.raises(Exception, match="data must be one of"):
         tasks.load_task("nope", 1, 1, 1, 0.0)
 

@@ -147,3 +147,14 @@ def test_replace_between_keeps_the_text_around_the_markers(tmp_path):
     assert not replace_between(path, "<!-- b -->", "<!-- z -->", "x")   # no end marker
     assert not replace_between(tmp_path / "missing.md", "<!-- b -->", "<!-- e -->", "x")
     assert path.read_text() == "head\n<!-- b -->\nnew\n<!-- e -->\ntail <!-- b -->\n"
+
+
+def test_present_rules_are_those_with_runs_and_noise_results():
+    from gradproj.experiments.tables import present_rules
+
+    res = {"rules": [{"rule": r} for r in ("all", "tif", "random", "lossdiff-irm")],
+           "noise": {"0.25": {"rules": {"tif": {}, "random": {}, "lossdiff-irm": {}}},
+                     "0.40": {"rules": {"tif": {}, "lossdiff-irm": {}}}}}
+    assert present_rules(res) == ["tif", "lossdiff-irm"]     # RULES order, no "all"
+    assert present_rules({"rules": [{"rule": "reward-gap"}, {"rule": "top-if"}]}) == [
+        "top-if", "reward-gap"]

@@ -567,7 +567,7 @@ def report(path, machine: str, plot_name: str = "bench_scale.png") -> str:
     for name, entry in sorted(data.get("runs", {}).items()):
         info = entry.get("machine", {})
         parts += [f"**{name}** (commit {info.get('commit', '?')}, {info.get('date', '?')}; "
-                  f"load average at start {info.get('loadavg_at_start', '?')}). {PAPER}; "
+                  f"load average at start {info.get('loadavg_at_start', '?')}). For comparison, {PAPER}; "
                   f"hours are for UltraFeedback's {ULTRAFEEDBACK_PAIRS:,} pairs on one device.",
                   "", markdown(entry["results"]), ""]
     parts += [f"![peak memory against T]({plot_name})", "",

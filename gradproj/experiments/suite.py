@@ -10,7 +10,7 @@ import json
 from pathlib import Path
 
 from gradproj.experiments.measure import machine_line
-from gradproj.experiments.tables import RULES, replace_between, select_report
+from gradproj.experiments.tables import present_rules, replace_between, select_report
 
 
 def section(title: str, paths: list[Path], render) -> list[str]:
@@ -51,7 +51,7 @@ def render_select(res: dict) -> list[str]:
              f"flipped), {res['task']['n_val']} val, {res['task']['n_val2']} second val, "
              f"{res['task']['n_test']} test; keep {res['settings']['keep']}; seeds "
              f"{res['settings']['seeds']}.", ""]
-    return lines + select_report(res, [r for r in RULES if r != "all"])
+    return lines + select_report(res, present_rules(res))
 
 
 def write_report(out: Path, runs: list[dict], quick: bool, info: dict) -> Path:

@@ -16,8 +16,18 @@ from gradproj.experiments.noise import noise_lines
 PAPER = {"pearson_lossdiff_if": 0.77, "pearson_irm_if": 0.67,
          "overlap_lossdiff_irm_tif": (0.73, 0.78), "overlap_single_tif": (0.60, 0.70)}
 """The paper's reported values (Pearson with IF; overlap of selections with TIF's)."""
-RULES = ("all", "random", "top-if", "tif", "lossdiff", "irm", "lossdiff-irm")
+RULES = ("all", "random", "top-if", "reward-gap", "tif", "lossdiff", "irm", "lossdiff-irm")
 """The selection rules in the order of the selection benchmark's tables."""
+
+
+def present_rules(res: dict) -> list[str]:
+    """The rules of :data:`RULES` but ``all`` that a selection benchmark result holds (in its
+    downstream rows and in every noise rate): a result written before a rule was added
+    reports the rules it has."""
+    have = {r["rule"] for r in res.get("rules", [])}
+    for entry in (res.get("noise") or {}).values():
+        have &= set(entry.get("rules", have))
+    return [r for r in RULES if r != "all" and r in have]
 
 
 def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

@@ -34,10 +34,12 @@ class Task:
 
 
 def load_task(data: str, n_train: int, n_val: int, n_test: int, flip: float, seed: int = 0, *,
-              second_val: bool = False, cache_dir=None) -> Task:
+              second_val: bool = False, cache_dir=None, tasks=None) -> Task:
     """The task of ``data`` (synthetic | bigbench) at these sizes; see the module docstring.
 
-    BIG-bench sizes are caps (a task-stratified prefix), so splits may be smaller.
+    BIG-bench sizes are caps (a task-stratified prefix), so splits may be smaller; ``tasks``
+    names the BIG-bench tasks (default: gradproj.experiments.bigbench.DEFAULT_TASKS), e.g. the
+    learnable ones of gradproj.experiments.learnability.
     """
     if data == "synthetic":
         records = {"train": make_records(n_train, seed, "train"),
@@ -45,9 +47,9 @@ def load_task(data: str, n_train: int, n_val: int, n_test: int, flip: float, see
                    "val2": make_records(n_val, seed + 4, "val2") if second_val else [],
                    "test": make_records(n_test, seed + 3, "test")}
     elif data == "bigbench":
-        from gradproj.experiments.bigbench import bigbench_pairs
+        from gradproj.experiments.bigbench import DEFAULT_TASKS, bigbench_pairs
 
-        splits = bigbench_pairs(seed=seed, max_train=n_train,
+        splits = bigbench_pairs(tuple(tasks or DEFAULT_TASKS), seed=seed, max_train=n_train,
                                 max_val=(2 if second_val else 1) * n_val, max_test=n_test,
                                 cache_dir=cache_dir)
         val = splits["val"]
