@@ -1,8 +1,8 @@
 """Figures of the benchmarks (matplotlib, Agg): the LDS against k and the subset losses
 (bench_lds), held-out accuracy, flips removed and AUROC per rule (bench_select), query time and
 memory against the store size (bench_query), projection fidelity and speed against k
-(bench_projection). Each takes the results as written to JSON (or the rows behind them) and
-writes a PNG.
+(bench_projection), the losses after every step of a continued run (bench_dynamics). Each
+takes the results as written to JSON (or the rows behind them) and writes a PNG.
 """
 
 from __future__ import annotations
@@ -249,3 +249,30 @@ def projection_plot(path: Path, fid_rows, speed_rows, fid_ks, ks) -> None:
         ax.legend(fontsize=7)
     _save(fig, path)
 
+
+
+# ------------------------------------------------------------------------------ dynamics
+
+def dynamics_plot(runs: list[dict], path: Path) -> None:
+    """bench_dynamics: per data-order seed, the held-out loss after every step of a run
+    continued from θ on every pair (left), and the loss on the flipped and the clean training
+    probes (right)."""
+    plt = _pyplot()
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for run in runs:
+        steps = [p["step"] for p in run["steps"]]
+        line, = ax.plot(steps, [p["heldout"]["loss"] for p in run["steps"]], marker=".",
+                        label=f"seed {run['seed']}")
+        for probe, style in (("flipped", "-"), ("clean", "--")):
+            if probe in run["steps"][0]:
+                bx.plot(steps, [p[probe]["loss"] for p in run["steps"]], ls=style,
+                        color=line.get_color(), label=f"seed {run['seed']}: {probe}")
+    ax.axhline(float(np.log(2)), color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="optimizer step (0 = θ)", ylabel="held-out DPO loss",
+           title="continuing from θ on every pair")
+    bx.set(xlabel="optimizer step (0 = θ)", ylabel="DPO loss on training pairs (as labelled)",
+           title="flipped (solid) and clean (dashed) training pairs")
+    for a in (ax, bx):
+        a.grid(alpha=0.3)
+        a.legend(fontsize=7)
+    _save(fig, Path(path))

@@ -89,15 +89,17 @@ class Continuation:
         return self.heldout.evaluate(self.loaded)
 
     def __call__(self, pairs: list[PreferencePair], seed: int, name: str = "run",
-                 epochs: float | None = None) -> Continued:
-        """Reset to θ, train on ``pairs`` (``epochs`` default: the settings'), evaluate."""
+                 epochs: float | None = None,
+                 on_step: Callable[[int], None] | None = None) -> Continued:
+        """Reset to θ, train on ``pairs`` (``epochs`` default: the settings'; ``on_step`` as in
+        train_adapter), evaluate."""
         self.reset()
         settings = replace(self.training, seed=seed,
                            epochs=self.training.epochs if epochs is None else epochs)
         out = self.work / name
         t = time.perf_counter()
         res = train_adapter(self.loaded, pairs, settings, out, pref=self.pref, overwrite=True,
-                            progress=False)
+                            progress=False, on_step=on_step)
         train_s = time.perf_counter() - t
         t = time.perf_counter()
         result = self.evaluate()

@@ -22,6 +22,7 @@ import os
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,10 +105,23 @@ def _trainer_class(objective: Objective):
             return (loss, {}) if return_outputs else loss
 
     class Record(TrainerCallback):
-        """Collects per-step loss and learning rate; drives a tqdm bar instead of log prints."""
+        """Collects per-step loss and learning rate; drives a tqdm bar instead of log prints;
+        calls ``on_step(step)`` after every optimizer step with the model in eval mode."""
 
-        def __init__(self, show: bool):
+        def __init__(self, show: bool, on_step=None, model=None):
             self.losses, self.lrs, self.show, self.bar = [], [], show, None
+            self.on_step, self.model = on_step, model
+
+        def on_step_end(self, args, state, control, **kw):
+            if self.on_step is None:
+                return
+            training = self.model.training
+            self.model.eval()
+            try:
+                with torch.no_grad():
+                    self.on_step(state.global_step)
+            finally:
+                self.model.train(training)
 
         def on_train_begin(self, args, state, control, **kw):
             if self.show:
@@ -219,9 +233,12 @@ def _checkpointing(config_cls, loaded: LoadedModel) -> dict:
 def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: TrainSettings,
                   out_dir, *, pref: PreferenceSettings = PreferenceSettings(),
                   overwrite: bool = False, progress: bool = True,
-                  force_objective: bool = False) -> TrainResult:
+                  force_objective: bool = False,
+                  on_step: Callable[[int], None] | None = None) -> TrainResult:
     """Train ``loaded.model``'s adapter in place on ``pairs`` with ``pref``'s objective and save
     it to ``out_dir``; continuing an adapter of another objective needs ``force_objective``.
+    ``on_step(step)`` runs after every optimizer step (1, 2, ...), the model in eval mode and
+    under no_grad (e.g. to evaluate held-out pairs as training goes).
 
     The folder appears complete or not at all: everything is written to a temporary sibling and
     renamed at the end.
@@ -269,7 +286,7 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
             # bfloat16 autocast where the base is bfloat16 on a GPU (LoRA weights stay fp32)
             bf16=loaded.dtype_name == "bfloat16" and loaded.device.type == "cuda", fp16=False)
         trainer_cls, record_cls = _trainer_class(objective)
-        record = record_cls(progress and main)
+        record = record_cls(progress and main, on_step, loaded.model)
         undo = trainer_changes_undoer(loaded.model)
         trainer = trainer_cls(model=loaded.model, args=config, train_dataset=Dataset.from_dict(rows),
                               processing_class=loaded.tokenizer, callbacks=[record])
