@@ -45,9 +45,13 @@ def main(argv=None) -> int:
     ap.add_argument("--json", default=str(C.ROOT / "docs" / "bench_learnability.json"))
     ap.add_argument("--results-md", default=str(C.ROOT / "docs" / "results.md"))
     a = ap.parse_args(argv)
-    if a.quick:
-        a.tasks, a.n_train, a.n_test = a.tasks or QUICK, 32, 16
-        a.json = str(C.ROOT / "runs" / "bench-quick" / "bench_learnability.json")
+    if a.quick:      # sizes and output of the quick run, unless given
+        given = set(argv if argv is not None else sys.argv[1:])
+        a.tasks = a.tasks or QUICK
+        a.n_train = a.n_train if "--n-train" in given else 32
+        a.n_test = a.n_test if "--n-test" in given else 16
+        if "--json" not in given:
+            a.json = str(C.ROOT / "runs" / "bench-quick" / "bench_learnability.json")
     tasks = (a.tasks or CANDIDATES).split(",")
 
     from gradproj.core.objectives import PreferenceSettings
@@ -62,15 +66,15 @@ def main(argv=None) -> int:
                             max_test=a.n_test * len(tasks))
     sources = [L.synthetic_source(a.n_train, a.n_test, a.seed)] + L.split_by(
         {"train": splits["train"], "test": splits["test"]}, "task", min_pairs=8,
-        prefix="bigbench:")
+        prefix="bigbench:", max_train=a.n_train, max_test=a.n_test)
     pref = PreferenceSettings(max_length=a.max_length)
     training = TrainSettings(seed=a.seed, lr=a.lr, epochs=a.epochs)
     settings = {"n_train": a.n_train, "n_test": a.n_test, "max_length": a.max_length,
                 "seed": a.seed, "training": training.to_dict(), "min_accuracy": L.MIN_ACCURACY,
                 "max_loss": L.MAX_LOSS}
     head = (f"{C.machine_line(info)}; {a.n_train} training / {a.n_test} held-out pairs a "
-            f"source, max length {a.max_length}, {training.epochs:g} epoch(s) (lr {training.lr}, batch "
-            f"{training.batch_size}).")
+            f"source (fewer where a task has fewer), max length {a.max_length}, "
+            f"{training.epochs:g} epoch(s) (lr {training.lr}, batch {training.batch_size}).")
     rows = []
     with C.quiet(a.threads):
         loaded = C.load_smollm2()

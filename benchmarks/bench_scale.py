@@ -8,7 +8,7 @@ pairs; merges results and FLOP rates (what `gradproj plan` scales time by) into 
 peak memory against T. GPU use: benchmarks/gpu_check.sh. This CPU:
 
     PYTHONPATH=. python benchmarks/bench_scale.py --arch llama-3.2-1b --tokens 256,1024 \\
-        --dtype float32 --checkpointing --repeats 1
+        --dtype float32 --checkpointing --repeats 2 --plan-check
 """
 
 from __future__ import annotations
@@ -43,8 +43,9 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", default=str(ROOT / "docs" / "bench_scale.png"))
     ap.add_argument("--plan-check", action="store_true",
                     help="also check gradproj plan's peaks at the PLAN_SIZES (torch allocations)")
-    ap.add_argument("--results-md", default=str(ROOT / "docs" / "results.md"),
-                    help="write the tables between its bench_scale markers")
+    ap.add_argument("--results-md", default=None,
+                    help="write the tables between its bench_scale markers (default: "
+                         "docs/results.md when --out is the default docs/bench_scale.json)")
     a = ap.parse_args(argv)
     info, machine = machine_info(ROOT, ("transformers", "peft")), machine_key(a.device)
     print(f"{machine}: {machine_line(info)}", flush=True)
@@ -62,8 +63,10 @@ def main(argv=None) -> int:
     scale.plot_memory(runs, a.plot)
     text = scale.report(a.out, machine, Path(a.plot).name)
     print(text)
-    if scale.write_results(a.results_md, text):
-        print(f"tables written into {a.results_md}")
+    results_md = a.results_md or (ROOT / "docs" / "results.md"
+                                  if Path(a.out) == ROOT / "docs" / "bench_scale.json" else None)
+    if results_md and scale.write_results(results_md, text):
+        print(f"tables written into {results_md}")
     return 0
 
 

@@ -44,7 +44,8 @@ HERE = Path(__file__).resolve().parent
 # this step ≈ 3.9 s per training pair and noise rate (θ, scores, store) + 1.5 min (θ_V, IF),
 # ≈ 1.7 s per kept pair in each of the 21 continued trainings, 37 s per evaluation on 96 test
 # pairs: this step took 102.0 min and the suite 120.4 min. At 96 pairs: an estimated ~83 min
-# for this step, ~101 min for the suite.
+# for this step, ~101 min for the suite; with the reward-gap rule (24 continued trainings, 8
+# rules × 3 seeds) ~7 min more: ~108 min, not yet confirmed by a full run.
 SELECT_FULL = ["--n-train", "96", "--n-val", "32", "--n-test", "96", "--max-length", "128",
                "--threads", "2"]
 SELECT_QUICK = ["--quick", "--noise", "0.40", "--max-length", "128", "--threads", "2",

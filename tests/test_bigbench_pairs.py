@@ -209,11 +209,59 @@ def test_missing_archive_and_failing_pip(tmp_path, monkeypatch, capsys):
         calls.append(cmd)
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution found")
 
+    def no_index(path):
+        calls.append(path)
+        raise OSError("no route to the index")
+
     monkeypatch.setattr(bb.subprocess, "run", fake_run)
+    monkeypatch.setattr(bb, "fetch_from_index", no_index)      # never the network in a test
     assert cli.main(["--cache-dir", str(tmp_path / "cache")]) == 2
     assert calls[0][1:] == ["-m", "pip", "download", "--no-deps", "bigbench==1.0.0",
                             "-d", str(tmp_path / "cache")]
+    assert calls[1] == tmp_path / "cache" / bb.ARCHIVE_NAME       # then the index's JSON API
     err = capsys.readouterr().err.splitlines()
     assert "pip could not download bigbench==1.0.0 (ERROR: No matching distribution" in err[-1]
+    assert "nor the index serve it (no route to the index)" in err[-1]
     assert cli.main(["--archive", str(tmp_path / "missing.tar.gz")]) == 2
     assert "no archive at" in capsys.readouterr().err
+
+
+def _fake_index(monkeypatch, payload: bytes, sha: str, url: str = "../../files/archive.tgz"):
+    """urlopen serving a PEP 691 page that lists bb.ARCHIVE_NAME at a relative ``url``."""
+    import io
+    import urllib.request
+
+    seen = []
+
+    def urlopen(request, timeout=None):
+        target = getattr(request, "full_url", request)
+        seen.append(target)
+        if target.endswith("/bigbench/"):
+            page = {"files": [{"filename": bb.ARCHIVE_NAME, "url": url,
+                               "hashes": {"sha256": sha}}]}
+            return io.BytesIO(json.dumps(page).encode())
+        return io.BytesIO(payload)
+
+    monkeypatch.setattr(urllib.request, "urlopen", urlopen)
+    return seen
+
+
+def test_fetch_from_index_checks_the_sha256_and_leaves_nothing_behind(tmp_path, monkeypatch):
+    import hashlib
+
+    payload = b"archive bytes" * 1000
+    good = hashlib.sha256(payload).hexdigest()
+    seen = _fake_index(monkeypatch, payload, good)
+    target = tmp_path / bb.ARCHIVE_NAME
+    bb.fetch_from_index(target, index="https://example.org/simple/")
+    assert target.read_bytes() == payload
+    assert seen == ["https://example.org/simple/bigbench/", "https://example.org/files/archive.tgz"]
+    target.unlink()
+    _fake_index(monkeypatch, payload, "0" * 64)
+    with pytest.raises(ValueError, match="sha256"):
+        bb.fetch_from_index(target, index="https://example.org/simple")
+    assert list(tmp_path.iterdir()) == []                 # no partial file left
+    _fake_index(monkeypatch, payload, good)
+    monkeypatch.setattr(bb, "ARCHIVE_NAME", "other.tar.gz")
+    with pytest.raises(KeyError, match="lists no"):
+        bb.fetch_from_index(tmp_path / "bigbench-1.0.0.tar.gz", index="https://example.org/simple")

@@ -61,6 +61,9 @@ def test_split_by_task_keeps_order_and_drops_small_tasks():
     assert [p.id for p in sources[0].train] == ["x-0", "x-2"]
     assert [p.id for p in sources[2].test] == ["z-6", "z-7"]
     assert [s.name for s in L.split_by(records, "task", min_pairs=2)] == ["x"]
+    capped = L.split_by(records, "task", max_train=1, max_test=1)
+    assert [([p.id for p in s.train], [p.id for p in s.test]) for s in capped] == [
+        (["x-0"], ["x-5"]), (["y-1"], ["y-4"]), (["z-3"], ["z-6"])]
 
 
 def test_learnable_thresholds_and_table():

@@ -97,10 +97,10 @@ def _check_keep(keep: float) -> float:
 
 RULE_SCORES = {**BAND_SCORES, "top-if": ("if",), "reward-gap": ("irm",), "random": (),
                "all": ()}
+"""The scores each rule reads."""
 TOP_K = {"top-if": ("if", -1.0, "if:low"), "reward-gap": ("irm", 1.0, "irm:high")}
 """Rules keeping the round(F·N) pairs first in the order of sign × score (stable): the score,
 the sign, and the drop reason of the others."""
-"""The scores each rule reads."""
 
 
 def unscorable_pairs(table: ScoreTable, method: str,

@@ -144,20 +144,25 @@ def _download(cache: Path) -> None:
                             ) from None
 
 
-def fetch_from_index(path: Path, index: str = "https://pypi.org/simple") -> None:
-    """Fetch ``path.name`` from ``index``'s JSON simple API (PEP 691) to ``path``, checking the
-    sha256 the index gives (a partial or wrong file is removed, never left in the cache)."""
+def fetch_from_index(path: Path, index: str | None = None) -> None:
+    """Fetch ``path.name`` from the index's JSON simple API (PEP 691; ``index`` default: pip's
+    ``PIP_INDEX_URL``, else PyPI) to ``path``, checking the sha256 the index gives (a partial
+    or wrong file is removed, never left in the cache)."""
+    import urllib.parse
     import urllib.request
 
-    request = urllib.request.Request(f"{index}/{PACKAGE.split('==')[0]}/",
-                                     headers={"Accept": "application/vnd.pypi.simple.v1+json"})
+    index = (index or os.environ.get("PIP_INDEX_URL") or "https://pypi.org/simple").rstrip("/")
+    page = f"{index}/{PACKAGE.split('==')[0]}/"
+    request = urllib.request.Request(
+        page, headers={"Accept": "application/vnd.pypi.simple.v1+json"})
     with urllib.request.urlopen(request, timeout=60) as r:
         entry = next((f for f in json.load(r)["files"] if f["filename"] == path.name), None)
     if entry is None:
         raise KeyError(f"the index lists no {path.name}")
+    url = urllib.parse.urljoin(page, entry["url"])
     part, digest = path.with_suffix(".part"), hashlib.sha256()
     try:
-        with urllib.request.urlopen(entry["url"], timeout=180) as r, open(part, "wb") as out:
+        with urllib.request.urlopen(url, timeout=180) as r, open(part, "wb") as out:
             while chunk := r.read(1 << 20):
                 digest.update(chunk)
                 out.write(chunk)

@@ -6,11 +6,11 @@ another.
 For each source (the generated task, each BIG-bench task): the held-out metrics of the base
 model (a fresh adapter, so the policy is the reference: margin 0, loss log 2, and the policy
 accuracy is the base model's own preference) and of the warm-up θ trained from it on the
-source's training pairs, with the same data, objective and settings as ``gradproj select``'s
-θ. A source is *learnable* when θ's held-out reward accuracy reaches :data:`MIN_ACCURACY` and its
-held-out loss falls below :data:`MAX_LOSS`.
+source's training pairs (the objective and training settings given: those of the experiment
+the source is for). A source is *learnable* when θ's held-out reward accuracy reaches
+:data:`MIN_ACCURACY` and its held-out loss falls below :data:`MAX_LOSS`.
 
-    rows = [measure(loaded, src, TrainSettings(epochs=1), pref, work) for src in sources]
+    rows = [measure(loaded, src, TrainSettings(lr=2e-3), pref, work) for src in sources]
     print(markdown(rows))
 """
 
@@ -49,16 +49,19 @@ def synthetic_source(n_train: int, n_test: int, seed: int = 0) -> Source:
 
 
 def split_by(records: dict[str, list[dict]], column: str = "task", min_pairs: int = 1,
-             prefix: str = "") -> list[Source]:
+             prefix: str = "", max_train: int | None = None,
+             max_test: int | None = None) -> list[Source]:
     """One :class:`Source` per value of ``column`` in the ``train`` and ``test`` record lists
-    (e.g. BIG-bench pairs by task), in order of first appearance; values with fewer than
-    ``min_pairs`` training or test pairs are left out."""
+    (e.g. BIG-bench pairs by task), in order of first appearance, each cut to its first
+    ``max_train`` / ``max_test`` records; values with fewer than ``min_pairs`` training or
+    test pairs are left out."""
     groups: dict[str, dict[str, list[dict]]] = defaultdict(lambda: {"train": [], "test": []})
     for split in ("train", "test"):
         for r in records[split]:
             groups[r[column]][split].append(r)
-    return [Source(prefix + name, pairs_from_records(g["train"], origin=f"<{name} train>"),
-                   pairs_from_records(g["test"], origin=f"<{name} test>"))
+    return [Source(prefix + name,
+                   pairs_from_records(g["train"][:max_train], origin=f"<{name} train>"),
+                   pairs_from_records(g["test"][:max_test], origin=f"<{name} test>"))
             for name, g in groups.items()
             if len(g["train"]) >= min_pairs and len(g["test"]) >= min_pairs]
 

@@ -27,6 +27,7 @@ from gradproj.core.objectives import DPO, Objective
 from gradproj.core.tokens import TokenizedPair, collate
 from gradproj.experiments.measure import median, proc_status, reset_peak_rss
 from gradproj.experiments.step import objective_step, perturb_lora_b, restore, snapshot, trainable
+from gradproj.experiments.tables import write_text_atomic
 from gradproj.pipeline.plan import Architecture, Precision, lora_size, memory, stage_flops
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "configs"
@@ -355,15 +356,12 @@ def save(path, machine: str, info: dict, results: list[dict]) -> dict:
     from gradproj.pipeline.plan import write_throughput
 
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
+    data = _read_json(path)
     entry = data.setdefault("runs", {}).setdefault(machine, {"results": []})
     entry["machine"] = info
     mine = {key(r) for r in results}
     entry["results"] = [r for r in entry["results"] if key(r) not in mine] + results
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     last = results[-1]
     same = [r for r in entry["results"] if (r["dtype"], r["base"], r["checkpointing"]) ==
             (last["dtype"], last["base"], last["checkpointing"])]
@@ -375,6 +373,17 @@ def save(path, machine: str, info: dict, results: list[dict]) -> dict:
             "base": ref["base"], "checkpointing": ref["checkpointing"],
             "commit": info.get("commit"), "date": info.get("date")})
     return data
+
+
+def _read_json(path: Path) -> dict:
+    """The results JSON at ``path`` ({} when there is none); a file that does not parse is
+    refused, never silently replaced (it holds other machines' runs)."""
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except ValueError as err:
+        raise ValueError(f"{path} is not valid JSON ({err}); move it aside to start anew") from None
 
 
 def hours(result: dict, stage: str, pairs: int = ULTRAFEEDBACK_PAIRS) -> float:
@@ -505,12 +514,14 @@ def check_plan(size: tuple, k: int = 256) -> dict:
 
 
 def plan_rows(results: list[dict]) -> list[dict]:
-    """:func:`check_plan`-shaped rows from bench_scale results measured by RSS: the plan plus
-    what the process held besides the weights before the stage, against VmHWM."""
+    """:func:`check_plan`-shaped rows from bench_scale results: the plan against VmHWM (plus
+    what the process held besides the weights before the stage) on a CPU, against
+    max_memory_allocated on CUDA."""
     rows = []
     for r in results:
+        base = "" if r.get("base", "full") == "full" else f" + {r['base']}"
         row = {"size": r["arch"], "tokens": r["tokens"], "pairs": r["pairs"],
-               "dtype": r["dtype"], "checkpointing": r["checkpointing"], "how": r["how"]}
+               "dtype": r["dtype"] + base, "checkpointing": r["checkpointing"], "how": r["how"]}
         for stage in ("train", "build"):
             measured = r[stage]["peak_bytes"]
             planned = r[stage]["plan_bytes"] + r[stage].get("runtime_bytes", 0)
@@ -522,7 +533,8 @@ def plan_rows(results: list[dict]) -> list[dict]:
 
 def plan_markdown(rows: list[dict]) -> str:
     """Planned against measured peak memory, one row per size and stage."""
-    head = "| size | T | pairs | dtype | ckpt | measured by | stage | measured MiB | plan MiB | plan error |"
+    head = ("| size | T | pairs | dtype | ckpt | measured by | stage | measured MiB | plan MiB | "
+            "plan error |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         how = {"rss": "VmHWM", "cuda": "max_memory_allocated"}.get(r.get("how", "torch"),
@@ -551,12 +563,9 @@ def write_results(results_md, body: str) -> bool:
 def save_plan_check(path, machine: str, rows: list[dict]) -> None:
     """Record :func:`check_plan` rows under ``plan_check[machine]`` of the JSON at ``path``."""
     path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        data = {}
+    data = _read_json(path)
     data.setdefault("plan_check", {})[machine] = rows
-    path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def report(path, machine: str, plot_name: str = "bench_scale.png") -> str:
@@ -567,7 +576,8 @@ def report(path, machine: str, plot_name: str = "bench_scale.png") -> str:
     for name, entry in sorted(data.get("runs", {}).items()):
         info = entry.get("machine", {})
         parts += [f"**{name}** (commit {info.get('commit', '?')}, {info.get('date', '?')}; "
-                  f"load average at start {info.get('loadavg_at_start', '?')}). For comparison, {PAPER}; "
+                  f"load average at start {info.get('loadavg_at_start', '?')}). "
+                  f"For comparison, {PAPER}; "
                   f"hours are for UltraFeedback's {ULTRAFEEDBACK_PAIRS:,} pairs on one device.",
                   "", markdown(entry["results"]), ""]
     parts += [f"![peak memory against T]({plot_name})", "",

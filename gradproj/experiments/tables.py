@@ -6,6 +6,7 @@ are in :mod:`gradproj.experiments.noise`.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,12 +22,12 @@ RULES = ("all", "random", "top-if", "reward-gap", "tif", "lossdiff", "irm", "los
 
 
 def present_rules(res: dict) -> list[str]:
-    """The rules of :data:`RULES` but ``all`` that a selection benchmark result holds (in its
-    downstream rows and in every noise rate): a result written before a rule was added
+    """The rules of :data:`RULES` but ``all`` that a selection benchmark result holds: those
+    of every noise rate where it has noise results (computed for every rule, whichever ran
+    downstream), else those of its downstream rows. A result written before a rule was added
     reports the rules it has."""
-    have = {r["rule"] for r in res.get("rules", [])}
-    for entry in (res.get("noise") or {}).values():
-        have &= set(entry.get("rules", have))
+    noise = [set(entry.get("rules", {})) for entry in (res.get("noise") or {}).values()]
+    have = set.intersection(*noise) if noise else {r["rule"] for r in res.get("rules", [])}
     return [r for r in RULES if r != "all" and r in have]
 
 
@@ -47,8 +48,20 @@ def replace_between(path, begin: str, end: str, body: str) -> bool:
     if begin not in text or end not in text.split(begin, 1)[1]:
         return False
     head, rest = text.split(begin, 1)
-    path.write_text(f"{head}{begin}\n{body.strip(chr(10))}\n{end}{rest.split(end, 1)[1]}")
+    write_text_atomic(path, f"{head}{begin}\n{body.strip(chr(10))}\n{end}{rest.split(end, 1)[1]}")
     return True
+
+
+def write_text_atomic(path, text: str) -> None:
+    """Write ``text`` to a temporary sibling and rename it over ``path``: a reader (or a run
+    killed half-way) never sees a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------ selection
