@@ -211,3 +211,15 @@ def save_tiny_qwen2(path, chat: bool = False, seed: int = 0) -> str:
     make_qwen2(len(tok), seed).save_pretrained(path)
     tok.save_pretrained(path)
     return str(path)
+
+
+def load_benchmark(name: str):
+    """The module benchmarks/<name>.py, imported from its file (benchmarks/ is no package)."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

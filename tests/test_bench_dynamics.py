@@ -3,21 +3,15 @@ probe at every step, the JSON, the PNG and the table spliced between the markers
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-from helpers import is_png
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_dynamics.py"
+from helpers import is_png, load_benchmark
 
 
 def test_bench_dynamics_writes_a_trajectory_per_seed(tiny_char_llama, tmp_path, monkeypatch):
     from gradproj.core.model import ModelSettings, load_model
 
-    spec = importlib.util.spec_from_file_location("bench_dynamics", SCRIPT)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_benchmark("bench_dynamics")
     monkeypatch.setattr(bench.C, "load_smollm2",
                         lambda: load_model(ModelSettings(model=tiny_char_llama, device="cpu")))
     results = tmp_path / "results.md"

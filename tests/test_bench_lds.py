@@ -2,26 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import pytest
-
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_lds.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_lds", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def test_bench_lds_tiny_run_writes_json_and_png(tmp_path):
     pytest.importorskip("matplotlib")
-    bench = _load()
+    bench = load_benchmark("bench_lds")
     out, png = tmp_path / "lds.json", tmp_path / "lds.png"
     assert bench.main(["--train-pairs", "16", "--val-pairs", "6", "--subsets", "6",
                        "--ks", "64,100000", "--extra-k", "64", "--proj-seeds", "1",
@@ -69,7 +59,7 @@ def test_bigbench_data_flips_the_requested_share(monkeypatch):
                 "test": records("test", max_test)}
 
     monkeypatch.setattr(gradproj.experiments.bigbench, "bigbench_pairs", fake)
-    bench = _load()
+    bench = load_benchmark("bench_lds")
     args = bench.parse_args(["--model", "smollm2", "--data", "bigbench", "--train-pairs", "20",
                              "--val-pairs", "6", "--flip", "0.25", "--bigbench-cache", "/c"])
     assert args.lora_targets == "q_proj,v_proj"

@@ -4,18 +4,9 @@ results file between its markers."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_learnability.py"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_learnability", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from helpers import load_benchmark
 
 
 def _records(task, n, split):
@@ -28,7 +19,7 @@ def test_bench_learnability_writes_one_row_per_source(tiny_char_llama, tmp_path,
     from gradproj.experiments import bigbench
     from gradproj.experiments import learnability as L
 
-    bench = _load()
+    bench = load_benchmark("bench_learnability")
     monkeypatch.setattr(bench.C, "load_smollm2",
                         lambda: load_model(ModelSettings(model=tiny_char_llama, device="cpu")))
     asked = {}
