@@ -25,14 +25,17 @@ def load(name: str) -> dict:
 
 def test_query_and_projection_plots(tmp_path):
     q = load("bench_query.json")
-    q["machine"]["cpu_model"] = q["machine"].pop("cpu")     # written before the key's rename
-    plots.query_plot(q, tmp_path / "q.png")
+    plots.query_plot(q, tmp_path / "q.png")            # as committed (old or new machine keys)
+    machine = dict(q["machine"])
+    machine["cpu_model"] = machine.pop("cpu", machine.get("cpu_model"))
+    plots.query_plot({**q, "machine": machine}, tmp_path / "q2.png")
     p = load("bench_projection.json")
     ks = [int(k) for k in p["args"]["ks"].split(",")]
     fid_ks = [int(k) for k in p["args"]["fid_ks"].split(",")]
     plots.projection_plot(tmp_path / "sub" / "p.png", p["fidelity"], p["speed"], fid_ks, ks)
     plots.projection_plot(tmp_path / "f.png", p["fidelity"], [], fid_ks, ks)
-    assert all((tmp_path / f).stat().st_size > 10_000 for f in ("q.png", "sub/p.png", "f.png"))
+    names = ("q.png", "q2.png", "sub/p.png", "f.png")
+    assert all((tmp_path / f).stat().st_size > 10_000 for f in names)
 
 
 def test_lds_plot(tmp_path):

@@ -204,8 +204,9 @@ def query_plot(results: dict, path: Path) -> None:
     ax.set(xscale="log", xlabel="N rows", ylabel="MiB", ylim=(0, None),
            title="peak memory during the query")
     ax.legend(fontsize=7)
-    fig.suptitle(f"gradproj query benchmark — {results['machine']['cpu_model']}, "
-                 f"{results['machine']['nproc']} cores, commit {results['machine']['commit']}")
+    machine = results["machine"]         # results written before the key's rename say "cpu"
+    fig.suptitle(f"gradproj query benchmark — {machine.get('cpu_model', machine.get('cpu'))}, "
+                 f"{machine['nproc']} cores, commit {machine['commit']}")
     _save(fig, path, dpi=110)
 
 
