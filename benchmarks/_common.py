@@ -30,9 +30,7 @@ def machine_info(packages=()) -> dict:
 
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
-    os.replace(tmp, path)
+    tables.write_text_atomic(path, json.dumps(data, indent=2, default=float) + "\n")
 
 
 def log(msg: str) -> None:

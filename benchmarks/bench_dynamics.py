@@ -18,8 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
-BEGIN = "<!-- bench_dynamics: begin — written by benchmarks/bench_dynamics.py -->"
-END = "<!-- bench_dynamics: end -->"
+BEGIN, END = C.tables.bench_markers("bench_dynamics")
 
 
 def main(argv=None) -> int:

@@ -25,8 +25,7 @@ CANDIDATES = ("sports_understanding,navigate,implicatures,ruin_names,disambiguat
               "analytic_entailment,general_knowledge,social_iqa,odd_one_out,timedial,"
               "physical_intuition")
 QUICK = "navigate,sports_understanding,epistemic_reasoning"
-BEGIN = "<!-- bench_learnability: begin — written by benchmarks/bench_learnability.py -->"
-END = "<!-- bench_learnability: end -->"
+BEGIN, END = C.tables.bench_markers("bench_learnability")
 
 
 def main(argv=None) -> int:

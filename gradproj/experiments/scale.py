@@ -27,7 +27,7 @@ from gradproj.core.objectives import DPO, Objective
 from gradproj.core.tokens import TokenizedPair, collate
 from gradproj.experiments.measure import median, proc_status, reset_peak_rss
 from gradproj.experiments.step import objective_step, perturb_lora_b, restore, snapshot, trainable
-from gradproj.experiments.tables import write_text_atomic
+from gradproj.experiments.tables import bench_markers, replace_between, write_text_atomic
 from gradproj.pipeline.plan import Architecture, Precision, lora_size, memory, stage_flops
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "configs"
@@ -473,10 +473,7 @@ def sweep(archs, tokens, *, out, machine: str, info: dict, budget_s: float = flo
 
 def load_runs(path, machine: str) -> list[dict]:
     """Every result recorded in ``path`` for ``machine`` ([] if none)."""
-    try:
-        return json.loads(Path(path).read_text())["runs"][machine]["results"]
-    except (OSError, ValueError, KeyError):
-        return []
+    return _read_json(Path(path)).get("runs", {}).get(machine, {}).get("results", [])
 
 
 PLAN_SIZES = (  # hidden, intermediate, layers, heads, kv heads, vocab, tokens, pairs, dtype, ckpt
@@ -504,13 +501,15 @@ def check_plan(size: tuple, k: int = 256) -> dict:
     tokens, pairs, dtype, ckpt = size[6:]
     out = compare(size_config(size), tokens, pairs=pairs, dtype=dtype, checkpointing=ckpt,
                   how="torch", k=k, log=lambda *_: None)
-    row = {"size": "h{}-i{}-L{}-heads{}/{}-V{}".format(*size[:6]), "tokens": tokens,
-           "pairs": pairs, "dtype": dtype, "checkpointing": ckpt}
-    for stage in ("train", "build"):
-        measured, planned = out[stage]["peak_bytes"], out[stage]["plan_bytes"]
-        row[stage] = {"measured": measured, "plan": planned,
-                      "error": (planned - measured) / measured}
-    return row
+    return {"size": "h{}-i{}-L{}-heads{}/{}-V{}".format(*size[:6]), "tokens": tokens,
+            "pairs": pairs, "dtype": dtype, "checkpointing": ckpt,
+            **{stage: _versus(out[stage]["peak_bytes"], out[stage]["plan_bytes"])
+               for stage in ("train", "build")}}
+
+
+def _versus(measured: int, planned: int) -> dict:
+    """A plan-against-measured cell: both peaks and the plan's relative error."""
+    return {"measured": measured, "plan": planned, "error": (planned - measured) / measured}
 
 
 def plan_rows(results: list[dict]) -> list[dict]:
@@ -523,10 +522,8 @@ def plan_rows(results: list[dict]) -> list[dict]:
         row = {"size": r["arch"], "tokens": r["tokens"], "pairs": r["pairs"],
                "dtype": r["dtype"] + base, "checkpointing": r["checkpointing"], "how": r["how"]}
         for stage in ("train", "build"):
-            measured = r[stage]["peak_bytes"]
-            planned = r[stage]["plan_bytes"] + r[stage].get("runtime_bytes", 0)
-            row[stage] = {"measured": measured, "plan": planned,
-                          "error": (planned - measured) / measured}
+            row[stage] = _versus(r[stage]["peak_bytes"],
+                                 r[stage]["plan_bytes"] + r[stage].get("runtime_bytes", 0))
         rows.append(row)
     return rows
 
@@ -548,16 +545,10 @@ def plan_markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-RESULTS_BEGIN = "<!-- bench_scale: begin — written by benchmarks/bench_scale.py -->"
-RESULTS_END = "<!-- bench_scale: end -->"
-
-
 def write_results(results_md, body: str) -> bool:
     """Replace what stands between the bench_scale markers of ``results_md`` with ``body``;
     False (nothing written) when the markers are missing."""
-    from gradproj.experiments.tables import replace_between
-
-    return replace_between(results_md, RESULTS_BEGIN, RESULTS_END, body)
+    return replace_between(results_md, *bench_markers("bench_scale"), body)
 
 
 def save_plan_check(path, machine: str, rows: list[dict]) -> None:
@@ -571,7 +562,7 @@ def save_plan_check(path, machine: str, rows: list[dict]) -> None:
 def report(path, machine: str, plot_name: str = "bench_scale.png") -> str:
     """docs/results.md's bench_scale section for every machine recorded in ``path``: the build
     against training table, the memory plot and the plan against measured peaks."""
-    data = json.loads(Path(path).read_text())
+    data = _read_json(Path(path))
     parts = []
     for name, entry in sorted(data.get("runs", {}).items()):
         info = entry.get("machine", {})

@@ -52,6 +52,13 @@ def replace_between(path, begin: str, end: str, body: str) -> bool:
     return True
 
 
+def bench_markers(name: str) -> tuple[str, str]:
+    """The begin and end marker lines of the block benchmarks/<name>.py writes into
+    docs/results.md (with :func:`replace_between`)."""
+    return (f"<!-- {name}: begin — written by benchmarks/{name}.py -->",
+            f"<!-- {name}: end -->")
+
+
 def write_text_atomic(path, text: str) -> None:
     """Write ``text`` to a temporary sibling and rename it over ``path``: a reader (or a run
     killed half-way) never sees a half-written file."""
