@@ -28,7 +28,8 @@ from gradproj.core.objectives import (
 )
 from gradproj.core.tokens import collate, tokenize_pairs
 from gradproj.gradients.perpair import PerPairGradients, per_pair_gradients_loop
-from gradproj.training.train import TrainSettings, train_adapter
+from gradproj.experiments.step import restore, snapshot
+from gradproj.training.train import TrainSettings, reference_logprobs, train_adapter
 
 ALL = [PreferenceSettings(loss="dpo", beta=0.1),
        PreferenceSettings(loss="ipo", beta=0.5),
@@ -161,17 +162,26 @@ def test_hook_gradients_equal_an_autograd_loop(arch, pref, request):
 @pytest.mark.parametrize("arch", list(TARGETS))
 @pytest.mark.parametrize("pref", ALL, ids=IDS)
 def test_first_trl_training_step_logs_gradprojs_loss(arch, pref, request, tmp_path):
-    """trl's own loss_type where it has the loss, gradproj's inside the trainer where not:
-    either way the loss of the first step (one batch = every pair) is gradproj's mean loss."""
+    """The loss trl's trainer optimises is gradproj's mean loss over the batch: gradproj's own
+    (the default), trl's own loss_type where trl has the objective (trl_loss=True), and with
+    reference log-probs precomputed (no reference pass while training)."""
     loaded = _loaded(request.getfixturevalue(arch), arch)
     objective = pref.objective()
     pairs = _pairs()
     tok = tokenize_pairs(pairs, loaded.tokenizer, 64).pairs
     expected = objective(pair_logprobs(loaded.model, tok, loaded.tokenizer.pad_token_id)).mean()
-    result = train_adapter(loaded, pairs, TrainSettings(epochs=1, lr=1e-3, batch_size=len(pairs)),
-                           tmp_path / "a", pref=pref, progress=False)
-    assert result.steps == 1
-    assert result.losses[0] == pytest.approx(expected.item(), rel=1e-4)
+    theta = snapshot(loaded.model)
+    ways = [{}, {"reference": reference_logprobs(loaded, pairs, pref)}]
+    if objective.trl_matches():
+        ways.append({"settings": {"trl_loss": True}})
+    for way in ways:
+        restore(loaded.model, theta)
+        settings = TrainSettings(epochs=1, lr=1e-3, batch_size=len(pairs),
+                                 **way.get("settings", {}))
+        result = train_adapter(loaded, pairs, settings, tmp_path / "a", pref=pref,
+                               progress=False, overwrite=True, reference=way.get("reference"))
+        assert result.steps == 1
+        assert result.losses[0] == pytest.approx(expected.item(), rel=1e-4), way.keys()
     record = json.loads((tmp_path / "a" / "train.json").read_text())
     assert record["objective"] == objective.settings()
     assert record["preference"] == json.loads(json.dumps(pref.to_dict()))

@@ -24,14 +24,43 @@ def token_logprobs(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tenso
     return (logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, dim=-1))
 
 
+PLAIN_HEAD = ("llama", "mistral", "qwen2", "gpt2")
+"""Model types whose logits are ``output_embeddings(last hidden state)`` with nothing after it
+(no soft-capping or scaling): :func:`sequence_logprobs` applies the head to the response
+positions only. Others take the full-logits path."""
+
+
+def _plain_head(model):
+    """The output embedding of ``model`` (a peft model, possibly inside DDP) when its logits
+    are that head applied to the last hidden state, else None."""
+    inner = getattr(model, "module", model)
+    if getattr(getattr(inner, "config", None), "model_type", None) not in PLAIN_HEAD:
+        return None
+    return inner.get_output_embeddings()
+
+
 def sequence_logprobs(model, batch: PairBatch) -> torch.Tensor:
     """Σ over response tokens of log π(y_t | x, y_<t) for every row: [2B] fp32.
 
-    Rows [0, B) are the chosen responses, rows [B, 2B) the rejected ones.
+    Rows [0, B) are the chosen responses, rows [B, 2B) the rejected ones. Where the model's
+    head is plain (:data:`PLAIN_HEAD`), the vocabulary projection and log-softmax run only at
+    the positions that predict a response token (a pair's prompt is most of its tokens); the
+    values are those of the full logits (tests/test_logprobs.py, against a token loop).
     """
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
-                   use_cache=False).logits   # no KV cache: memory, and checkpoint recompute
-    return (token_logprobs(logits, batch.input_ids) * batch.response_mask[:, 1:]).sum(-1)
+    mask = batch.response_mask[:, 1:]                  # position t predicts token t + 1
+    head = _plain_head(model)
+    if head is None:
+        logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                       use_cache=False).logits   # no KV cache: memory, and checkpoint recompute
+        return (token_logprobs(logits, batch.input_ids) * mask).sum(-1)
+    out = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                use_cache=False, logits_to_keep=1, output_hidden_states=True)
+    rows, cols = (mask > 0).nonzero(as_tuple=True)
+    logits = head(out.hidden_states[-1][rows, cols]).float()          # [n, V]
+    target = batch.input_ids[:, 1:][rows, cols].unsqueeze(-1)
+    lp = (logits.gather(-1, target).squeeze(-1) - torch.logsumexp(logits, dim=-1)) \
+        * mask[rows, cols]
+    return torch.zeros(len(mask), dtype=lp.dtype, device=lp.device).index_add(0, rows, lp)
 
 
 @dataclass

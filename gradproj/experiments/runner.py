@@ -29,7 +29,8 @@ from gradproj.experiments.noise import selection_stats
 from gradproj.experiments.stats import mean_std, paired_difference_ci
 from gradproj.experiments.step import restore, snapshot
 from gradproj.training.evaluate import EvalResult, evaluate
-from gradproj.training.train import TrainResult, TrainSettings, train_adapter
+from gradproj.training.train import (TrainResult, TrainSettings, reference_logprobs,
+                                     train_adapter)
 
 AGGREGATED = ("kept", "flips_removed", "flipped_in_kept", "overlap_tif", "policy_accuracy",
               "accuracy", "mean_loss", "mean_margin", "train_seconds", "eval_seconds")
@@ -80,6 +81,17 @@ class Continuation:
         self.loaded, self.heldout, self.training, self.pref = loaded, heldout, training, pref
         self.work, self.keep_adapters = Path(work), keep_adapters
         self.theta = snapshot(loaded.model)
+        self.reference: dict[str, tuple[float, float]] = {}
+        """Reference log-probs of every pair trained on so far (adapter off: the same for
+        every run), computed once and handed to train_adapter."""
+
+    def reference_of(self, pairs: list[PreferencePair]) -> dict[str, tuple[float, float]]:
+        """The reference log-probs of ``pairs``, computing those not seen before."""
+        new = [p for p in pairs if p.id not in self.reference]
+        if new and self.pref.objective().needs_reference and not self.training.trl_loss:
+            self.reference.update(reference_logprobs(self.loaded, new, self.pref,
+                                                     self.heldout.batch_size))
+        return self.reference
 
     def reset(self) -> None:
         """Put θ's weights back into the adapter."""
@@ -98,8 +110,9 @@ class Continuation:
                            epochs=self.training.epochs if epochs is None else epochs)
         out = self.work / name
         t = time.perf_counter()
+        reference = self.reference_of(pairs) if not self.training.trl_loss else None
         res = train_adapter(self.loaded, pairs, settings, out, pref=self.pref, overwrite=True,
-                            progress=False, on_step=on_step)
+                            progress=False, on_step=on_step, reference=reference)
         train_s = time.perf_counter() - t
         t = time.perf_counter()
         result = self.evaluate()

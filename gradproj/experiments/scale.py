@@ -253,7 +253,8 @@ def compare(config, tokens: int, *, pairs: int = 1, dtype: str = "float32",
                      "runtime_bytes": min(x["rss_before"] for x in results) - weights
                      if how == "rss" else 0,
                      "plan_bytes": memory(arch, name, precision, pairs=pairs, tokens=tokens,
-                                          targets=targets, r=r, k=k, proj_batch=pairs).peak}
+                                          targets=targets, r=r, k=k, proj_batch=pairs,
+                                          response_tokens=tokens - tokens // 2).peak}
     amortize(out, proj[pairs], proj[PROJ_BATCH])
     del stages, model
     release_heap()

@@ -229,16 +229,19 @@ class Memory:
 
 
 def memory(arch: Architecture, stage: str, p: Precision, *, pairs: int, tokens: int,
-           targets: Sequence[str], r: int, k: int = 8192, proj_batch: int = 64) -> Memory:
+           targets: Sequence[str], r: int, k: int = 8192, proj_batch: int = 64,
+           response_tokens: int | None = None) -> Memory:
     """Peak tensor bytes of a training step (``stage='train'``) or of the store build's gradient
-    pass and projection (``'build'``) on ``pairs`` pairs of ``tokens`` tokens a row."""
+    pass and projection (``'build'``) on ``pairs`` pairs of ``tokens`` tokens a row, of which
+    ``response_tokens`` (default: all, an upper bound) are response tokens: the log-probs
+    project only the positions that predict a response token onto the vocabulary."""
     if stage not in ("train", "build"):
         raise BadInput(f"stage must be train or build, got {stage!r}")
     b, rows, L = DTYPE_BYTES[p.dtype], 2 * pairs, arch.layers
     P = lora_size(arch, targets, r)
     s = saved_per_token_layer(arch, targets, r, p, tokens)
     mask = b * tokens ** 2 if p.attention == "sdpa" else 0
-    logits = 16 * arch.vocab
+    logits = 16 * arch.vocab * (tokens if response_tokens is None else response_tokens) / tokens
     out = Memory(stage, p)
     out.terms["weights"] = weight_bytes(arch, p)
     out.terms["lora"] = 16 * P if stage == "train" else 4 * P
