@@ -65,15 +65,17 @@ def main(argv=None) -> int:
         runs = []
         for seed in a.seeds:
             runs.append(dynamics.trajectory(cont, task.train, seed, probes))
-            C.log(dynamics.markdown(runs[-1:]).splitlines()[-1])
+            C.log(dynamics.markdown(runs[-1:], task.flipped).splitlines()[-1])
     C.write_json(Path(a.json), {"machine": info, "settings": vars(a), "source": task.source,
                                 "n_train": len(task.train), "n_flipped": len(task.flipped),
-                                "n_test": len(task.test), "runs": runs})
+                                "n_test": len(task.test), "runs": runs,
+                                "composition": [dynamics.composition(r, task.flipped)
+                                                for r in runs]})
     plots.dynamics_plot(runs, Path(a.png))
     text = (f"{C.machine_line(info)}; {task.source}: {len(task.train)} training pairs "
             f"({len(task.flipped)} flipped), {len(task.test)} held-out; probes of "
             f"{len(flipped)} flipped and {len(clean)} clean training pairs; lr {a.lr}, batch "
-            f"{a.batch}.\n\n{dynamics.markdown(runs)}\n\n![bench_dynamics]({Path(a.png).name})")
+            f"{a.batch}.\n\n{dynamics.markdown(runs, task.flipped)}\n\n![bench_dynamics]({Path(a.png).name})")
     print("\n" + text)
     if replace_between(a.results_md, BEGIN, END, text):
         C.log(f"table written into {a.results_md}")

@@ -26,6 +26,9 @@ def test_bench_dynamics_writes_a_trajectory_per_seed(tiny_char_llama, tmp_path, 
     for run in data["runs"]:
         assert [p["step"] for p in run["steps"]] == [0, 1, 2, 3, 4]     # 16 pairs, batch 4
         assert all({"heldout", "flipped", "clean"} <= set(p) for p in run["steps"])
+    for run, comp in zip(data["runs"], data["composition"]):
+        assert len(run["batches"]) == 4 and sum(map(len, run["batches"])) == 16
+        assert sum(comp["flipped_in_batch"]) == 4          # every flipped pair in one batch
     # both seeds start from the same θ
     assert data["runs"][0]["steps"][0] == data["runs"][1]["steps"][0]
     assert is_png(png)

@@ -55,3 +55,21 @@ def test_summary_and_table_of_a_hand_made_trajectory():
     line = dynamics.markdown([run]).splitlines()[2]
     assert line == ("| 2 | 3 | 0.600 → 0.580 | 0.550 – 0.650 | +0.100 | 0.800 → 0.500 | "
                     "0.500 → 0.350 |")
+
+
+def test_composition_correlates_flipped_pairs_in_a_batch_with_the_loss_change():
+    def point(step, h):
+        return {"step": step, "heldout": {"loss": h}}
+
+    run = {"seed": 0, "steps": [point(0, 0.60), point(1, 0.70), point(2, 0.65), point(3, 0.80),
+                                point(4, 0.70)],
+           "batches": [["f1", "c1"], ["c2", "c3"], ["f2", "f3"], ["c4", "c5"]]}
+    c = dynamics.composition(run, {"f1", "f2", "f3"})
+    assert c["flipped_in_batch"] == [1, 0, 2, 0]
+    assert c["loss_change"] == pytest.approx([0.10, -0.05, 0.15, -0.10])
+    # hand: x − x̄ = [0.25, −0.75, 1.25, −0.75], y − ȳ = [0.075, −0.075, 0.125, −0.125]
+    sxy = 0.25 * 0.075 + 0.75 * 0.075 + 1.25 * 0.125 + 0.75 * 0.125
+    sxx, syy = 0.0625 + 0.5625 + 1.5625 + 0.5625, 2 * 0.075 ** 2 + 2 * 0.125 ** 2
+    assert c["pearson"] == pytest.approx(sxy / (sxx * syy) ** 0.5)
+    line = dynamics.markdown([run], flipped={"f1", "f2", "f3"}).splitlines()[2]
+    assert line.endswith(f"| {c['pearson']:+.2f} | 2 of 2 |")

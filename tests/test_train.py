@@ -96,3 +96,20 @@ def test_a_train_record_before_objectives_reads_as_dpo(tmp_path):
     assert adapter_objective(tmp_path) == {"name": "dpo", "beta": 0.25, "params": {}}
     assert adapter_objective(tmp_path / "elsewhere") is None      # not a gradproj adapter
 
+
+
+def test_batches_record_every_pair_once_an_epoch_in_the_seeds_order(tiny_llama, tmp_path):
+    loaded = load_model(ModelSettings(model=tiny_llama, device="cpu"))
+    pairs = _pairs()
+    ids = sorted(p.id for p in pairs)
+    runs = {}
+    for name, seed in (("a", 0), ("b", 0), ("c", 1)):
+        res = train_adapter(loaded, pairs, TrainSettings(epochs=2, lr=1e-3, batch_size=2,
+                                                         seed=seed),
+                            tmp_path / name, pref=PREF, progress=False)
+        assert len(res.batches) == res.steps == 2 * -(-len(pairs) // 2)
+        half = len(res.batches) // 2
+        for epoch in (res.batches[:half], res.batches[half:]):
+            assert sorted(i for b in epoch for i in b) == ids
+        runs[name] = res.batches
+    assert runs["a"] == runs["b"] and runs["a"] != runs["c"]

@@ -16,6 +16,7 @@ import math
 
 from gradproj.core.data import PreferencePair
 from gradproj.experiments.runner import Continuation, HeldOut
+from gradproj.experiments.stats import pearson
 from gradproj.experiments.tables import markdown_table
 
 
@@ -37,7 +38,18 @@ def trajectory(cont: Continuation, pairs: list[PreferencePair], seed: int,
                 on_step=lambda step: points.append(_point(step, probes, cont.loaded)))
     cont.reset()
     return {"seed": seed, "steps": points, "train_losses": done.train.losses,
-            "final": done.result.to_dict()}
+            "batches": done.train.batches, "final": done.result.to_dict()}
+
+
+def composition(run: dict, flipped: set[str] | frozenset[str], probe: str = "heldout") -> dict:
+    """Step by step: flipped pairs in the step's batch, and the change of ``probe``'s loss over
+    the step; and their Pearson correlation over the steps (nan when either is constant)."""
+    losses = [p[probe]["loss"] for p in run["steps"]]
+    n_flipped = [sum(i in flipped for i in b) for b in run["batches"]][:len(losses) - 1]
+    change = [b - a for a, b in zip(losses, losses[1:])][:len(n_flipped)]
+    return {"flipped_in_batch": n_flipped, "loss_change": change,
+            "pearson": pearson(n_flipped, change) if len(change) > 2 else math.nan}
+
 
 
 def summary(run: dict, probe: str = "heldout") -> dict:
@@ -49,9 +61,10 @@ def summary(run: dict, probe: str = "heldout") -> dict:
             "largest_rise": max(rises) if rises else math.nan}
 
 
-def markdown(runs: list[dict]) -> str:
-    """Per seed: held-out loss at θ → end (range over the steps, largest one-step rise) and the
-    flipped / clean probes' loss at θ → end."""
+def markdown(runs: list[dict], flipped: set[str] | frozenset[str] | None = None) -> str:
+    """Per seed: held-out loss at θ → end (range over the steps, largest one-step rise), the
+    flipped / clean probes' loss at θ → end and, given the ``flipped`` ids, the correlation of
+    a step's flipped pairs with its held-out loss change (:func:`composition`)."""
     rows = []
     for run in runs:
         h = summary(run)
@@ -62,9 +75,17 @@ def markdown(runs: list[dict]) -> str:
             if probe in run["steps"][0]:
                 s = summary(run, probe)
                 cells.append(f"{s['start']:.3f} → {s['end']:.3f}")
+        if flipped is not None and run.get("batches"):
+            c = composition(run, flipped)
+            worst = max(range(len(c["loss_change"])), key=c["loss_change"].__getitem__)
+            cells += [f"{c['pearson']:+.2f}",
+                      f"{c['flipped_in_batch'][worst]} of {len(run['batches'][worst])}"]
         rows.append(cells)
     header = ["seed", "steps", "held-out loss θ → end", "held-out range over steps",
               "largest one-step rise"]
     header += [f"{p} train pairs: loss θ → end" for p in ("flipped", "clean")
                if runs and p in runs[0]["steps"][0]]
+    if flipped is not None and runs and runs[0].get("batches"):
+        header += ["corr(flipped in batch, held-out loss change)",
+                   "flipped in the batch of the largest rise"]
     return markdown_table(header, rows)

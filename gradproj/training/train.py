@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -71,6 +71,9 @@ class TrainResult:
     seconds: float
     n_pairs: int
     excluded: dict[str, str]
+    batches: list[list[str]] = field(default_factory=list)
+    """The pair ids of every batch in the order trained on (this rank's share under torchrun):
+    batch k is optimizer step k + 1 when ``grad_accum`` is 1."""
 
 
 def objective_loss(model, inputs: dict, objective: Objective, unwrapped=None) -> torch.Tensor:
@@ -106,6 +109,10 @@ def _trainer_class(objective: Objective, trl_loss: bool):
 
         def _prepare_dataset(self, dataset, *args, **kwargs):
             return dataset
+
+        def _set_signature_columns_if_needed(self):
+            super()._set_signature_columns_if_needed()    # keep "row": which pair it is
+            self._signature_columns = [*self._signature_columns, "row"]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if trl_loss:
@@ -292,7 +299,8 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
         log.warning("pair %s excluded: %s", pid, why)
     rows = {"prompt_ids": [list(p.prompt_ids) for p in tokenized.pairs],
             "chosen_ids": [list(p.chosen_ids) for p in tokenized.pairs],
-            "rejected_ids": [list(p.rejected_ids) for p in tokenized.pairs]}
+            "rejected_ids": [list(p.rejected_ids) for p in tokenized.pairs],
+            "row": list(range(len(tokenized.pairs)))}
     if reference is not None and pref.objective().needs_reference:
         if settings.trl_loss:
             raise ValueError("precomputed reference log-probs need gradproj's loss "
@@ -328,6 +336,14 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
                               processing_class=loaded.tokenizer, callbacks=[record])
         for cb in (PrinterCallback, ProgressCallback):
             trainer.remove_callback(cb)
+        batches: list[list[str]] = []
+        collate = trainer.data_collator
+
+        def collate_recording(examples):       # records which pairs each batch holds
+            batches.append([tokenized.pairs[e.pop("row")].id for e in examples])
+            return collate(examples)
+
+        trainer.data_collator = collate_recording
         # trl copies a pretrained adapter into a frozen "ref" adapter and uses it as π_ref. gradproj's
         # reference is the base model (adapter disabled) at every stage, as in the method.
         if "ref" in getattr(loaded.model, "peft_config", {}):
@@ -349,7 +365,7 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
             shutil.rmtree(tmp, ignore_errors=True)
             distributed.barrier()
             return TrainResult(out_dir, len(record.losses), record.losses, seconds,
-                               len(tokenized.pairs), tokenized.excluded)
+                               len(tokenized.pairs), tokenized.excluded, batches)
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         loaded.model.save_pretrained(str(tmp))
         save_optimizer_state(optimizer, loaded.lora_parameters(), tmp / OPTIMIZER_FILE)
@@ -373,4 +389,4 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
         raise
     distributed.barrier()
     return TrainResult(out_dir, len(record.losses), record.losses, seconds,
-                       len(tokenized.pairs), tokenized.excluded)
+                       len(tokenized.pairs), tokenized.excluded, batches)
