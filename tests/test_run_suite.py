@@ -158,3 +158,24 @@ def test_present_rules_are_those_with_runs_and_noise_results():
     assert present_rules(res) == ["tif", "lossdiff-irm"]     # RULES order, no "all"
     assert present_rules({"rules": [{"rule": "reward-gap"}, {"rule": "top-if"}]}) == [
         "top-if", "reward-gap"]
+
+
+def test_ablation_lines_give_every_metric_and_the_paired_intervals_by_hand():
+    """tables.ablation_lines on hand-made runs: mean ± std per metric, and the seed-paired
+    difference to all with its t interval computed here by hand (t_{0.975, 2} = 4.303)."""
+    from gradproj.experiments.tables import ablation_lines
+
+    def run(rule, seed, loss):
+        return {"rule": rule, "seed": seed, "kept": 10 if rule == "all" else 6,
+                "accuracy": 0.5, "policy_accuracy": 0.5, "mean_margin": 0.0,
+                "mean_loss": loss}
+
+    runs = [run("all", s, 0.6) for s in range(3)] + [
+        run("tif", s, 0.6 - d) for s, d in enumerate((0.1, 0.2, 0.3))]
+    text = "\n".join(ablation_lines({"runs": runs}, ["base", "all", "tif"]))
+    assert "| tif | 6 | 0.500 ± 0.000 | 0.500 ± 0.000 | 0.000 ± 0.000 | 0.400 ± 0.100 |" in text
+    half = 4.302653 * 0.1 / 3 ** 0.5
+    zero = "+0.000 [+0.000, +0.000]"
+    assert (f"| tif | {zero} | {zero} | {zero} | -0.200 [{-0.2 - half:+.3f}, "
+            f"{-0.2 + half:+.3f}] |") in text
+    assert "Paired difference to `random`" not in text          # random did not run

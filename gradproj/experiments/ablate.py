@@ -92,34 +92,45 @@ def summarize(runs: list[dict], rules, metrics=METRICS, baselines=BASELINES) -> 
     return out
 
 
-def _interval(ci) -> str:
+def interval(ci) -> str:
+    """``mean [low, high]`` of a paired difference (the mean alone without an interval)."""
     mean, lo, hi = ci
     if not np.isfinite(lo):
         return f"{mean:+.3f}"
     return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}]"
 
 
-def ablation_lines(summary: list[dict], settings: AblateSettings, n_train: int,
-                   n_test: int) -> list[str]:
-    """The Markdown report: one row per rule, then the paired differences."""
-    lines = [f"# gradproj ablate: {len(summary)} rules × {settings.seeds} seeds", "",
-             f"{n_train} training pairs, keep {settings.keep}; held-out metrics on {n_test} "
-             "test pairs after continuing from θ on each rule's selection (mean ± std over "
-             "seeds).", "",
-             "| rule | kept | reward acc. | policy acc. | margin | loss |",
+def metric_lines(summary: list[dict]) -> list[str]:
+    """One row per rule: kept, and every metric's mean ± std over seeds."""
+    lines = ["| rule | kept | reward acc. | policy acc. | margin | loss |",
              "|---|---|---|---|---|---|"]
     for r in summary:
         cells = [f"{r[m]:.3f} ± {r[m + '_std']:.3f}" for m in METRICS]
         lines.append(f"| {r['rule']} | {r['kept']} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def paired_lines(summary: list[dict]) -> list[str]:
+    """Per baseline that ran: every rule's seed-paired difference of every metric to it."""
+    lines = []
     for base in BASELINES:
         rows = [r for r in summary if f"mean_loss_vs_{base}" in r]
         if not rows:
             continue
         lines += ["", f"Paired difference to `{base}` (same seed), mean [95% interval]:", "",
                   "| rule | reward acc. | policy acc. | margin | loss |", "|---|---|---|---|---|"]
-        lines += [f"| {r['rule']} | " + " | ".join(_interval(r[f"{m}_vs_{base}"])
+        lines += [f"| {r['rule']} | " + " | ".join(interval(r[f"{m}_vs_{base}"])
                                                     for m in METRICS) + " |" for r in rows]
     return lines
+
+
+def ablation_lines(summary: list[dict], settings: AblateSettings, n_train: int,
+                   n_test: int) -> list[str]:
+    """The Markdown report: one row per rule, then the paired differences."""
+    return [f"# gradproj ablate: {len(summary)} rules × {settings.seeds} seeds", "",
+            f"{n_train} training pairs, keep {settings.keep}; held-out metrics on {n_test} "
+            "test pairs after continuing from θ on each rule's selection (mean ± std over "
+            "seeds).", "", *metric_lines(summary), *paired_lines(summary)]
 
 
 def group_comparison_lines(groups: dict[str, list[dict]], column: str) -> list[str]:

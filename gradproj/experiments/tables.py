@@ -103,6 +103,16 @@ def downstream_lines(res: dict) -> list[str]:
             "uses ddof=1" + ("; Δ: paired by seed, t interval)" if paired else ")")]
 
 
+def ablation_lines(res: dict, rules) -> list[str]:
+    """Every rule's held-out reward accuracy, policy accuracy, margin and loss (mean ± std over
+    seeds) and its seed-paired differences to ``all`` and ``random`` with 95% t intervals,
+    from the runs (the tables of ``gradproj ablate``)."""
+    from gradproj.experiments.ablate import metric_lines, paired_lines, summarize
+
+    summary = summarize(res.get("runs", []), [r for r in rules if r != "base"])
+    return [*metric_lines(summary), *paired_lines(summary)] if summary else []
+
+
 def score_lines(res: dict) -> list[str]:
     """LossDiff and IRM against IF (and the paper's values), AUROC of every score."""
     c, a = res["correlations"], res["auroc_clean_vs_flipped"]
@@ -171,7 +181,8 @@ def select_report(res: dict, rules) -> list[str]:
     """Every table of a selection benchmark's results (bench_select's JSON): downstream (when
     rules were trained on), scores, label noise (``rules``: those in the noise table), the
     selections, the cost of a second query, the stages."""
-    parts = ([downstream_lines(res)] if res.get("rules") else []) + [
+    trained = [downstream_lines(res), ablation_lines(res, rules)] if res.get("rules") else []
+    parts = trained + [
         score_lines(res), noise_lines(res.get("noise") or {}, res["settings"]["keep"],
                                       rules),
         selection_lines(res), cost_lines(res), stage_lines(res)]
