@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     C.write_json(Path(a.json), {"machine": info, "settings": vars(a), "source": task.source,
                                 "n_train": len(task.train), "n_flipped": len(task.flipped),
                                 "n_test": len(task.test), "runs": runs,
+                                "flipped": sorted(task.flipped),
                                 "composition": [dynamics.composition(r, task.flipped)
                                                 for r in runs]})
     plots.dynamics_plot(runs, Path(a.png))

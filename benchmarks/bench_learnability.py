@@ -11,6 +11,7 @@ between its bench_learnability markers).
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -39,6 +40,9 @@ def main(argv=None) -> int:
     ap.add_argument("--epochs", type=float, default=1.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the rows of sources already in --json (same settings) and "
+                         "measure only the others (a cut run goes on where it stopped)")
     ap.add_argument("--quick", action="store_true", help=f"{QUICK} and the generated task, "
                     "32 / 16 pairs, into runs/bench-quick/")
     ap.add_argument("--json", default=str(C.ROOT / "docs" / "bench_learnability.json"))
@@ -74,11 +78,20 @@ def main(argv=None) -> int:
     head = (f"{C.machine_line(info)}; {a.n_train} training / {a.n_test} held-out pairs a "
             f"source (fewer where a task has fewer), max length {a.max_length}, "
             f"{training.epochs:g} epoch(s) (lr {training.lr}, batch {training.batch_size}).")
+    done = {}
+    if a.resume and Path(a.json).is_file():
+        saved = json.loads(Path(a.json).read_text())
+        if json.loads(json.dumps(settings)) == saved["settings"]:
+            done = {r["source"]: r for r in saved["rows"]}
+            C.log(f"resuming: {len(done)} sources kept from {a.json}")
+        else:
+            C.log(f"not resuming: {a.json} was written with other settings")
     rows = []
     with C.quiet(a.threads):
         loaded = C.load_smollm2()
         for src in sources:     # results written after every source: a cut run keeps them
-            rows.append(L.measure(loaded, src, training, pref, "/tmp/gradproj-learnability"))
+            rows.append(done.get(src.name) or L.measure(loaded, src, training, pref,
+                                                        "/tmp/gradproj-learnability"))
             C.log(L.markdown(rows[-1:]).splitlines()[-1])
             C.write_json(Path(a.json), {"machine": info, "settings": settings, "rows": rows})
             if not a.quick:

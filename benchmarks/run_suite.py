@@ -1,22 +1,30 @@
-"""The evidence suite (``make bench``, ``make bench-quick``): does gradproj's influence track
-reality, and does its selection help? On the embedded SmolLM2-135M-Instruct and BIG-bench pairs.
+"""The evidence suite (``make bench``, ``make bench-quick``): where can SmolLM2-135M learn the
+preference, and there — with a control where it cannot — do gradproj's scores find flipped
+pairs and does its selection beat training on everything? Plus: does the store's influence track
+reality? On the embedded SmolLM2-135M-Instruct and BIG-bench pairs.
 
 Steps, each a script that also runs alone:
 
-1. ``bigbench_pairs.py``   — BIG-bench multiple-choice tasks → preference pairs (cached outside
+1. ``bigbench_pairs.py``     — BIG-bench multiple-choice tasks → preference pairs (cached outside
    the repository; the 358 MB source archive is fetched once with pip).
-2. ``bench_projection.py --skip-speed --data bigbench`` — projection fidelity: Spearman and
-   Pearson of store IF against IF from exact unprojected gradients, k = 512 … 8192, every kind.
-3. ``bench_lds.py``        — linear datamodeling score on a tiny model (retraining is cheap).
-4. ``bench_select.py --data bigbench`` — label-noise detection at 10/25/40 % flips (AUROC of
-   IF, LossDiff, IRM and of each rule's keep decision), downstream DPO from θ on each rule's
-   selection (3 seeds), stage costs and the cost of answering a second validation set.
+2. ``bench_learnability.py`` — base vs warm-up θ on held-out pairs of every candidate source
+   (23 BIG-bench tasks and the generated task): which ones the model can learn.
+3. ``bench_select.py`` on the learnable sources, pooled (LEARNABLE) — label-noise detection at
+   10/25/40 % flips (AUROC of IF, LossDiff, IRM and of each rule's keep decision), downstream
+   DPO from θ on each of 8 rules' selections × 3 seeds (paired differences to ``all`` and
+   ``random`` with 95 % intervals), LossDiff/IRM against IF, overlap with TIF.
+4. ``bench_select.py`` on the control (CONTROL: sources at chance after warm-up), 25 % flips.
+5. ``bench_dynamics.py``     — one more epoch on every pair from θ (the ``all`` rule), per step:
+   held-out loss, flipped vs clean training pairs, flipped pairs in each step's batch.
+6. ``bench_projection.py --skip-speed --data bigbench`` — projection fidelity (store IF against
+   IF from exact unprojected gradients, k = 512 … 8192).
+7. ``bench_lds.py``          — linear datamodeling score on a tiny model.
 
 Full run: JSON and PNG into docs/, the tables into docs/results_evidence.md and, between its
-BEGIN/END markers, into docs/results.md (the hand-written reading above them is not touched;
-the report: gradproj.experiments.suite).
-``--quick``: small sizes, into runs/bench-quick/ (docs/ is left alone). A failed step is
-reported and the suite goes on; the exit code is 1 if any step failed.
+BEGIN/END markers, into docs/results.md (steps 2 and 5 also write their own marked blocks; the
+hand-written reading outside the markers is not touched; the report:
+gradproj.experiments.suite). ``--quick``: small sizes, into runs/bench-quick/ (docs/ is left
+alone). A failed step is reported and the suite goes on; the exit code is 1 if any step failed.
 """
 
 from __future__ import annotations
@@ -36,41 +44,72 @@ from gradproj.experiments.suite import splice, write_report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 
-# bench_select on BIG-bench: sizes of the full run (the quick run uses bench_select --quick
-# with five rules and one extra noise rate). Two torch threads: the suite expects the machine
-# to itself (bench_select's default of one thread is for a shared, oversubscribed machine).
-# Size: the suite must finish in under 2 hours on the 2-core CPU. Measured in the full run at
-# 128 training pairs (commit dbf73d5, docs/suite.json): fidelity 13.4 min, LDS 5.0 min, and in
-# this step ≈ 3.9 s per training pair and noise rate (θ, scores, store) + 1.5 min (θ_V, IF),
-# ≈ 1.7 s per kept pair in each of the 21 continued trainings, 37 s per evaluation on 96 test
-# pairs: this step took 102.0 min and the suite 120.4 min. At 96 pairs: an estimated ~83 min
-# for this step, ~101 min for the suite; with the reward-gap rule (24 continued trainings, 8
-# rules × 3 seeds) ~7 min more: ~108 min, not yet confirmed by a full run.
-SELECT_FULL = ["--n-train", "96", "--n-val", "32", "--n-test", "96", "--max-length", "128",
-               "--threads", "2"]
-SELECT_QUICK = ["--quick", "--noise", "0.40", "--max-length", "128", "--threads", "2",
-                "--rules", "all", "random", "tif", "lossdiff", "lossdiff-irm"]
+# The sources, from the learnability table (docs/results.md, bench_learnability): held-out
+# reward accuracy after warm-up ≥ 0.65 and loss < 0.69 (LEARNABLE), and at or below chance
+# (CONTROL). The suite warns when its own learnability step disagrees.
+LEARNABLE = ("movie_recommendation", "ruin_names", "epistemic_reasoning", "hyperbaton",
+             "date_understanding")
+CONTROL = ("sports_understanding", "navigate")
+QUICK_LEARNABLE, QUICK_CONTROL = ("movie_recommendation", "ruin_names"), ("navigate",)
+
+# Sizes: the suite must finish in under 2 hours on the 2-core CPU (the quick run in under 15
+# minutes); measured step times are in docs/results_evidence.md.
+COMMON = ["--data", "bigbench", "--max-length", "128", "--threads", "2", "--no-cost"]
+FULL = {"learnable": ["--n-train", "300", "--n-val", "48", "--n-test", "120"],
+        "control": ["--n-train", "160", "--n-val", "32", "--n-test", "96", "--noise", "0.25"]}
+QUICK = {"learnable": ["--n-train", "40", "--n-val", "8", "--n-test", "32", "--noise", "0.25",
+                       "--proj-dim", "1024"],
+         "control": ["--n-train", "40", "--n-val", "8", "--n-test", "32", "--noise", "0.25",
+                     "--proj-dim", "1024", "--seeds", "0", "1"]}
 
 
 def steps(out: Path, quick: bool) -> list[tuple[str, list[str], str | None]]:
     """(name, argv, JSON written or None) of every step."""
     q = ["--quick"] if quick else []
+    sizes = QUICK if quick else FULL
+    learnable, control = (QUICK_LEARNABLE, QUICK_CONTROL) if quick else (LEARNABLE, CONTROL)
 
     def io(name):
         return ["--json", str(out / f"{name}.json"), "--png", str(out / f"{name}.png")]
 
+    def select(name, tasks):
+        return (["bench_select.py", *COMMON, "--bigbench-tasks", ",".join(tasks), *sizes[name],
+                 "--work", f"/tmp/gradproj-bench-suite-{name}{'-quick' if quick else ''}",
+                 *io(f"bench_evidence_{name}")], f"bench_evidence_{name}")
+
+    md = ["--results-md", str(out / "results.md")]
     return [
         ("BIG-bench pairs", ["bigbench_pairs.py"], None),
+        ("learnability of every candidate source",
+         ["bench_learnability.py", *q, "--json", str(out / "bench_learnability.json"), *md],
+         "bench_learnability"),
+        ("learnable sources: label noise, downstream", *select("learnable", learnable)),
+        ("control source: label noise, downstream", *select("control", control)),
+        ("training dynamics of all", ["bench_dynamics.py", "--data", "bigbench",
+                                      "--bigbench-tasks", ",".join(learnable),
+                                      *(["--n-train", "32", "--n-test", "16", "--seeds", "0"]
+                                        if quick else ["--n-train", "120", "--n-test", "60"]),
+                                      *io("bench_dynamics"), *md], "bench_dynamics"),
         ("projection fidelity", ["bench_projection.py", "--skip-speed", "--data", "bigbench",
                                  "--max-length", "128", *q, *io("bench_fidelity")],
          "bench_fidelity"),
         ("linear datamodeling score", ["bench_lds.py", *q, *io("bench_lds")], "bench_lds"),
-        ("selection, label noise, downstream, cost",
-         ["bench_select.py", "--data", "bigbench", *(SELECT_QUICK if quick else SELECT_FULL),
-          "--work", f"/tmp/gradproj-bench-suite-select{'-quick' if quick else ''}",
-          *io("bench_select_bigbench")],
-         "bench_select_bigbench"),
     ]
+
+
+def check_sources(out: Path, quick: bool) -> None:
+    """Warn when this run's learnability table disagrees with the sources the evidence used."""
+    path = out / "bench_learnability.json"
+    if quick or not path.is_file():
+        return
+    rows = {r["source"].removeprefix("bigbench:"): r for r in json.loads(path.read_text())[
+        "rows"]}
+    for name in LEARNABLE + CONTROL:
+        r = rows.get(name)
+        role = "learnable" if name in LEARNABLE else "control"
+        if r is not None and r["learnable"] != (role == "learnable"):
+            C.log(f"suite: WARNING: {name} is {'' if r['learnable'] else 'not '}learnable in "
+                  f"{path.name}, but the suite uses it as {role}")
 
 
 def run_step(name: str, argv: list[str]) -> dict:
@@ -90,7 +129,7 @@ def main(argv=None) -> int:
                     help="folder for JSON, PNG and the report (default docs/, or "
                          "runs/bench-quick/ with --quick)")
     ap.add_argument("--only", default=None,
-                    help="comma-separated step numbers to run (1-4; 0: none, only rewrite the "
+                    help="comma-separated step numbers to run (1-7; 0: none, only rewrite the "
                          "report); the report uses whatever JSON is in --out")
     args = ap.parse_args(argv)
     out = args.out or (C.ROOT / ("runs/bench-quick" if args.quick else "docs"))
@@ -101,6 +140,7 @@ def main(argv=None) -> int:
         keep = {int(x) for x in args.only.split(",")}
         todo = [s for i, s in enumerate(todo, 1) if i in keep]
     runs = [run_step(name, argv) for name, argv, _ in todo]
+    check_sources(out, args.quick)
     record = out / "suite.json"       # the last run's steps, kept for a report-only rerun
     if runs:
         C.write_json(record, {"machine": info, "runs": runs, "quick": args.quick})

@@ -48,3 +48,17 @@ def test_bench_learnability_writes_one_row_per_source(tiny_char_llama, tmp_path,
     text = results.read_text()
     assert text.startswith("intro\n") and text.endswith(f"{bench.END}\nafter\n")
     assert "old" not in text and text.count("| bigbench:") == 2 and "| generated |" in text
+
+    # --resume keeps the rows of the same settings and measures only the missing sources
+    data["rows"][1]["marker"] = "kept"
+    data_bb = data["rows"].pop(2)
+    out.write_text(json.dumps(data))
+    common = ["--tasks", "aa,bb,cc", "--n-test", "8", "--max-length", "48", "--threads", "1",
+              "--json", str(out), "--results-md", str(results), "--resume"]
+    assert bench.main(["--n-train", "8", *common]) == 0
+    again = json.loads(out.read_text())
+    assert [r["source"] for r in again["rows"]] == ["generated", "bigbench:aa", "bigbench:bb"]
+    assert again["rows"][1]["marker"] == "kept" and "marker" not in again["rows"][2]
+    assert again["rows"][2]["theta"] == data_bb["theta"]          # the same measurement again
+    assert bench.main(["--n-train", "6", *common]) == 0         # other settings: all measured
+    assert all("marker" not in r for r in json.loads(out.read_text())["rows"])

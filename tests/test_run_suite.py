@@ -43,7 +43,8 @@ def test_splice_without_markers_writes_nothing(tmp_path):
 
 
 DOCS = ROOT / "docs"
-COMMITTED = ("bench_select_bigbench.json", "bench_lds.json", "bench_fidelity.json")
+COMMITTED = ("bench_lds.json", "bench_fidelity.json", "bench_learnability.json",
+             "bench_dynamics.json")
 
 
 def test_report_rebuilds_from_the_committed_results(tmp_path):
@@ -54,7 +55,10 @@ def test_report_rebuilds_from_the_committed_results(tmp_path):
 
     for name in COMMITTED:
         shutil.copy(DOCS / name, tmp_path / name)
+    # an older selection benchmark's JSON (the suite's seven BIG-bench tasks) as the control
+    shutil.copy(DOCS / "bench_select_bigbench.json", tmp_path / "bench_evidence_control.json")
     text = suite.write_report(tmp_path, [], False, {}).read_text()
+    assert "(no results: bench_evidence_learnable.json was not written)" in text
     select = json.loads((DOCS / "bench_select_bigbench.json").read_text())
     for r in select["rules"]:
         assert f"| θ + {r['rule']} | {r['kept']:.0f} | " in text
@@ -66,6 +70,12 @@ def test_report_rebuilds_from_the_committed_results(tmp_path):
     assert f"| lossdiff | {c['pearson_if']:.3f} (" in text
     assert "Δ policy acc" not in text                # those results have no paired differences
     assert json.loads((DOCS / "bench_lds.json").read_text())["table"] in text
+    from gradproj.experiments import dynamics, learnability
+
+    rows = json.loads((DOCS / "bench_learnability.json").read_text())["rows"]
+    assert learnability.markdown(rows) in text
+    assert dynamics.markdown(json.loads((DOCS / "bench_dynamics.json").read_text())["runs"],
+                             None) in text
 
 
 def test_lds_table_is_the_committed_one():
@@ -90,7 +100,7 @@ def test_script_rewrites_the_report_from_the_json_in_out(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = (tmp_path / "results_evidence.md").read_text()
     assert "Assembled from the JSON files below" in text and "## Linear datamodeling" in text
-    assert "(no results: bench_select_bigbench.json was not written)" in text
+    assert "(no results: bench_evidence_learnable.json was not written)" in text
 
 
 def test_projection_tables_are_the_committed_ones():

@@ -54,6 +54,26 @@ def render_select(res: dict) -> list[str]:
     return lines + select_report(res, present_rules(res))
 
 
+def render_learnability(res: dict) -> list[str]:
+    from gradproj.experiments.learnability import markdown
+
+    return [markdown(res["rows"])]
+
+
+def render_dynamics(res: dict) -> list[str]:
+    from gradproj.experiments.dynamics import markdown
+
+    return [f"{res['source']}: {res['n_train']} training pairs ({res['n_flipped']} flipped), "
+            f"{res['n_test']} held-out; one more epoch from θ on every pair, per seed.", "",
+            markdown(res["runs"], set(res.get("flipped", [])) or None)]
+
+
+SELECT_SECTIONS = (
+    ("Learnable sources (pooled): label noise, downstream alignment", "bench_evidence_learnable"),
+    ("Control (at chance after warm-up): label noise, downstream alignment",
+     "bench_evidence_control"))
+
+
 def write_report(out: Path, runs: list[dict], quick: bool, info: dict) -> Path:
     path = out / "results_evidence.md"
     total = sum(r["seconds"] for r in runs)
@@ -65,11 +85,15 @@ def write_report(out: Path, runs: list[dict], quick: bool, info: dict) -> Path:
     else:
         lines += ["Assembled from the JSON files below, not from one suite run: each section "
                   "names the commit and date of its source. `make bench` replaces it.", ""]
+    lines += section("Learnability of every candidate source", [out / "bench_learnability.json"],
+                     render_learnability)
+    for title, name in SELECT_SECTIONS:
+        lines += section(title, [out / f"{name}.json"], render_select)
+    lines += section("Training dynamics of `all`", [out / "bench_dynamics.json"],
+                     render_dynamics)
     lines += section("Projection fidelity", [out / "bench_fidelity.json",
                                              out / "bench_projection.json"], render_fidelity)
     lines += section("Linear datamodeling score", [out / "bench_lds.json"], render_lds)
-    lines += section("Label noise, downstream alignment and cost (BIG-bench)",
-                     [out / "bench_select_bigbench.json"], render_select)
     path.write_text("\n".join(lines) + "\n")
     return path
 
