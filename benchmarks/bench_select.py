@@ -41,6 +41,7 @@ import os
 import shutil
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 
@@ -49,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _common as C  # noqa: E402
 
+from gradproj.experiments import learnability  # noqa: E402
 from gradproj.experiments import noise as label_noise  # noqa: E402
 from gradproj.experiments import tables  # noqa: E402
 from gradproj.experiments.plots import select_plot  # noqa: E402
@@ -60,11 +62,13 @@ def say(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def load_task(args, flip: float):
-    """``--data``'s task, ``flip`` of it flipped, with a second validation set (seeded)."""
+def load_task(args, flip: float, n_train: int | None = None):
+    """``--data``'s task (``n_train`` training pairs, default --n-train), ``flip`` of it
+    flipped, with a second validation set (seeded)."""
     from gradproj.experiments.tasks import load_task as load
 
-    return load(args.data, args.n_train, args.n_val, args.n_test, flip, args.task_seed,
+    return load(args.data, n_train or args.n_train, args.n_val, args.n_test, flip,
+                args.task_seed,
                 second_val=True, cache_dir=args.bigbench_cache,
                 tasks=args.bigbench_tasks.split(",") if args.bigbench_tasks else None)
 
@@ -129,15 +133,21 @@ def run(args) -> dict:
         n_trunc[name] = tokenize_pairs(getattr(task, name), loaded.tokenizer,
                                        args.max_length).n_truncated
     say(f"base: policy acc {base['policy_accuracy']:.3f}, loss {base['mean_loss']:.4f}")
+    # per source task: base now, θ after warm-up (the learnability of each pooled source)
+    names = label_noise.task_names([p.id for p in task.test])
+    groups = {t: [p for p, n in zip(task.test, names) if n == t] for t in dict.fromkeys(names)}
+    per_task = {t: HeldOut(loaded, ps, heldout.pref, args.batch) for t, ps in groups.items()
+                if len(groups) > 1}
+    base_by_task = {t: h.evaluate(loaded).to_dict() for t, h in per_task.items()}
 
     # ---- label-noise detection at every --noise rate (each: its own θ, θ_V, store, scores)
     noise, stage = {}, None
     for rate in sorted(set(args.noise) | {args.flip}):
-        t_task = task if rate == args.flip else load_task(args, rate)
+        t_task = task if rate == args.flip else load_task(args, rate, args.noise_n_train)
         label = "" if rate == args.flip else f"[flip {rate:.0%}] "
         st = score_stage(args, loaded, t_task, work / f"flip-{rate:.2f}", label)
         noise[f"{rate:.2f}"] = {
-            "flip": rate, "n_flipped": len(t_task.flipped),
+            "flip": rate, "n_train": len(t_task.train), "n_flipped": len(t_task.flipped),
             "auroc_clean_vs_flipped": st["auroc_clean_vs_flipped"],
             "correlations": st["correlations"], "per_task_auroc": st["per_task_auroc"],
             "score_table": label_noise.score_columns(st["scored"].table.ids, st["cols"],
@@ -165,6 +175,10 @@ def run(args) -> dict:
     warm = heldout.evaluate(model).to_dict()
     aux = heldout.evaluate(reattach(model, scored.theta_v)).to_dict()
     say(f"θ: policy acc {warm['policy_accuracy']:.3f}; θ_V: {aux['policy_accuracy']:.3f}")
+    model = reattach(model, scored.theta)
+    n_train_by_task = Counter(label_noise.task_names([p.id for p in task.train]))
+    learnable = [learnability.row(t, n_train_by_task[t], len(groups[t]), base_by_task[t],
+                                  h.evaluate(model).to_dict()) for t, h in per_task.items()]
     p = warm["policy_accuracy"]
     res = {
         "settings": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()
@@ -178,7 +192,7 @@ def run(args) -> dict:
         "task": {"n_train": len(task.train), "n_flipped": len(task.flipped),
                  "n_val": len(task.val), "n_val2": len(task.val2), "n_test": len(task.test)},
         "test_se_at_theta": math.sqrt(p * (1 - p) / len(task.test)),
-        "base": base, "theta": warm, "theta_v": aux,
+        "base": base, "theta": warm, "theta_v": aux, "learnability": learnable,
         "train_losses": {name: json.loads((Path(path) / "train.json").read_text())["losses"]
                          for name, path in (("theta", scored.theta), ("theta_v", scored.theta_v))},
         "score_means": label_noise.score_means(cols, is_flip),
@@ -202,7 +216,7 @@ def run(args) -> dict:
 
     save_partial()
     res["selections"] = stage["selection_summary"]
-    cont = Continuation(reattach(model, scored.theta), heldout,
+    cont = Continuation(model, heldout,
                         replace(training, epochs=args.cont_epochs), heldout.pref,
                         work / "continued")
     continue_on_rules(cont, scored.table, task.train, args.rules, args.keep, args.seeds,
@@ -249,6 +263,9 @@ def main(argv=None):
     ap.add_argument("--noise", type=float, nargs="*", default=[0.10, 0.25, 0.40],
                     help="label-noise rates for the detection table (each its own θ, θ_V, "
                          "store and scores)")
+    ap.add_argument("--noise-n-train", type=int, default=None,
+                    help="training pairs of the extra --noise rates (default --n-train; the "
+                         "--flip run, which the rules train on, always has --n-train)")
     ap.add_argument("--no-cost", dest="cost", action="store_false",
                     help="skip answering the second validation set (store vs LossDiff)")
     ap.add_argument("--keep", type=float, default=0.64)

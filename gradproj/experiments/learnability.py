@@ -82,10 +82,15 @@ def measure(loaded: LoadedModel, source: Source, training: TrainSettings,
         done = cont(source.train, training.seed, f"theta-{source.name}")
     finally:
         cont.reset()
-    theta = done.result.to_dict()
-    return {"source": source.name, "n_train": len(source.train), "n_test": len(source.test),
-            "base": base, "theta": theta, "learnable": is_learnable(theta),
-            "train_seconds": done.train_seconds}
+    return row(source.name, len(source.train), len(source.test), base, done.result.to_dict(),
+               done.train_seconds)
+
+
+def row(source: str, n_train: int, n_test: int, base: dict, theta: dict,
+        train_seconds: float | None = None) -> dict:
+    """One row of the table: held-out metrics (EvalResult.to_dict) of base and θ."""
+    return {"source": source, "n_train": n_train, "n_test": n_test, "base": base,
+            "theta": theta, "learnable": is_learnable(theta), "train_seconds": train_seconds}
 
 
 def markdown(rows: list[dict]) -> str:

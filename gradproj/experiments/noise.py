@@ -151,7 +151,8 @@ def noise_lines(noise: dict[str, dict], keep: float, rules) -> list[str]:
         n, a = noise[key], noise[key]["auroc_clean_vs_flipped"]
         cells = [f"{n['rules'][r]['flips_removed']:.0%} ({n['rules'][r]['keep_auroc']:.2f})"
                  for r in rules]
-        lines.append(f"| {n['flip']:.0%} | {n['n_flipped']} | {a['if']:.3f} | "
+        of = f" of {n['n_train']}" if "n_train" in n else ""
+        lines.append(f"| {n['flip']:.0%} | {n['n_flipped']}{of} | {a['if']:.3f} | "
                      f"{a['lossdiff']:.3f} | {a['irm']:.3f} | " + " | ".join(cells) + " |")
     tasks = sorted({t for k in keys for t in noise[k].get("per_task_auroc") or {}})
     if len(tasks) > 1:          # one "task" (the generated data) repeats the row above

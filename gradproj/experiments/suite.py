@@ -51,6 +51,11 @@ def render_select(res: dict) -> list[str]:
              f"flipped), {res['task']['n_val']} val, {res['task']['n_val2']} second val, "
              f"{res['task']['n_test']} test; keep {res['settings']['keep']}; seeds "
              f"{res['settings']['seeds']}.", ""]
+    if res.get("learnability"):
+        from gradproj.experiments.learnability import markdown
+
+        lines += ["Learnability of each pooled source (base vs warm-up θ on its held-out pairs):",
+                  "", markdown(res["learnability"]), ""]
     return lines + select_report(res, present_rules(res))
 
 
