@@ -1,11 +1,11 @@
 # make test: set up .venv and run the tests.  make demo: set up .venv and run `gradproj demo`.
-# make bench / make bench-quick: the evidence suite (benchmarks/run_suite.py).
+# make bench / make bench-quick: the evidence suite (benchmarks/run_suite.py); make bench-more: the rest.
 PYTHON ?= python3
 VENV ?= .venv
 TORCH_VERSION ?= 2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: test test-slow demo bench bench-quick setup clean
+.PHONY: test test-slow demo bench bench-quick bench-more setup clean
 
 setup: $(VENV)/.installed
 
@@ -32,13 +32,18 @@ test-slow: $(VENV)/.installed $(VENV)/.smollm2
 demo: $(VENV)/.installed $(VENV)/.smollm2
 	$(BIN)/gradproj demo
 
-# The evidence suite (benchmarks/run_suite.py): under 2 h on a 2-core CPU; results into docs/.
+# The evidence suite (benchmarks/run_suite.py): learnable sources and a control, label noise,
+# every selection rule × 3 seeds; under 2 h on a 2-core CPU; results into docs/.
 bench: $(VENV)/.installed $(VENV)/.smollm2
 	$(BIN)/python benchmarks/run_suite.py
 
 # The same at small sizes (under 15 min), into runs/bench-quick/.
 bench-quick: $(VENV)/.installed $(VENV)/.smollm2
 	$(BIN)/python benchmarks/run_suite.py --quick
+
+# The rest: learnability of every candidate source, training dynamics, projection fidelity, LDS.
+bench-more: $(VENV)/.installed $(VENV)/.smollm2
+	$(BIN)/python benchmarks/run_suite.py --set more
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

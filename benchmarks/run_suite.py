@@ -77,24 +77,28 @@ def steps(out: Path, quick: bool) -> list[tuple[str, list[str], str | None]]:
                  "--work", f"/tmp/gradproj-bench-suite-{name}{'-quick' if quick else ''}",
                  *io(f"bench_evidence_{name}")], f"bench_evidence_{name}")
 
-    md = ["--results-md", str(out / "results.md")]
     return [
         ("BIG-bench pairs", ["bigbench_pairs.py"], None),
-        ("learnability of every candidate source",
-         ["bench_learnability.py", *q, "--json", str(out / "bench_learnability.json"), *md],
-         "bench_learnability"),
         ("learnable sources: label noise, downstream", *select("learnable", learnable)),
         ("control source: label noise, downstream", *select("control", control)),
+        ("learnability of every candidate source",
+         ["bench_learnability.py", *q, "--json", str(out / "bench_learnability.json")],
+         "bench_learnability"),
         ("training dynamics of all", ["bench_dynamics.py", "--data", "bigbench",
                                       "--bigbench-tasks", ",".join(learnable),
                                       *(["--n-train", "32", "--n-test", "16", "--seeds", "0"]
                                         if quick else ["--n-train", "120", "--n-test", "60"]),
-                                      *io("bench_dynamics"), *md], "bench_dynamics"),
+                                      *io("bench_dynamics")], "bench_dynamics"),
         ("projection fidelity", ["bench_projection.py", "--skip-speed", "--data", "bigbench",
                                  "--max-length", "128", *q, *io("bench_fidelity")],
          "bench_fidelity"),
         ("linear datamodeling score", ["bench_lds.py", *q, *io("bench_lds")], "bench_lds"),
     ]
+
+
+SETS = {"main": (1, 2, 3), "more": (1, 4, 5, 6, 7), "all": (1, 2, 3, 4, 5, 6, 7)}
+"""``make bench`` runs ``main`` (the evidence on learnable sources and the control, under 2 h);
+``make bench-more`` the rest (every candidate's learnability, dynamics, fidelity, LDS)."""
 
 
 def check_sources(out: Path, quick: bool) -> None:
@@ -110,6 +114,13 @@ def check_sources(out: Path, quick: bool) -> None:
         if r is not None and r["learnable"] != (role == "learnable"):
             C.log(f"suite: WARNING: {name} is {'' if r['learnable'] else 'not '}learnable in "
                   f"{path.name}, but the suite uses it as {role}")
+
+
+def merge_runs(saved: list[dict], runs: list[dict], info: dict) -> list[dict]:
+    """Every step's last run: ``saved`` with the steps in ``runs`` (stamped with ``info``, the
+    machine, commit and date) replaced in place, new steps appended."""
+    now = {r["step"]: dict(r, machine=info) for r in runs}
+    return [now.pop(r["step"], r) for r in saved] + list(now.values())
 
 
 def run_step(name: str, argv: list[str]) -> dict:
@@ -128,25 +139,26 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="folder for JSON, PNG and the report (default docs/, or "
                          "runs/bench-quick/ with --quick)")
+    ap.add_argument("--set", choices=tuple(SETS), default="main",
+                    help="main: steps 1-3 (make bench); more: 1, 4-7 (make bench-more); all")
     ap.add_argument("--only", default=None,
-                    help="comma-separated step numbers to run (1-7; 0: none, only rewrite the "
-                         "report); the report uses whatever JSON is in --out")
+                    help="comma-separated step numbers to run instead of --set (1-7; 0: none, "
+                         "only rewrite the report); the report uses whatever JSON is in --out")
     args = ap.parse_args(argv)
     out = args.out or (C.ROOT / ("runs/bench-quick" if args.quick else "docs"))
     out.mkdir(parents=True, exist_ok=True)
     info = C.machine_info()
-    todo = steps(out, args.quick)
-    if args.only:
-        keep = {int(x) for x in args.only.split(",")}
-        todo = [s for i, s in enumerate(todo, 1) if i in keep]
+    keep = {int(x) for x in args.only.split(",")} if args.only else set(SETS[args.set])
+    todo = [s for i, s in enumerate(steps(out, args.quick), 1) if i in keep]
     runs = [run_step(name, argv) for name, argv, _ in todo]
     check_sources(out, args.quick)
-    record = out / "suite.json"       # the last run's steps, kept for a report-only rerun
+    record = out / "suite.json"       # every step's last run, kept for a report-only rerun
+    saved = json.loads(record.read_text()) if record.is_file() else {"runs": []}
     if runs:
+        runs = merge_runs(saved["runs"], runs, info)
         C.write_json(record, {"machine": info, "runs": runs, "quick": args.quick})
-    elif record.is_file():
-        saved = json.loads(record.read_text())
-        info, runs = saved["machine"], saved["runs"]
+    else:
+        info, runs = saved.get("machine", info), saved["runs"]
     report = write_report(out, runs, args.quick, info)
     results_md = out / "results.md"
     if not args.quick and results_md.is_file():

@@ -189,3 +189,19 @@ def test_ablation_lines_give_every_metric_and_the_paired_intervals_by_hand():
     assert (f"| tif | {zero} | {zero} | {zero} | -0.200 [{-0.2 - half:+.3f}, "
             f"{-0.2 + half:+.3f}] |") in text
     assert "Paired difference to `random`" not in text          # random did not run
+
+
+def test_suite_record_keeps_every_steps_last_run():
+    from helpers import load_benchmark
+
+    suite_script = load_benchmark("run_suite")
+    old = [{"step": "a", "seconds": 1, "machine": {"commit": "x"}},
+           {"step": "b", "seconds": 2, "machine": {"commit": "x"}}]
+    merged = suite_script.merge_runs(old, [{"step": "b", "seconds": 5},
+                                           {"step": "c", "seconds": 7}], {"commit": "y"})
+    assert [(r["step"], r["seconds"], r["machine"]["commit"]) for r in merged] == [
+        ("a", 1, "x"), ("b", 5, "y"), ("c", 7, "y")]
+    assert suite_script.SETS["main"] == (1, 2, 3)
+    names = [s[0] for s in suite_script.steps(ROOT / "docs", quick=False)]
+    assert names[1:3] == ["learnable sources: label noise, downstream",
+                          "control source: label noise, downstream"]

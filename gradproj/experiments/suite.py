@@ -81,19 +81,23 @@ SELECT_SECTIONS = (
 
 def write_report(out: Path, runs: list[dict], quick: bool, info: dict) -> Path:
     path = out / "results_evidence.md"
-    total = sum(r["seconds"] for r in runs)
     lines = ["# Evidence suite (benchmarks/run_suite.py)" + (" — quick" if quick else ""), ""]
     if runs:
-        lines += [f"Machine: {machine_line(info)}. Total {total / 60:.1f} min.", "",
-                  "| step | exit | minutes |", "|---|---:|---:|",
-                  *[f"| {r['step']} | {r['rc']} | {r['seconds'] / 60:.1f} |" for r in runs], ""]
+        def when(r):
+            m = r.get("machine") or info
+            return f"`{m.get('commit')}`, {str(m.get('date', ''))[:16]}"
+
+        lines += [f"Machine: {machine_line(info)}. Each step's last run:", "",
+                  "| step | exit | minutes | commit, date |", "|---|---:|---:|---|",
+                  *[f"| {r['step']} | {r['rc']} | {r['seconds'] / 60:.1f} | {when(r)} |"
+                    for r in runs], ""]
     else:
         lines += ["Assembled from the JSON files below, not from one suite run: each section "
                   "names the commit and date of its source. `make bench` replaces it.", ""]
-    lines += section("Learnability of every candidate source", [out / "bench_learnability.json"],
-                     render_learnability)
     for title, name in SELECT_SECTIONS:
         lines += section(title, [out / f"{name}.json"], render_select)
+    lines += section("Learnability of every candidate source", [out / "bench_learnability.json"],
+                     render_learnability)
     lines += section("Training dynamics of `all`", [out / "bench_dynamics.json"],
                      render_dynamics)
     lines += section("Projection fidelity", [out / "bench_fidelity.json",
