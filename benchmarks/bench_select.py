@@ -119,7 +119,8 @@ def run(args) -> dict:
         f"{len(task.val)} val, {len(task.val2)} second val, {len(task.test)} test")
 
     t = time.perf_counter()
-    loaded = load_model(ModelSettings(model="smollm2", device=args.device))
+    loaded = load_model(ModelSettings(model="smollm2", device=args.device,
+                                      max_tokens=args.max_tokens))
     stages["model load"] = time.perf_counter() - t
     say(f"model loaded in {stages['model load']:.1f}s on {loaded.device}")
 
@@ -280,6 +281,9 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=96)
     ap.add_argument("--proj-dim", type=int, default=2048)
+    ap.add_argument("--max-tokens", type=int, default=None,
+                    help="token budget of a forward pass in scoring, the store build and "
+                         "evaluation: pairs sorted by length, less padding (results unchanged)")
     ap.add_argument("--rules", nargs="*", default=list(RULES), choices=RULES,
                     help="rules to continue training on (none: scores, correlations and "
                          "selections only)")

@@ -4,6 +4,7 @@ learnability, label noise at two rates (the extra rate at --noise-n-train pairs)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -26,7 +27,7 @@ def test_bench_select_end_to_end(tiny_char_llama, tmp_path, monkeypatch):
     bench = load_benchmark("bench_select")
     real_load = model_mod.load_model
     monkeypatch.setattr(model_mod, "load_model", lambda settings: real_load(
-        model_mod.ModelSettings(model=tiny_char_llama, device="cpu")))
+        dataclasses.replace(settings, model=tiny_char_llama)))
     asked = []
 
     def fake_task(args, flip, n_train=None):
@@ -44,7 +45,7 @@ def test_bench_select_end_to_end(tiny_char_llama, tmp_path, monkeypatch):
     out, png = tmp_path / "s.json", tmp_path / "s.png"
     bench.main(["--n-train", "16", "--noise", "0.5", "--noise-n-train", "12", "--flip", "0.25",
                 "--rules", "all", "random", "lossdiff-irm", "--seeds", "0", "1", "--batch", "4",
-                "--proj-dim", "64", "--max-length", "64", "--no-cost", "--work",
+                "--proj-dim", "64", "--max-length", "64", "--max-tokens", "300", "--no-cost", "--work",
                 str(tmp_path / "work"), "--json", str(out), "--png", str(png)])
     assert asked == [(0.25, 16), (0.5, 12)]
     res = json.loads(out.read_text())
