@@ -76,7 +76,9 @@ def render_dynamics(res: dict) -> list[str]:
 SELECT_SECTIONS = (
     ("Learnable sources (pooled): label noise, downstream alignment", "bench_evidence_learnable"),
     ("Control (at chance after warm-up): label noise, downstream alignment",
-     "bench_evidence_control"))
+     "bench_evidence_control"),
+    ("Earlier control: the suite's former seven BIG-bench tasks (at chance after warm-up)",
+     "bench_select_bigbench"))
 
 
 def write_report(out: Path, runs: list[dict], quick: bool, info: dict) -> Path:
@@ -95,7 +97,8 @@ def write_report(out: Path, runs: list[dict], quick: bool, info: dict) -> Path:
         lines += ["Assembled from the JSON files below, not from one suite run: each section "
                   "names the commit and date of its source. `make bench` replaces it.", ""]
     for title, name in SELECT_SECTIONS:
-        lines += section(title, [out / f"{name}.json"], render_select)
+        if name != "bench_select_bigbench" or (out / f"{name}.json").is_file():
+            lines += section(title, [out / f"{name}.json"], render_select)
     lines += section("Learnability of every candidate source", [out / "bench_learnability.json"],
                      render_learnability)
     lines += section("Training dynamics of `all`", [out / "bench_dynamics.json"],

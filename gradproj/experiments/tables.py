@@ -99,7 +99,8 @@ def downstream_lines(res: dict) -> list[str]:
                      fmt(r, "policy_accuracy"), *delta, fmt(r, "accuracy"),
                      fmt(r, "mean_loss", ".4f"), f"{r['train_seconds']:.0f}"])
     return [markdown_table(head, rows), "",
-            f"(mean ± std over {len(res['settings']['seeds'])} continued-training seed(s); std "
+            f"(mean ± std over the continued-training seeds run, "
+            f"{sorted({r['seed'] for r in res.get('runs', [])})}; std "
             "uses ddof=1" + ("; Δ: paired by seed, t interval)" if paired else ")")]
 
 
@@ -109,7 +110,7 @@ def ablation_lines(res: dict, rules) -> list[str]:
     from the runs (the tables of ``gradproj ablate``)."""
     from gradproj.experiments.ablate import metric_lines, paired_lines, summarize
 
-    summary = summarize(res.get("runs", []), [r for r in rules if r != "base"])
+    summary = summarize(res.get("runs", []), [r for r in RULES if r in rules or r == "all"])
     return [*metric_lines(summary), *paired_lines(summary)] if summary else []
 
 
