@@ -76,7 +76,8 @@ def main(argv=None) -> int:
     text = (f"{C.machine_line(info)}; {task.source}: {len(task.train)} training pairs "
             f"({len(task.flipped)} flipped), {len(task.test)} held-out; probes of "
             f"{len(flipped)} flipped and {len(clean)} clean training pairs; lr {a.lr}, batch "
-            f"{a.batch}.\n\n{dynamics.markdown(runs, task.flipped)}\n\n![bench_dynamics]({Path(a.png).name})")
+            f"{a.batch}.\n\n{dynamics.markdown(runs, task.flipped)}\n\n"
+            f"![bench_dynamics]({Path(a.png).name})")
     print("\n" + text)
     if replace_between(a.results_md, BEGIN, END, text):
         C.log(f"table written into {a.results_md}")

@@ -171,9 +171,9 @@ def test_first_trl_training_step_logs_gradprojs_loss(arch, pref, request, tmp_pa
     tok = tokenize_pairs(pairs, loaded.tokenizer, 64).pairs
     expected = objective(pair_logprobs(loaded.model, tok, loaded.tokenizer.pad_token_id)).mean()
     theta = snapshot(loaded.model)
-    ways = [{}, {"reference": reference_logprobs(loaded, pairs, pref)}]
-    if objective.trl_matches():
-        ways.append({"settings": {"trl_loss": True}})
+    # trl_loss where trl lacks the objective (SimPO, SLiC δ ≠ 1) falls back to gradproj's loss
+    ways = [{}, {"reference": reference_logprobs(loaded, pairs, pref)},
+            {"settings": {"trl_loss": True}}]
     for way in ways:
         restore(loaded.model, theta)
         settings = TrainSettings(epochs=1, lr=1e-3, batch_size=len(pairs),

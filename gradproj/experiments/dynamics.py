@@ -51,7 +51,6 @@ def composition(run: dict, flipped: set[str] | frozenset[str], probe: str = "hel
             "pearson": pearson(n_flipped, change) if len(change) > 2 else math.nan}
 
 
-
 def summary(run: dict, probe: str = "heldout") -> dict:
     """Of one trajectory: ``probe``'s loss at θ, at the end, its lowest and highest over the
     steps, and the step-to-step changes' largest rise."""

@@ -85,10 +85,14 @@ class Continuation:
         """Reference log-probs of every pair trained on so far (adapter off: the same for
         every run), computed once and handed to train_adapter."""
 
-    def reference_of(self, pairs: list[PreferencePair]) -> dict[str, tuple[float, float]]:
-        """The reference log-probs of ``pairs``, computing those not seen before."""
+    def reference_of(self, pairs: list[PreferencePair]) -> dict[str, tuple[float, float]] | None:
+        """The reference log-probs of ``pairs``, computing those not seen before; None where
+        training makes no use of them (a reference-free objective, or trl's own loss)."""
+        objective = self.pref.objective()
+        if not objective.needs_reference or (self.training.trl_loss and objective.trl_matches()):
+            return None
         new = [p for p in pairs if p.id not in self.reference]
-        if new and self.pref.objective().needs_reference and not self.training.trl_loss:
+        if new:
             self.reference.update(reference_logprobs(self.loaded, new, self.pref,
                                                      self.heldout.batch_size))
         return self.reference
@@ -110,9 +114,8 @@ class Continuation:
                            epochs=self.training.epochs if epochs is None else epochs)
         out = self.work / name
         t = time.perf_counter()
-        reference = self.reference_of(pairs) if not self.training.trl_loss else None
         res = train_adapter(self.loaded, pairs, settings, out, pref=self.pref, overwrite=True,
-                            progress=False, on_step=on_step, reference=reference)
+                            progress=False, on_step=on_step, reference=self.reference_of(pairs))
         train_s = time.perf_counter() - t
         t = time.perf_counter()
         result = self.evaluate()

@@ -241,19 +241,19 @@ def memory(arch: Architecture, stage: str, p: Precision, *, pairs: int, tokens: 
     P = lora_size(arch, targets, r)
     s = saved_per_token_layer(arch, targets, r, p, tokens)
     mask = b * tokens ** 2 if p.attention == "sdpa" else 0
-    logits = 16 * arch.vocab * (tokens if response_tokens is None else response_tokens) / tokens
+    logit_tokens = tokens if response_tokens is None else response_tokens   # per row
     out = Memory(stage, p)
     out.terms["weights"] = weight_bytes(arch, p)
     out.terms["lora"] = 16 * P if stage == "train" else 4 * P
     if p.checkpointing:
         out.terms["layer inputs"] = rows * tokens * (L * b * arch.hidden + 4 * arch.hidden)
         layer = rows * tokens * (s + 4 * b * arch.intermediate) + rows * mask
-        out.terms["logits or one layer"] = max(rows * tokens * logits, layer)
+        out.terms["logits or one layer"] = max(rows * logit_tokens * 16 * arch.vocab, layer)
     else:
         out.terms["activations"] = rows * tokens * (L * s + 4 * arch.hidden) + rows * L * mask
         if p.attention == "eager":
             out.terms["activations"] += rows * tokens ** 2 * b
-        out.terms["logits"] = rows * tokens * logits
+        out.terms["logits"] = rows * logit_tokens * 16 * arch.vocab
     if stage == "build":
         out.terms["per-row gradients"] = 4 * rows * P
         out.terms["features waiting"] = 4 * P * proj_batch

@@ -301,8 +301,9 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
             "chosen_ids": [list(p.chosen_ids) for p in tokenized.pairs],
             "rejected_ids": [list(p.rejected_ids) for p in tokenized.pairs],
             "row": list(range(len(tokenized.pairs)))}
-    if reference is not None and pref.objective().needs_reference:
-        if settings.trl_loss:
+    trl_loss = settings.trl_loss and objective.trl_matches()   # else gradproj's loss
+    if reference is not None and objective.needs_reference:
+        if trl_loss:
             raise ValueError("precomputed reference log-probs need gradproj's loss "
                              "(trl_loss=False)")
         missing = [p.id for p in tokenized.pairs if p.id not in reference]
@@ -329,7 +330,7 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
             disable_tqdm=True, loss_type=[objective.trl_loss_type or "sigmoid"],
             # bfloat16 autocast where the base is bfloat16 on a GPU (LoRA weights stay fp32)
             bf16=loaded.dtype_name == "bfloat16" and loaded.device.type == "cuda", fp16=False)
-        trainer_cls, record_cls = _trainer_class(objective, settings.trl_loss)
+        trainer_cls, record_cls = _trainer_class(objective, trl_loss)
         record = record_cls(progress and main, on_step, loaded.model)
         undo = trainer_changes_undoer(loaded.model)
         trainer = trainer_cls(model=loaded.model, args=config, train_dataset=Dataset.from_dict(rows),
