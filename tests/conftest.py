@@ -13,6 +13,12 @@ def tiny_llama(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def tiny_llama_plain(tmp_path_factory):
+    """Folder of a tiny Llama whose word tokenizer has no chat template (a base model)."""
+    return save_tiny(tmp_path_factory.mktemp("tiny-llama-plain"), "llama", chat=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_gpt2(tmp_path_factory):
     """Folder of a tiny GPT-2 with a plain (no chat template) word tokenizer."""
     return save_tiny(tmp_path_factory.mktemp("tiny-gpt2"), "gpt2", chat=False)

@@ -73,13 +73,14 @@ def save_tiny(path, arch: str = "llama", chat: bool = False, seed: int = 0,
     return str(path)
 
 
-SAMPLE = [
-    ("what color is the cat", "the cat is red", "the cat is blue and green"),
-    ("one plus two", "three", "four"),
-    ("is the dog big", "yes the dog is very big", "no"),
-    ("what animal sat on the mat", "the cat sat on the mat", "the dog ran"),
-    ("two plus two", "four", "five or six"),
-    ("hello", "hello sure", "bad"),
+SAMPLE = [   # responses start with a space, as plain-text preference data does: trl (and
+    # gradproj) tokenize prompt + response as one string
+    ("what color is the cat", " the cat is red", " the cat is blue and green"),
+    ("one plus two", " three", " four"),
+    ("is the dog big", " yes the dog is very big", " no"),
+    ("what animal sat on the mat", " the cat sat on the mat", " the dog ran"),
+    ("two plus two", " four", " five or six"),
+    ("hello", " hello sure", " bad"),
 ]
 
 
@@ -120,7 +121,7 @@ def random_rows(n, seed=0):
     out = []
     for i in range(n):
         p = " ".join(rng.choices(ROW_WORDS, k=rng.randint(2, 8)))
-        c = " ".join(rng.choices(ROW_WORDS, k=rng.randint(1, 6)))
+        c = " " + " ".join(rng.choices(ROW_WORDS, k=rng.randint(1, 6)))
         out.append({"id": f"p{i}", "prompt": p, "chosen": c, "rejected": c + " not"})
     return out
 

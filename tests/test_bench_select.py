@@ -13,8 +13,8 @@ from helpers import is_png, load_benchmark
 
 
 def _records(task, n, split):
-    return [{"id": f"{task}-{split}{i}", "prompt": f"{task} q{i}?", "chosen": "yes",
-             "rejected": "no"} for i in range(n)]
+    return [{"id": f"{task}-{split}{i}", "prompt": f"{task} q{i}?", "chosen": f" yes {i}",
+             "rejected": f" no {i}"} for i in range(n)]
 
 
 def test_bench_select_end_to_end(tiny_char_llama, tmp_path, monkeypatch):
@@ -60,7 +60,8 @@ def test_bench_select_end_to_end(tiny_char_llama, tmp_path, monkeypatch):
     assert sorted((r["rule"], r["seed"]) for r in res["runs"]) == sorted(
         (rule, s) for rule in ("all", "random", "lossdiff-irm") for s in (0, 1))
     kept = {r["rule"]: r["kept"] for r in res["runs"]}
-    assert kept["all"] == 16 and kept["random"] == kept["lossdiff-irm"] < 16
+    # random keeps round(0.64·16); a band intersection keeps ≈ that (selection's bisection)
+    assert kept["all"] == 16 and kept["random"] == 10 and abs(kept["lossdiff-irm"] - 10.24) <= 1
     assert is_png(png)
     text = "\n".join(suite.render_select(res))
     assert "| aa | 8 / 4 |" in text and "Paired difference to `all`" in text

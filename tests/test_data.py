@@ -230,10 +230,70 @@ def test_field_map_parse_errors(spec, message):
 
 
 def test_flat_and_chat_records_are_equivalent():
-    flat, chat = pairs_from_records([RECORDS[0], CHAT_RECORDS[1]])
+    [flat] = pairs_from_records([RECORDS[0]])
+    [chat] = pairs_from_records([CHAT_RECORDS[1]])
     [flat1] = pairs_from_records([RECORDS[1]])
     assert canonical([chat]) == canonical([flat1])
     assert flat.prompt == (user("What is 2+2?"),)
+    assert (flat.conversational, chat.conversational) == (False, True)
+    assert flat.trl_row() == RECORDS[0]
+    assert chat.trl_row() == {"prompt": [user("Capital of France?")],
+                              "chosen": [assistant("Paris")], "rejected": [assistant("Lyon")]}
+
+
+def test_one_dataset_holds_one_form():
+    with pytest.raises(InputError) as err:
+        pairs_from_records([RECORDS[0], CHAT_RECORDS[1]])
+    assert str(err.value) == ("<records>:2: field 'chosen' is conversational (message lists) "
+                              "but record 1 is plain text (strings): one dataset holds one form "
+                              "(trl formats a dataset by its first row)")
+
+
+HH_ROWS = [
+    {"chosen": "\n\nHuman: Is it safe?\n\nAssistant: Yes, with care.",
+     "rejected": "\n\nHuman: Is it safe?\n\nAssistant: No idea."},
+    {"chosen": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Bye\n\nAssistant: Goodbye!",
+     "rejected": "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: Bye\n\nAssistant: Go."},
+    {"chosen": "ab", "rejected": "abc"},             # one a prefix of the other
+    {"chosen": "Same start X", "rejected": "Same start Y"},
+]
+
+
+def test_implicit_prompt_splits_as_trls_extract_prompt():
+    """HH-RLHF rows (chosen/rejected only, whole transcripts): prompt and responses exactly as
+    trl's own extract_prompt gives them, strings and message lists alike."""
+    from trl.data_utils import extract_prompt
+
+    for row in HH_ROWS + CHAT_RECORDS:
+        [pair] = pairs_from_records([row])
+        assert pair.trl_row() == extract_prompt(row), row
+    [pair] = pairs_from_records([HH_ROWS[0]])
+    assert pair.prompt_text == "\n\nHuman: Is it safe?\n\nAssistant:"
+    assert pair.chosen_text == " Yes, with care." and not pair.conversational
+
+
+def test_implicit_prompt_that_shares_nothing_is_refused():
+    with pytest.raises(InputError) as err:
+        pairs_from_records([{"chosen": "yes", "rejected": "no"}])
+    assert str(err.value) == ("<records>:1: field 'prompt' is missing, and 'chosen'/'rejected' "
+                              "share no prompt text (an implicit prompt is their common prefix)")
+
+
+def test_a_response_must_end_on_an_assistant_message():
+    turns = [user("a"), assistant("b")]
+    with pytest.raises(InputError) as err:
+        pairs_from_records([{"chosen": turns + [user("c")], "rejected": turns + [assistant("R")]}])
+    assert str(err.value) == ("<records>:1: field 'chosen' must end on an assistant message, "
+                              "ends on a 'user' message (trl would train on it as the completion)")
+
+
+def test_an_explicit_conversational_prompt_is_kept_as_given():
+    """trl keeps a conversational prompt column as it is, even when both responses share their
+    first messages."""
+    record = {"prompt": [user("P")], "chosen": [assistant("A"), user("more"), assistant("C")],
+              "rejected": [assistant("A"), user("more"), assistant("R")]}
+    [pair] = pairs_from_records([record])
+    assert pair.trl_row() == record
 
 
 def test_ultrafeedback_style_record():
@@ -323,7 +383,8 @@ SHAPE = "must be a string or a list of {role, content} messages"
     ({P: "p", R: "r"}, "field 'chosen' is missing"),
     ({P: "p", C: "c"}, "field 'rejected' is missing"),
     ({P: "p", C: None, R: "r"}, "field 'chosen' is missing"),
-    ({C: "c", R: "r"}, "field 'prompt' is missing"),
+    ({C: "c", R: "r"}, "field 'prompt' is missing, and 'chosen'/'rejected' share no prompt "
+                       "text (an implicit prompt is their common prefix)"),
     ({P: "p", C: 5, R: "r"}, f"field 'chosen' {SHAPE}"),
     ({P: "p", C: "c", R: {"text": "r"}}, f"field 'rejected' {SHAPE}"),
     ({P: 3, C: "c", R: "r"}, f"field 'prompt' {SHAPE}"),
@@ -455,7 +516,7 @@ def test_non_mapping_record():
 # --- writing ------------------------------------------------------------------------------------
 
 def test_write_pairs_jsonl_round_trips(tmp_path):
-    records = [dict(RECORDS[0], id="a", score=1.5), CHAT_RECORDS[1], dict(RECORDS[2], extra=[1])]
+    records = [dict(RECORDS[0], id="a", score=1.5), RECORDS[1], dict(RECORDS[2], extra=[1])]
     source = write_jsonl(tmp_path / "in.jsonl", records)
     pairs = load_pairs(source)
     out = tmp_path / "out.jsonl"

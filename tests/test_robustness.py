@@ -5,7 +5,7 @@ Scored or dropped with a reason (select exits 0, nothing else is lost):
   over-long responses       → kept, responses cut from the right (``truncated``)
   identical after truncation→ dropped: ``excluded:chosen and rejected identical after truncation``
   duplicate content, 2 ids  → both kept as separate pairs (ids differ)
-  multi-turn with a system  → the prompt is every message before the last answer
+  multi-turn transcript     → implicit prompt (HH-RLHF): the shared prefix, split as trl does
   non-ASCII text            → scored like any text
   extra columns             → carried unchanged into OUT/selected
 Refused at load, in one line naming file, line and field, before any work (exit 2):
@@ -24,6 +24,7 @@ from helpers import write_jsonl
 from gradproj.cli import main
 
 LONG = "x" * 200
+HH = "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: 2 + 3?\n\nAssistant:"
 
 
 def _pair(i, prompt="What is 2 + 2?", chosen="4.", rejected="5.", **extra):
@@ -38,15 +39,7 @@ def corpus():
         _pair(12, chosen=LONG + " A", rejected=LONG + " B"),          # same after the cut
         _pair(13, prompt="Same?", chosen="Yes.", rejected="No."),
         _pair(14, prompt="Same?", chosen="Yes.", rejected="No."),      # same content, new id
-        {"id": "r15",
-         "chosen": [{"role": "system", "content": "Be brief."},
-                    {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"},
-                    {"role": "user", "content": "2 + 3?"}, {"role": "assistant", "content": "5"}],
-         "rejected": [{"role": "system", "content": "Be brief."},
-                      {"role": "user", "content": "Hi"},
-                      {"role": "assistant", "content": "Hello"},
-                      {"role": "user", "content": "2 + 3?"},
-                      {"role": "assistant", "content": "6"}]},
+        {"id": "r15", "chosen": HH + " 5", "rejected": HH + " 6"},
         _pair(16, prompt="Qu'est-ce que 2 + 2 ? 😀", chosen="Quatre — 4.", rejected="Cinq."),
         _pair(17, source="forum", score_chosen=9.5, tags=["a", "b"]),
     ]
@@ -87,13 +80,12 @@ def test_every_other_case_is_scored(run):
               and r["if"] is not None}
     assert scored == {f"r{i:02d}" for i in range(18)} - {"r12"}
     by_id = {r["id"]: r for r in every}
-    # multi-turn: the prompt holds the system message and the earlier turns
-    assert [m["role"] for m in by_id["r15"]["prompt"]] == ["system", "user", "assistant", "user"]
-    assert [m["content"] for m in by_id["r15"]["chosen"]] == ["5"]
+    # multi-turn transcript: the prompt is every turn before the last answer; strings stay strings
+    assert (by_id["r15"]["prompt"], by_id["r15"]["chosen"]) == (HH, " 5")
     # extra columns travel unchanged (None in rows without them); non-ASCII text survives
     assert by_id["r17"]["source"] == "forum" and by_id["r17"]["tags"] == ["a", "b"]
     assert by_id["r16"]["source"] is None
-    assert by_id["r16"]["prompt"][-1]["content"] == "Qu'est-ce que 2 + 2 ? 😀"
+    assert by_id["r16"]["prompt"] == "Qu'est-ce que 2 + 2 ? 😀"
     # duplicate content under two ids: two pairs, equal scores
     assert by_id["r13"]["irm"] == pytest.approx(by_id["r14"]["irm"])
     selected = datasets.load_from_disk(str(run["out"] / "selected"))

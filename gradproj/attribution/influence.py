@@ -39,10 +39,9 @@ from gradproj.store.index import (
 from gradproj.core.model import LoadedModel, LoraSettings, ModelSettings, load_model
 from gradproj.gradients.spec import ProjectorSpec
 from gradproj.store.shards import STATUS, Store
-from gradproj.core.tokens import tokenize_pairs
 
 MATCHED_FIELDS = ("model", "adapter", "tokenizer_fingerprint", "objective", "grad_type",
-                  "max_length", "projector")
+                  "max_length", "max_prompt_length", "chat_template", "projector")
 
 
 @dataclass(frozen=True)
@@ -152,7 +151,7 @@ def validation_features(store: Store, loaded: LoadedModel,
     try:
         check_compatible(store, store_header(loaded, settings, pref,
                                              computer.projector.spec.to_dict(), ""))
-        tok = tokenize_pairs(val_pairs, loaded.tokenizer, pref.max_length)
+        tok = pref.tokenize(val_pairs, loaded.tokenizer)
         if not tok.pairs:
             raise GradprojError("no validation pair left after tokenization")
         feats, rows = computer.features(tok.pairs, dtype=np.float32)

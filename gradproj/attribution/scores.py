@@ -22,7 +22,6 @@ from gradproj.core.logprobs import PairLogProbs, pair_logprobs, response_logprob
 from gradproj.core.errors import GradprojError
 from gradproj.core.model import LoadedModel
 from gradproj.core.objectives import Objective, PreferenceSettings
-from gradproj.core.tokens import tokenize_pairs
 from gradproj.store.shards import STATUS, Store
 from gradproj.training.train import check_adapter_objective
 
@@ -133,7 +132,10 @@ def score_pairs(loaded: LoadedModel, pairs: list[PreferencePair], aux_adapter: s
     ``pref``'s objective (refused for an adapter trained with another, unless
     ``force_objective``).
 
-    Columns: ``irm`` (the objective's margin), ``loss_theta``, and with ``aux_adapter``:
+    Columns: ``irm`` (the objective's margin), ``loss_theta``, the summed response log-probs
+    ``policy_chosen_logps`` / ``policy_rejected_logps`` at θ and ``ref_chosen_logps`` /
+    ``ref_rejected_logps`` (adapter off; not for a reference-free objective), and with
+    ``aux_adapter``:
     ``loss_aux``, ``irm_aux``, ``lossdiff``. Pairs excluded by tokenization get NaN (and are
     listed by ``tokenize_pairs``).
 
@@ -144,8 +146,9 @@ def score_pairs(loaded: LoadedModel, pairs: list[PreferencePair], aux_adapter: s
     """
     fn = pref.objective()
     for adapter in (loaded.settings.adapter, aux_adapter):
-        check_adapter_objective(adapter, fn, force_objective)
-    tok = tokenize_pairs(pairs, loaded.tokenizer, pref.max_length)
+        check_adapter_objective(adapter, fn, force_objective,
+                                pref.template_record(loaded.tokenizer))
+    tok = pref.tokenize(pairs, loaded.tokenizer)
     if not tok.pairs:
         raise GradprojError("no pair left to score after tokenization")
     pad = loaded.tokenizer.pad_token_id
@@ -162,11 +165,13 @@ def score_pairs(loaded: LoadedModel, pairs: list[PreferencePair], aux_adapter: s
     table = ScoreTable([p.id for p in pairs] if world == 1 else ids, meta={
         "objective": fn.settings(), "excluded": dict(tok.excluded),
         "truncated": [p.id for p in scored if p.truncated],
-        "chat_template": bool(getattr(loaded.tokenizer, "chat_template", None))})
+        "chat_template": pref.template_record(loaded.tokenizer)})
     h = fn.margin(lp)
     if fn.needs_reference:      # trl's precomputed reference columns (see pipeline.outputs)
         table.add("ref_chosen_logps", ids, lp.ref_chosen.double().numpy())
         table.add("ref_rejected_logps", ids, lp.ref_rejected.double().numpy())
+    table.add("policy_chosen_logps", ids, lp.policy_chosen.double().numpy())     # at θ
+    table.add("policy_rejected_logps", ids, lp.policy_rejected.double().numpy())
     table.add("irm", ids, h.double().numpy())
     table.add("loss_theta", ids, fn.loss_from_margin(h).double().numpy())
     if aux_adapter is not None:

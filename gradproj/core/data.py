@@ -2,10 +2,15 @@
 
 Inputs: ``.jsonl``, ``.json``, ``.csv``, ``.parquet``, a directory written by
 ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, or a hub id ``owner/name``.
-Each record is either *flat* (``prompt``, ``chosen``, ``rejected`` are strings) or *chat*
-(``chosen`` and ``rejected`` are lists of ``{"role", "content"}`` messages that start with the
-same prompt messages).  Both become a :class:`PreferencePair` of message tuples, so the flat record
-``{"prompt": "P", "chosen": "C", "rejected": "R"}`` and its chat twin get the same messages and id.
+Each record is either *plain text* (``prompt``, ``chosen``, ``rejected`` are strings) or
+*conversational* (``chosen`` and ``rejected`` are lists of ``{"role", "content"}`` messages), the
+two forms trl knows. The prompt may be *implicit*, as in Anthropic HH-RLHF (only ``chosen`` and
+``rejected``, each the whole transcript): it is then their shared prefix, split exactly as trl's
+``extract_prompt`` splits it (characters for strings, whole messages for lists; a space just before
+the first difference goes to the responses). Both forms become a :class:`PreferencePair` of message
+tuples, so the plain record ``{"prompt": "P", "chosen": "C", "rejected": "R"}`` and its chat twin
+get the same messages and id; ``conversational`` remembers the form, which decides the tokenization
+(trl's rule: the chat template for conversational pairs only) and the form written back.
 
 Locations in errors and in ``PreferencePair.source`` are ``path:N`` where N is the 1-based line for
 ``.jsonl`` (blank lines count), and the 1-based record/row number for everything else; for
@@ -89,9 +94,20 @@ class PreferencePair:
     rejected: tuple[Message, ...]
     source: str
     record: Mapping
+    conversational: bool = True
+    """The input's form: message lists (True) or plain strings (False)."""
 
     def __hash__(self) -> int:  # messages are dicts, so the generated hash would fail
         return hash((self.id, self.source))
+
+    def trl_row(self) -> dict:
+        """``prompt``/``chosen``/``rejected`` in trl's explicit-prompt form, in the input's form:
+        message lists for a conversational pair, strings for a plain-text one."""
+        if not self.conversational:
+            return {"prompt": self.prompt_text, "chosen": self.chosen_text,
+                    "rejected": self.rejected_text}
+        return {"prompt": [dict(m) for m in self.prompt], "chosen": [dict(m) for m in self.chosen],
+                "rejected": [dict(m) for m in self.rejected]}
 
     @property
     def prompt_text(self) -> str:
@@ -197,6 +213,13 @@ def _build(rows: Iterable[tuple[int, Any]], fields: FieldMap, origin: str,
             raise InputError(f"duplicates the pair on {unit} {seen[pair.id]} "
                              f"(same prompt, chosen and rejected)", origin, number)
         seen[pair.id] = number
+        if pairs and pair.conversational != pairs[0].conversational:
+            forms = {True: "conversational (message lists)", False: "plain text (strings)"}
+            raise InputError(f"is {forms[pair.conversational]} but {unit} "
+                             f"{pairs[0].source.rpartition(':')[2]} is "
+                             f"{forms[pairs[0].conversational]}: one dataset holds one form "
+                             f"(trl formats a dataset by its first row)", origin, number,
+                             fields.chosen)
         pairs.append(pair)
     if not pairs:
         raise InputError("no preference pairs (the dataset is empty)", origin)
@@ -212,24 +235,39 @@ def _make_pair(record: Mapping, fields: FieldMap, origin: str,
 
     chosen = _field(record, fields.chosen, fail)
     rejected = _field(record, fields.rejected, fail)
+    conversational = not isinstance(chosen, str)
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise fail(f"must have the same form as '{fields.chosen}' "
                    f"(both strings or both message lists)", fields.rejected)
-    if isinstance(chosen, str):
-        prompt = _prompt_field(record, fields.prompt, fail, "")
+    if not conversational:
+        if record.get(fields.prompt) is None:       # implicit prompt (HH-RLHF): trl's split
+            prompt_text, chosen, rejected = split_implicit_prompt(chosen, rejected)
+            if not prompt_text.strip():
+                raise fail(f"is missing, and '{fields.chosen}'/'{fields.rejected}' share no "
+                           f"prompt text (an implicit prompt is their common prefix)",
+                           fields.prompt)
+            prompt = ({"role": "user", "content": prompt_text},)
+        else:
+            prompt = _prompt_field(record, fields.prompt, fail, "")
+            if len(prompt) != 1 or prompt[0]["role"] != "user":
+                raise fail("must be a string when 'chosen'/'rejected' are strings", fields.prompt)
         chosen = ({"role": "assistant", "content": chosen},)
         rejected = ({"role": "assistant", "content": rejected},)
+    elif isinstance(record.get(fields.prompt), (list, tuple)):
+        prompt = _prompt_field(record, fields.prompt, fail, "")   # explicit: trl keeps it as is
     else:
-        shared = 0
-        limit = min(len(chosen), len(rejected)) - 1
-        while shared < limit and chosen[shared] == rejected[shared]:
-            shared += 1
-        if shared:
-            prompt = chosen[:shared]
-            chosen, rejected = chosen[shared:], rejected[shared:]
+        prompt, chosen_rest, rejected_rest = split_implicit_prompt(chosen, rejected)
+        if prompt:
+            chosen, rejected = chosen_rest, rejected_rest
         else:
             hint = f" and '{fields.chosen}'/'{fields.rejected}' share no prompt messages"
             prompt = _prompt_field(record, fields.prompt, fail, hint)
+    if conversational:
+        for name, response in ((fields.chosen, chosen), (fields.rejected, rejected)):
+            if response[-1]["role"] != "assistant":
+                raise fail(f"must end on an assistant message, ends on a "
+                           f"'{response[-1]['role']}' message (trl would train on it as the "
+                           f"completion)", name)
     for name, response in ((fields.chosen, chosen), (fields.rejected, rejected)):
         if not response[-1]["content"].strip():
             raise fail("is empty", name)
@@ -239,8 +277,26 @@ def _make_pair(record: Mapping, fields: FieldMap, origin: str,
     raw_id = record.get(fields.id)
     own_id = raw_id is not None and raw_id != ""
     pair_id = str(raw_id) if own_id else content_id(prompt, chosen, rejected)
-    pair = PreferencePair(pair_id, prompt, chosen, rejected, f"{origin}:{number}", record)
+    pair = PreferencePair(pair_id, prompt, chosen, rejected, f"{origin}:{number}", record,
+                          conversational)
     return pair, own_id
+
+
+def split_implicit_prompt(chosen: Sequence, rejected: Sequence):
+    """(prompt, chosen, rejected) of an implicit-prompt pair, exactly as trl's ``extract_prompt``.
+
+    The prompt is the longest common prefix of ``chosen`` and ``rejected`` (characters of strings,
+    messages of lists), stopping before the last element of the shorter one; for strings, a space
+    just before the first difference is left to the responses (``"… Assistant: Yes"`` splits into
+    ``"… Assistant:"`` and ``" Yes"``).
+    """
+    idx = 0
+    for idx in range(min(len(chosen), len(rejected))):
+        if chosen[idx] != rejected[idx]:
+            if idx and chosen[idx - 1] == " ":   # trl also looks at [-1] when idx == 0
+                idx -= 1
+            break
+    return chosen[:idx], chosen[idx:], rejected[idx:]
 
 
 def _field(record: Mapping, field: str, fail: Callable[..., InputError],

@@ -209,6 +209,26 @@ def _to_device(model, settings: ModelSettings) -> None:
         model.to(resolve_device(settings.device))
 
 
+def _tokenizer(tokenizer):
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def load_tokenizer(settings: ModelSettings):
+    """The model's tokenizer alone (with a pad token), as :func:`load_base` loads it: enough to
+    check the inputs before any weights are read."""
+    from transformers import AutoTokenizer
+
+    name, extra = _source(settings.model)
+    try:
+        return _tokenizer(AutoTokenizer.from_pretrained(
+            name, **extra, trust_remote_code=settings.trust_remote_code))
+    except OSError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GradprojError(f"cannot load model '{settings.model}': {first}") from None
+
+
 def load_base(settings: ModelSettings):
     """(base causal LM in eval mode on its device, tokenizer with a pad token)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -219,7 +239,7 @@ def load_base(settings: ModelSettings):
     quant = _quantization(settings, device, dtype, extra)
     kwargs = dict(extra, trust_remote_code=settings.trust_remote_code)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, **kwargs)
+        tokenizer = _tokenizer(AutoTokenizer.from_pretrained(name, **kwargs))
         model = AutoModelForCausalLM.from_pretrained(name, dtype=dtype, **_attention(settings),
                                                      **quant, **kwargs)
     except OSError as err:
@@ -232,8 +252,6 @@ def load_base(settings: ModelSettings):
         raise
     if "gguf_file" in extra:
         model = _dequantized_copy(model)
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
     model.config.pad_token_id = tokenizer.pad_token_id
     _to_device(model, settings)
     model.eval()

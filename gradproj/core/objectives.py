@@ -34,6 +34,7 @@ import torch.nn.functional as F
 
 from gradproj.core.errors import BadInput, IncompatibleStore
 from gradproj.core.logprobs import PairLogProbs
+from gradproj.core.tokens import TokenizeResult, template_record, tokenize_pairs
 from gradproj.core.settings import (
     Settings,
     at_least_one,
@@ -205,6 +206,14 @@ class PreferenceSettings(Settings):
                                 metavar="NAME=VALUE", parse=lambda items: tuple(items))
     max_length: int = setting(512, "Tokens per sequence (prompt + response); the prompt is cut "
                                    "from the left first.", check=at_least_one)
+    max_prompt_length: int | None = setting(None, "Fewest prompt tokens kept when a sequence is "
+                                                  "cut to --max-length (default: half of it); "
+                                                  "the responses are cut after that.",
+                                            check=at_least_one)
+    chat_template: str = setting("auto", "Chat template: auto (trl's rule: the tokenizer's template "
+                                         "for conversational pairs, none for plain text), off "
+                                         "(never; conversational pairs are refused) or a Jinja "
+                                         "FILE for conversational pairs.", metavar="auto|off|FILE")
 
     def __post_init__(self):
         super().__post_init__()
@@ -212,6 +221,15 @@ class PreferenceSettings(Settings):
 
     def objective(self) -> Objective:
         return make_objective(self.loss, self.beta, **parse_assignments(self.loss_param))
+
+    def tokenize(self, pairs, tokenizer) -> TokenizeResult:
+        """``pairs`` tokenized as every stage sees them (template, max lengths)."""
+        return tokenize_pairs(pairs, tokenizer, self.max_length, self.max_prompt_length,
+                              self.chat_template)
+
+    def template_record(self, tokenizer) -> dict:
+        """The chat template this setting applies with ``tokenizer``, as artefacts record it."""
+        return template_record(self.chat_template, tokenizer)
 
 
 def check_objective(recorded: dict, requested: Objective, where: str,

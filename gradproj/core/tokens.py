@@ -1,10 +1,18 @@
 """Turn preference pairs into token ids: chat template, response mask, truncation, padding.
 
 A pair becomes two sequences, ``prompt + chosen`` and ``prompt + rejected``; only response tokens
-count in log π(y|x). With a chat template the prompt is rendered with the generation prompt and the
-response starts where the rendered prompt and the rendered conversation diverge (so tokens that
-merge across the boundary are never lost). Without one, the prompt is the message contents joined
-by newlines, the response is `` " " + text`` followed by the EOS token.
+count in log π(y|x). The format is trl's (``DPOTrainer._prepare_dataset``, trl 1.16), so a pair is
+scored in the tokens it will be trained on:
+
+- a *conversational* pair is rendered with the chat template (the prompt with the generation
+  prompt, then prompt + response);
+- a *plain-text* pair is never templated: ``tokenizer(prompt)`` and ``tokenizer(prompt + response
+  + eos_token)`` (the EOS is appended unless the response already ends with it).
+
+Either way the response starts where the tokenized prompt and the tokenized whole diverge (so
+tokens that merge across the boundary are never lost). Which template is used is the
+``chat_template`` setting: ``auto`` (the tokenizer's), ``off`` (none: conversational pairs are
+refused) or a Jinja file.
 
 Truncation to ``max_length`` tokens removes prompt tokens from the left first, down to a floor of
 ``max_prompt_length`` tokens (default ``max_length // 2``), then response tokens from the right.
@@ -14,13 +22,15 @@ and reported — never silently scored.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
 from gradproj.core.data import PreferencePair
-from gradproj.core.errors import GradprojError
+from gradproj.core.errors import BadInput, GradprojError
 
 
 @dataclass(frozen=True)
@@ -85,25 +95,66 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def render_pair(pair: PreferencePair, tokenizer) -> tuple[list[int], list[int], list[int]]:
-    """(prompt ids, chosen ids, rejected ids) before truncation."""
-    if getattr(tokenizer, "chat_template", None):
+def resolve_chat_template(setting: str, tokenizer) -> str | None:
+    """The template text ``setting`` means for ``tokenizer``: ``auto`` → the tokenizer's own (None
+    when it has none), ``off`` → None, anything else → the contents of that Jinja file."""
+    if setting == "auto":
+        return getattr(tokenizer, "chat_template", None) or None
+    if setting == "off":
+        return None
+    try:
+        return Path(setting).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise BadInput(f"--chat-template {setting}: cannot read the template file "
+                       f"({type(err).__name__})") from None
+
+
+def template_record(setting: str, tokenizer) -> dict:
+    """What an artefact records of the template used: the setting's kind and the sha256 of the
+    template text (None when no template is used)."""
+    text = resolve_chat_template(setting, tokenizer)
+    kind = setting if setting in ("auto", "off") else "file"
+    return {"mode": kind,
+            "sha256": hashlib.sha256(text.encode()).hexdigest()[:16] if text else None}
+
+
+def check_formattable(pairs: Sequence[PreferencePair], template: str | None, setting: str) -> None:
+    """Refuse conversational pairs when no template applies (trl could not train them either)."""
+    if template is not None:
+        return
+    for pair in pairs:
+        if pair.conversational:
+            why = ("--chat-template off" if setting == "off"
+                   else "the tokenizer has no chat template")
+            raise BadInput(f"{pair.source}: the pair is conversational (message lists) and "
+                           f"{why}: give a template with --chat-template FILE")
+
+
+def render_pair(pair: PreferencePair, tokenizer,
+                template: str | None = None) -> tuple[list[int], list[int], list[int]]:
+    """(prompt ids, chosen ids, rejected ids) before truncation, as trl tokenizes the pair
+    (see the module docstring); ``template`` is the chat template text for a conversational
+    pair (:func:`resolve_chat_template`; None: the tokenizer's)."""
+    if pair.conversational:
+        template = template or resolve_chat_template("auto", tokenizer)
+        check_formattable([pair], template, "auto")
         prompt = list(pair.prompt)
-        p_ids = _ids(tokenizer.apply_chat_template(prompt, add_generation_prompt=True,
-                                                   tokenize=True))
-        c_full = _ids(tokenizer.apply_chat_template(prompt + list(pair.chosen), tokenize=True))
-        r_full = _ids(tokenizer.apply_chat_template(prompt + list(pair.rejected), tokenize=True))
-        n = min(_common_prefix(p_ids, c_full), _common_prefix(p_ids, r_full))
-        return p_ids[:n], c_full[n:], r_full[n:]
-    eos = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
-    prompt_text = "\n".join(m["content"] for m in pair.prompt)
-    p_ids = _ids(tokenizer(prompt_text)) if prompt_text else []
+        kw = {"tokenize": True, "return_dict": True, "chat_template": template}
+        p_ids = _ids(tokenizer.apply_chat_template(prompt, add_generation_prompt=True, **kw))
+        c_full = _ids(tokenizer.apply_chat_template(prompt + list(pair.chosen), **kw))
+        r_full = _ids(tokenizer.apply_chat_template(prompt + list(pair.rejected), **kw))
+    else:
+        eos = tokenizer.eos_token or ""
 
-    def response(msgs):
-        text = "\n".join(m["content"] for m in msgs)
-        return _ids(tokenizer(" " + text, add_special_tokens=False)) + eos
+        def whole(response: str) -> list[int]:
+            if not response.endswith(eos):
+                response += eos
+            return _ids(tokenizer(text=pair.prompt_text + response))
 
-    return p_ids, response(pair.chosen), response(pair.rejected)
+        p_ids = _ids(tokenizer(text=pair.prompt_text))
+        c_full, r_full = whole(pair.chosen_text), whole(pair.rejected_text)
+    n = min(_common_prefix(p_ids, c_full), _common_prefix(p_ids, r_full))
+    return p_ids[:n], c_full[n:], r_full[n:]
 
 
 def truncate(prompt: list[int], chosen: list[int], rejected: list[int], max_length: int,
@@ -123,13 +174,20 @@ def truncate(prompt: list[int], chosen: list[int], rejected: list[int], max_leng
 
 
 def tokenize_pairs(pairs: Sequence[PreferencePair], tokenizer, max_length: int = 512,
-                   max_prompt_length: int | None = None) -> TokenizeResult:
-    """Tokenize, truncate and filter ``pairs``; excluded pairs are reported in ``.excluded``."""
+                   max_prompt_length: int | None = None,
+                   chat_template: str = "auto") -> TokenizeResult:
+    """Tokenize, truncate and filter ``pairs``; excluded pairs are reported in ``.excluded``.
+
+    ``chat_template``: ``auto``, ``off`` or a template file (see :func:`resolve_chat_template`);
+    conversational pairs without a template are refused before any is tokenized.
+    """
     if max_length < 2:
         raise GradprojError(f"--max-length must be >= 2, got {max_length}")
+    template = resolve_chat_template(chat_template, tokenizer)
+    check_formattable(pairs, template, chat_template)
     result = TokenizeResult(pairs=[])
     for pair in pairs:
-        p, c, r = render_pair(pair, tokenizer)
+        p, c, r = render_pair(pair, tokenizer, template)
         p, c, r, cut = truncate(p, c, r, max_length, max_prompt_length)
         if not c or not r:
             result.excluded[pair.id] = "response truncated away"

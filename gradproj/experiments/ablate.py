@@ -174,10 +174,15 @@ def run_ablation(inputs: RunInputs, test: str, out, settings: AblateSettings = A
     ``loaded``: the base model already in memory; ``flipped``: ids of deliberately flipped
     pairs (for the flips-removed columns)."""
     test_pairs = load_pairs(test, FieldMap.parse(inputs.field), split=test_split)
-    pipe = Pipeline(inputs, out, force=force, progress=progress, loaded=loaded)
-    if settings.group_by:
-        group_values(pipe.train, settings.group_by)     # a missing column fails before work
-    table = pipe.scores(any(m in NEEDS_IF for m in settings.methods))
+    pipe = Pipeline(inputs, out, force=force, progress=progress, loaded=loaded,
+                    also_check={test: test_pairs})
+    try:
+        if settings.group_by:
+            group_values(pipe.train, settings.group_by)     # a missing column fails before work
+        table = pipe.scores(any(m in NEEDS_IF for m in settings.methods))
+    except BaseException:
+        pipe.release()
+        raise
     theta = pipe.theta()
     loaded = pipe.model(theta)
     cont = Continuation(loaded, HeldOut(loaded, test_pairs, inputs.pref,

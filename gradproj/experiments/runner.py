@@ -24,7 +24,6 @@ from gradproj.core.data import PreferencePair
 from gradproj.core.logprobs import response_logprobs
 from gradproj.core.model import LoadedModel
 from gradproj.core.objectives import PreferenceSettings
-from gradproj.core.tokens import tokenize_pairs
 from gradproj.experiments.noise import selection_stats
 from gradproj.experiments.stats import mean_std, paired_difference_ci
 from gradproj.experiments.step import restore, snapshot
@@ -42,7 +41,7 @@ class HeldOut:
     def __init__(self, loaded: LoadedModel, pairs: list[PreferencePair],
                  pref: PreferenceSettings = PreferenceSettings(), batch_size: int = 8):
         self.pairs, self.pref, self.batch_size = pairs, pref, batch_size
-        tok = tokenize_pairs(pairs, loaded.tokenizer, pref.max_length)
+        tok = pref.tokenize(pairs, loaded.tokenizer)
         self.n_truncated = tok.n_truncated
         self.reference = response_logprobs(loaded.model, tok.pairs, loaded.tokenizer.pad_token_id,
                                            batch_size, reference=True)

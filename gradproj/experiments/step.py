@@ -75,10 +75,10 @@ def step_seconds(loaded, pairs, pref, batch_size: int, lr: float, repeats: int =
     the adapter: snapshot and restore it around the call."""
     import time
 
-    from gradproj.core.tokens import collate, tokenize_pairs
+    from gradproj.core.tokens import collate
     from gradproj.experiments.measure import median
 
-    tok = tokenize_pairs(pairs[:batch_size], loaded.tokenizer, pref.max_length)
+    tok = pref.tokenize(pairs[:batch_size], loaded.tokenizer)
     batch = collate(tok.pairs, loaded.tokenizer.pad_token_id).to(loaded.device)
     opt = torch.optim.AdamW(list(trainable(loaded.model).values()), lr=lr)
     cuda = loaded.device.type == "cuda"

@@ -4,15 +4,17 @@
     OUT/selected.parquet     the same rows as one parquet file
     OUT/scores_all.parquet   every input pair: scores, ``kept`` and ``drop_reasons``
 
-A row of ``selected`` is the pair in trl's explicit-prompt conversational form — ``prompt``,
-``chosen``, ``rejected`` as lists of ``{"role", "content"}`` messages (what gradproj scored) —
+A row of ``selected`` is the pair in trl's explicit-prompt form and in the input's form —
+``prompt``, ``chosen``, ``rejected`` as strings for plain-text input (an implicit HH-style prompt
+split off as trl splits it), as ``{"role", "content"}`` message lists for conversational input —
 plus ``id``, every other column of the input row as it was (``source``, ``score_chosen`` ...),
-the scores computed (``irm``, ``lossdiff``, ``if``, ``tif``) and, where they equal what trl
-would compute, trl's precomputed reference columns ``ref_chosen_logps`` / ``ref_rejected_logps``
-(``DPOConfig(precompute_ref_log_probs=True)`` then reads them instead of running the
-reference). They are left out, and the card says why, for a reference-free objective, a
-tokenizer without a chat template (trl then tokenizes plain text differently), or kept pairs
-that were truncated at max_length (trl truncates differently).
+the scores computed (``irm``, ``lossdiff``, ``if``, ``tif``) and the summed reference log-probs
+gradproj scored with, ``gradproj_ref_chosen_logps`` / ``gradproj_ref_rejected_logps``: per row,
+null where the pair was truncated at max_length (trl truncates differently), absent for a
+reference-free objective. They are not named ``ref_chosen_logps`` on purpose: trl 1.16 computes
+those itself under ``DPOConfig(precompute_ref_log_probs=True)`` and refuses a dataset that already
+has them (duplicated columns); with the pair formatted as trl formats it, trl's values equal
+these (tested to rtol 1e-4).
 """
 
 from __future__ import annotations
@@ -30,45 +32,47 @@ from gradproj.core.errors import BadInput
 
 SCORES = ("irm", "lossdiff", "if", "tif")
 REFERENCE = ("ref_chosen_logps", "ref_rejected_logps")
+"""The score table's reference columns, trl's names."""
+EXPORTED = {name: "gradproj_" + name for name in REFERENCE}
+"""Their names in ``selected/`` (trl 1.16 refuses a dataset that holds its own names)."""
 
 
 def reference_columns_note(table: ScoreTable, kept: list[str]) -> str | None:
-    """None when the reference columns can go out with the kept rows, else why not."""
+    """None when the reference columns go out with the kept rows, else why not."""
     if not all(c in table.columns for c in REFERENCE):
         return "the objective is reference-free (no reference pass was made)"
-    if not table.meta.get("chat_template", False):
-        return ("the tokenizer has no chat template, so trl would tokenize the plain-text rows "
-                "differently from gradproj")
-    truncated = set(table.meta.get("truncated", ())) & set(kept)
-    if truncated:
-        return (f"{len(truncated)} kept pair(s) were truncated at max_length, and trl truncates "
-                "differently")
     return None
-
-
-def _conversational(pair: PreferencePair) -> dict:
-    return {"prompt": [dict(m) for m in pair.prompt], "chosen": [dict(m) for m in pair.chosen],
-            "rejected": [dict(m) for m in pair.rejected]}
 
 
 def selection_rows(pairs: list[PreferencePair], table: ScoreTable, ids: list[str],
                    fields: FieldMap = FieldMap(), reference: bool = True) -> list[dict]:
-    """One row per id of ``ids`` (in that order): trl's conversational columns, the input's
-    other columns, the scores and (``reference``) the reference log-prob columns."""
+    """One row per id of ``ids`` (in that order): trl's columns in the input's form, the input's
+    other columns, the scores and (``reference``) the reference log-prob columns, null for a
+    pair that was truncated. Input columns with trl's reference names are left out (stale, and
+    trl would refuse them)."""
     by_id = {p.id: p for p in pairs}
     pos = {i: n for n, i in enumerate(table.ids)}
-    mapped = {fields.prompt, fields.chosen, fields.rejected, fields.id}
-    names = [c for c in SCORES if c in table.columns] + (list(REFERENCE) if reference else [])
+    truncated = set(table.meta.get("truncated", ()))
+    mapped = {fields.prompt, fields.chosen, fields.rejected, fields.id, *REFERENCE}
+    scores = [c for c in SCORES if c in table.columns]
     rows = []
     for pid in ids:
         pair = by_id[pid]
-        row = {"id": pid, **_conversational(pair)}
+        row = {"id": pid, **pair.trl_row()}
         row.update({k: v for k, v in pair.record.items() if k not in mapped and k not in row})
-        for name in names:
-            value = float(table[name][pos[pid]])
-            row[name] = value if np.isfinite(value) else None
+        for name in scores:
+            row[name] = _finite(table[name][pos[pid]])
+        if reference:
+            for name in REFERENCE:
+                row[EXPORTED[name]] = (None if pid in truncated
+                                       else _finite(table[name][pos[pid]]))
         rows.append(row)
     return rows
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if np.isfinite(value) else None
 
 
 def _card(info: dict, n_rows: int, note: str | None, table: ScoreTable, kept: list[str]) -> str:
@@ -89,12 +93,18 @@ def _card(info: dict, n_rows: int, note: str | None, table: ScoreTable, kept: li
             lines.append(f"| {name} | {v.mean():.4g} | {v.std():.4g} | {v.min():.4g} | "
                          f"{v.max():.4g} |")
     lines += ["", "## Columns", "",
-              "`prompt`, `chosen`, `rejected`: the pair as trl's explicit-prompt conversational "
-              "messages; `id`; the input's other columns unchanged; the scores above."]
+              "`prompt`, `chosen`, `rejected`: the pair in trl's explicit-prompt form, in the "
+              "input's form (strings stay strings, messages stay messages); `id`; the input's "
+              "other columns unchanged; the scores above."]
     if note is None:
-        lines += ["", "`ref_chosen_logps`, `ref_rejected_logps`: summed reference log-probs of "
-                      "the responses (the base model, adapter off) — trl's precomputed reference "
-                      "columns (`precompute_ref_log_probs=True`)."]
+        lines += ["", "`gradproj_ref_chosen_logps`, `gradproj_ref_rejected_logps`: summed "
+                      "reference log-probs of the responses (the base model, adapter off) that "
+                      "gradproj scored with, in the tokens trl trains on. Rule: a value per row, "
+                      "null where the pair was truncated at max_length (trl truncates "
+                      "differently, so its value would differ). trl 1.16 computes its own "
+                      "`ref_chosen_logps` / `ref_rejected_logps` under "
+                      "`precompute_ref_log_probs=True` (one reference pass over these rows) and "
+                      "refuses a dataset that already holds columns of those names."]
     else:
         lines += ["", f"No reference log-prob columns: {note}."]
     return "\n".join(lines) + "\n"
@@ -104,7 +114,6 @@ def write_selection_outputs(out, pairs: list[PreferencePair], table: ScoreTable,
                             sel: Selection, info: dict, fields: FieldMap = FieldMap()) -> dict:
     """Write OUT/selected/ (+ card), OUT/selected.parquet and OUT/scores_all.parquet; returns
     what was written (and why the reference columns are absent, if they are)."""
-    import datasets
 
     out = Path(out)
     note = reference_columns_note(table, sel.kept)
@@ -143,7 +152,8 @@ def _parquet(dataset, path: Path) -> None:
 
 def load_selection(out):
     """The kept pairs of a ``gradproj select`` folder as a ``datasets.Dataset``, ready for
-    ``trl.DPOTrainer`` (conversational prompt/chosen/rejected; reference columns when present)."""
+    ``trl.DPOTrainer`` as it is (``precompute_ref_log_probs`` either way): prompt/chosen/rejected
+    in the input's form, the scores, and gradproj's reference log-probs."""
     import datasets
 
     path = Path(out) / "selected"

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -47,8 +48,8 @@ from gradproj.core.data import (
     load_pairs,
     write_pairs_jsonl,
 )
-from gradproj.core.errors import GradprojError, IncompatibleStore
-from gradproj.core.model import LoadedModel, ModelSettings, load_model, reattach
+from gradproj.core.errors import GradprojError, IncompatibleStore, InputError
+from gradproj.core.model import LoadedModel, ModelSettings, load_model, load_tokenizer, reattach
 from gradproj.core.objectives import PreferenceSettings
 from gradproj.core.progress import progress_bar
 from gradproj.core.settings import Settings, band, fraction, parse_floats, setting
@@ -184,18 +185,42 @@ class Pipeline:
     """The stages of ``select``; each is skipped when its output already exists."""
 
     def __init__(self, inputs: RunInputs, out, *, force: bool = False, progress: bool = True,
-                 loaded: LoadedModel | None = None, force_objective: bool = False):
+                 loaded: LoadedModel | None = None, force_objective: bool = False,
+                 also_check: dict[str, list[PreferencePair]] | None = None):
         """``loaded``: the base model already in memory (its adapter will be swapped);
-        ``force_objective``: allow given adapters trained with another objective."""
+        ``force_objective``: allow given adapters trained with another objective;
+        ``also_check``: other inputs (by file name) checked with train and val before any work.
+
+        Every input must hold scorable pairs under ``inputs.pref`` (template, max length) before
+        the folder is claimed; a run that fails before its first stage completes leaves the
+        folder as it found it (:meth:`release`)."""
         self.inputs, self.out, self.progress = inputs, Path(out), progress
         self.force_objective = force_objective
         self.objective = inputs.pref.objective()
         fields = FieldMap.parse(inputs.field)
         self.train = load_pairs(inputs.train, fields, split=inputs.train_split)
         self.val = load_pairs(inputs.val, fields, split=inputs.val_split)
-        _claim(self.out, _fingerprint(inputs, self.train, self.val), force)
+        fingerprint = _fingerprint(inputs, self.train, self.val)
+        _check_claim(self.out, fingerprint, force)          # a folder not ours: refused first
+        tokenizer = loaded.tokenizer if loaded is not None else load_tokenizer(inputs.model)
+        for name, pairs in {inputs.train: self.train, inputs.val: self.val,
+                            **(also_check or {})}.items():
+            check_scorable(name, pairs, tokenizer, inputs.pref)
+        self._found = (self.out.exists(), (self.out / "run.json").is_file())
+        _claim(self.out, fingerprint, force)
         self.loaded: LoadedModel | None = loaded
         self.stages: list[str] = []
+
+    def release(self) -> None:
+        """Undo the claim of a run that failed before its first stage completed: a folder this
+        run created is removed, else the run.json it wrote (an earlier run's folder is kept)."""
+        existed, had_run = self._found
+        if self.stages or had_run or not distributed.is_main():
+            return
+        if not existed:
+            shutil.rmtree(self.out, ignore_errors=True)
+        else:
+            (self.out / "run.json").unlink(missing_ok=True)
 
     def model(self, adapter: str | None) -> LoadedModel:
         """The loaded model with ``adapter`` active (loaded once; adapters are swapped)."""
@@ -298,6 +323,17 @@ class Pipeline:
         return result
 
 
+def check_scorable(name: str, pairs: list[PreferencePair], tokenizer,
+                   pref: PreferenceSettings) -> None:
+    """Refuse, before any work, an input none of whose pairs survives tokenization under
+    ``pref``, naming the file and the reasons (and conversational pairs without a template)."""
+    tok = pref.tokenize(pairs, tokenizer)
+    if not tok.pairs:
+        reasons = Counter(tok.excluded.values())
+        why = "; ".join(f"{n} × {reason}" for reason, n in reasons.most_common())
+        raise InputError(f"no pair is scorable at --max-length {pref.max_length} ({why})", name)
+
+
 def run_select(inputs: RunInputs, out, settings: SelectSettings = SelectSettings(), *,
                force: bool = False, progress: bool = True,
                force_objective: bool = False) -> SelectResult:
@@ -306,9 +342,13 @@ def run_select(inputs: RunInputs, out, settings: SelectSettings = SelectSettings
 
     pipe = Pipeline(inputs, out, force=force, progress=progress,
                     force_objective=force_objective)
-    if settings.group_by:
-        group_values(pipe.train, settings.group_by)     # a missing column fails before work
-    table = pipe.scores(settings.needs_if())
+    try:
+        if settings.group_by:
+            group_values(pipe.train, settings.group_by)     # a missing column fails before work
+        table = pipe.scores(settings.needs_if())
+    except BaseException:
+        pipe.release()
+        raise
     sel = select(table, settings.method, settings.keep, bands=settings.bands() or None,
                  low_share=settings.low_share, seed=inputs.training.seed)
     if not distributed.is_main():       # every rank selects (cheap); rank 0 writes the outputs

@@ -27,7 +27,7 @@ from gradproj.core.memory import release_heap
 from gradproj.core.model import LoadedModel
 from gradproj.core.objectives import Objective, PreferenceSettings
 from gradproj.core.settings import Settings, at_least_one, non_negative, setting
-from gradproj.core.tokens import token_batches, tokenize_pairs
+from gradproj.core.tokens import token_batches
 from gradproj.gradients.perpair import PerPairGradients, adam_precondition, lora_layout
 from gradproj.gradients.projectors import make_projector
 from gradproj.gradients.spec import KINDS
@@ -92,6 +92,8 @@ def store_header(loaded: LoadedModel, settings: StoreSettings, pref: PreferenceS
         "preference": pref.to_dict(),
         "grad_type": settings.grad_type,
         "max_length": pref.max_length,
+        "max_prompt_length": pref.max_prompt_length,
+        "chat_template": pref.template_record(loaded.tokenizer),
         "projector": spec_dict,
         "storage_dtype": "float16",
         "settings": settings.to_dict(),
@@ -216,8 +218,9 @@ def build_store(loaded: LoadedModel, pairs: list[PreferencePair], settings: Stor
     from tqdm.auto import tqdm
 
     objective = pref.objective()
-    check_adapter_objective(loaded.settings.adapter, objective, force_objective)
-    tok = tokenize_pairs(pairs, loaded.tokenizer, pref.max_length)
+    check_adapter_objective(loaded.settings.adapter, objective, force_objective,
+                            pref.template_record(loaded.tokenizer))
+    tok = pref.tokenize(pairs, loaded.tokenizer)
     too_long = [p.id for p in tok.pairs if len(p.id) > ROW_DTYPE["id"].itemsize // 4]
     if too_long:
         raise GradprojError(f"pair id {too_long[0]!r} is longer than 64 characters")

@@ -429,7 +429,7 @@ class Store:
 
 
 SPEC_FIELDS = ("projector", "model", "adapter", "tokenizer_fingerprint", "objective", "grad_type",
-               "max_length", "storage_dtype")
+               "max_length", "max_prompt_length", "chat_template", "storage_dtype")
 
 
 def merge_stores(sources: list[Store], out) -> Store:

@@ -11,7 +11,6 @@ from gradproj.core.errors import GradprojError
 from gradproj.core.objectives import Objective, PreferenceSettings
 from gradproj.core.progress import progress_bar
 from gradproj.core.model import LoadedModel
-from gradproj.core.tokens import tokenize_pairs
 
 
 @dataclass
@@ -49,7 +48,7 @@ def evaluate(loaded: LoadedModel, pairs: list[PreferencePair],
     them when one set of pairs is evaluated under many adapters.
     """
     objective = pref.objective()
-    tokenized = tokenize_pairs(pairs, loaded.tokenizer, pref.max_length)
+    tokenized = pref.tokenize(pairs, loaded.tokenizer)
     if not tokenized.pairs:
         raise GradprojError("no pair left to evaluate after tokenization")
     passes = 1 + (reference is None and objective.needs_reference)

@@ -16,6 +16,7 @@ An output folder holds:
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
@@ -30,13 +31,13 @@ import torch
 
 from gradproj.core import distributed
 from gradproj.core.data import PreferencePair, data_fingerprint
-from gradproj.core.errors import BadInput, GradprojError
+from gradproj.core.errors import BadInput, GradprojError, IncompatibleStore
 from gradproj.core.logprobs import (PairLogProbs, adapter_disabled, response_logprobs,
                                      sequence_logprobs)
 from gradproj.core.model import LoadedModel, trainer_changes_undoer
 from gradproj.core.objectives import Objective, PreferenceSettings, check_objective
 from gradproj.core.settings import Settings, at_least_one, positive, setting, unit_interval
-from gradproj.core.tokens import PairBatch, tokenize_pairs
+from gradproj.core.tokens import PairBatch, resolve_chat_template
 
 log = logging.getLogger(__name__)
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -165,7 +166,7 @@ def reference_logprobs(loaded: LoadedModel, pairs: list[PreferencePair],
                        batch_size: int = 8) -> dict[str, tuple[float, float]]:
     """Pair id → (log π_ref(chosen), log π_ref(rejected)) with the adapter disabled, on the
     tokens training sees: the ``reference`` argument of :func:`train_adapter`."""
-    tok = tokenize_pairs(pairs, loaded.tokenizer, pref.max_length).pairs
+    tok = pref.tokenize(pairs, loaded.tokenizer).pairs
     chosen, rejected = response_logprobs(loaded.model, tok, loaded.tokenizer.pad_token_id,
                                          batch_size, reference=True)
     return {p.id: (float(c), float(r)) for p, c, r in zip(tok, chosen, rejected)}
@@ -217,6 +218,15 @@ def _prepare_out(out_dir: Path, overwrite: bool) -> Path:
     return Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
 
 
+def _save_tokenizer(tokenizer, pref: PreferenceSettings, folder: Path) -> None:
+    """The tokenizer beside the adapter, carrying the chat template the pairs were formatted
+    with (a --chat-template FILE included), so that trl loading it formats them alike."""
+    template = resolve_chat_template(pref.chat_template, tokenizer)
+    saved = copy.deepcopy(tokenizer)
+    saved.chat_template = template
+    saved.save_pretrained(str(folder))
+
+
 def read_train_record(adapter_dir) -> dict | None:
     """The ``train.json`` of an adapter made by gradproj train, or None for another adapter."""
     path = Path(adapter_dir) / "train.json"
@@ -240,13 +250,20 @@ def adapter_objective(adapter_dir) -> dict | None:
             "params": {}}
 
 
-def check_adapter_objective(adapter_dir, objective: Objective, force: bool = False) -> None:
-    """Refuse ``objective`` for an adapter trained with another one (one line, exit 2)."""
+def check_adapter_objective(adapter_dir, objective: Objective, force: bool = False,
+                            template: dict | None = None) -> None:
+    """Refuse ``objective`` for an adapter trained with another one, and ``template`` (a chat
+    template record, :meth:`PreferenceSettings.template_record`) for an adapter trained on
+    pairs formatted with another template (one line, exit 2)."""
     if adapter_dir is None:
         return
     recorded = adapter_objective(adapter_dir)
     if recorded is not None:
         check_objective(recorded, objective, f"adapter {adapter_dir}", force)
+    trained_with = (read_train_record(adapter_dir) or {}).get("chat_template")
+    if template is not None and trained_with is not None and trained_with != template:
+        raise IncompatibleStore(f"adapter {adapter_dir}: trained on pairs formatted with chat "
+                                f"template {trained_with}, requested {template} (--chat-template)")
 
 
 def _checkpointing(config_cls, loaded: LoadedModel) -> dict:
@@ -286,13 +303,14 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
     from trl import DPOConfig
 
     objective = pref.objective()
-    check_adapter_objective(loaded.settings.adapter, objective, force_objective)
+    check_adapter_objective(loaded.settings.adapter, objective, force_objective,
+                            pref.template_record(loaded.tokenizer))
     out_dir = Path(out_dir)
     world, main = distributed.world_size(), distributed.is_main()
     if settings.batch_size % world:
         raise BadInput(f"--batch-size {settings.batch_size} does not divide among {world} "
                        "processes (the global batch is split evenly across ranks)")
-    tokenized = tokenize_pairs(pairs, loaded.tokenizer, pref.max_length)
+    tokenized = pref.tokenize(pairs, loaded.tokenizer)
     if not tokenized.pairs:
         raise GradprojError("no pair left to train on after tokenization")
     for pid, why in tokenized.excluded.items():
@@ -369,11 +387,13 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
                                len(tokenized.pairs), tokenized.excluded, batches)
         shutil.rmtree(tmp / "trainer", ignore_errors=True)
         loaded.model.save_pretrained(str(tmp))
+        _save_tokenizer(loaded.tokenizer, pref, tmp)
         save_optimizer_state(optimizer, loaded.lora_parameters(), tmp / OPTIMIZER_FILE)
         (tmp / "lr_schedule.json").write_text(json.dumps({"lr": record.lrs}))
         info = {
             "schema_version": TRAIN_SCHEMA, "objective": objective.settings(),
             "preference": pref.to_dict(), "settings": settings.to_dict(),
+            "chat_template": pref.template_record(loaded.tokenizer),
             "model": {**loaded.settings.to_dict(), "dtype": loaded.dtype_name},
             "base_fingerprint": loaded.base_fingerprint,
             "adapter_fingerprint": loaded.adapter_fingerprint(),
