@@ -31,7 +31,7 @@ CHAT_RECORDS = [
                   {"role": "assistant", "content": r["rejected"]}]}
     for r in RECORDS
 ]
-UNSUPPORTED = ("unsupported file type '.txt' (supported: .jsonl, .json, .csv, .parquet, "
+UNSUPPORTED = ("unsupported file type '.txt' (supported: .jsonl, .jsonl.gz, .json, .csv, .parquet, "
                "or a directory written by datasets' save_to_disk)")
 
 
@@ -270,6 +270,25 @@ def test_implicit_prompt_splits_as_trls_extract_prompt():
     [pair] = pairs_from_records([HH_ROWS[0]])
     assert pair.prompt_text == "\n\nHuman: Is it safe?\n\nAssistant:"
     assert pair.chosen_text == " Yes, with care." and not pair.conversational
+
+
+def test_hh_rlhf_as_published_splits_as_trl_does():
+    """The shipped HH-RLHF harmless-base test file (gzipped, as Anthropic publishes it): every
+    one of its 2,312 rows loads, split exactly as trl's extract_prompt splits it."""
+    import gzip
+    from pathlib import Path
+
+    from trl.data_utils import extract_prompt
+
+    path = (Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "hh-rlhf"
+            / "harmless-base-test.jsonl.gz")
+    rows = [json.loads(line) for line in gzip.open(path)]
+    pairs = load_pairs(path)
+    assert len(pairs) == len(rows) == 2312
+    assert [p.trl_row() for p in pairs] == [extract_prompt(r) for r in rows]
+    assert not any(p.conversational for p in pairs)
+    empty = [p for p in pairs if not p.chosen_text.strip()]    # last answer empty: kept
+    assert len(empty) == 4 and all(p.prompt_text.endswith("Assistant:") for p in empty)
 
 
 def test_implicit_prompt_that_shares_nothing_is_refused():

@@ -61,8 +61,9 @@ def test_a_later_failure_keeps_what_the_run_computed(tiny_llama, tmp_path):
 
 def test_a_response_ending_on_a_user_turn_is_refused_in_one_line(tiny_llama, tmp_path):
     user, bot = ({"role": "user", "content": "hi"}, {"role": "assistant", "content": "yes"})
-    rows = [{"chosen": [user, bot], "rejected": [user, {"role": "assistant", "content": "no"}]},
-            {"chosen": [user, bot, user], "rejected": [user, {"role": "assistant", "content": "no"}]}]
+    no = {"role": "assistant", "content": "no"}
+    rows = [{"chosen": [user, bot], "rejected": [user, no]},
+            {"chosen": [user, bot, user], "rejected": [user, no]}]
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     res = _select(tiny_llama, train, train, tmp_path / "o")
     assert res.exit_code == 2

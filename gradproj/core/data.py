@@ -1,6 +1,7 @@
 """Reading DPO preference pairs into one canonical chat form, and writing selected pairs back.
 
-Inputs: ``.jsonl``, ``.json``, ``.csv``, ``.parquet``, a directory written by
+Inputs: ``.jsonl`` (or gzipped, ``.jsonl.gz``), ``.json``, ``.csv``, ``.parquet``, a directory
+written by
 ``datasets.Dataset.save_to_disk`` / ``DatasetDict.save_to_disk``, or a hub id ``owner/name``.
 Each record is either *plain text* (``prompt``, ``chosen``, ``rejected`` are strings) or
 *conversational* (``chosen`` and ``rejected`` are lists of ``{"role", "content"}`` messages), the
@@ -39,7 +40,7 @@ from gradproj.core.settings import Settings, setting
 Message = dict  # {"role": str, "content": str}
 Rows = Iterator[tuple[int, Any]]  # (1-based line/row number, record)
 
-SUPPORTED_EXTENSIONS = (".jsonl", ".json", ".csv", ".parquet")
+SUPPORTED_EXTENSIONS = (".jsonl", ".jsonl.gz", ".json", ".csv", ".parquet")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*")
 _BAD_SHAPE = "must be a string or a list of {role, content} messages"
 
@@ -147,12 +148,13 @@ def load_pairs(source: str | os.PathLike, fields: FieldMap = _DEFAULT_FIELDS,
     """
     name = os.fsdecode(source)
     path = Path(name)
-    suffix = path.suffix.lower()
+    suffix = "".join(path.suffixes[-2:] if path.suffix == ".gz" else path.suffixes[-1:]).lower()
     if path.is_dir():
         rows, unit = _read_saved_dataset(path, name, split), "row"
     elif path.exists():
         readers: dict[str, tuple[Callable[[Path, str], Rows], str]] = {
-            ".jsonl": (_read_jsonl, "line"), ".json": (_read_json, "record"),
+            ".jsonl": (_read_jsonl, "line"), ".jsonl.gz": (_read_jsonl, "line"),
+            ".json": (_read_json, "record"),
             ".csv": (_read_csv, "row"), ".parquet": (_read_parquet, "row")}
         if suffix not in readers:
             raise InputError(f"unsupported file type '{suffix or path.name}' (supported: "
@@ -239,8 +241,12 @@ def _make_pair(record: Mapping, fields: FieldMap, origin: str,
     if isinstance(chosen, str) != isinstance(rejected, str):
         raise fail(f"must have the same form as '{fields.chosen}' "
                    f"(both strings or both message lists)", fields.rejected)
+    implicit = not conversational and record.get(fields.prompt) is None
     if not conversational:
-        if record.get(fields.prompt) is None:       # implicit prompt (HH-RLHF): trl's split
+        if implicit:        # implicit prompt (HH-RLHF): trl's split
+            for name, whole in ((fields.chosen, chosen), (fields.rejected, rejected)):
+                if not whole.strip():
+                    raise fail("is empty", name)
             prompt_text, chosen, rejected = split_implicit_prompt(chosen, rejected)
             if not prompt_text.strip():
                 raise fail(f"is missing, and '{fields.chosen}'/'{fields.rejected}' share no "
@@ -269,7 +275,9 @@ def _make_pair(record: Mapping, fields: FieldMap, origin: str,
                            f"'{response[-1]['role']}' message (trl would train on it as the "
                            f"completion)", name)
     for name, response in ((fields.chosen, chosen), (fields.rejected, rejected)):
-        if not response[-1]["content"].strip():
+        # a transcript whose last answer is empty (4 of HH-RLHF's harmless test rows) is kept:
+        # the field is not empty, and trl trains on the response as it is (its EOS)
+        if not implicit and not response[-1]["content"].strip():
             raise fail("is empty", name)
     if chosen == rejected:
         raise fail(f"is identical to '{fields.chosen}'", fields.rejected)
@@ -333,7 +341,9 @@ def _prompt_field(record: Mapping, field: str, fail: Callable[..., InputError],
 # --- readers ----------------------------------------------------------------------------------
 
 def _read_jsonl(path: Path, name: str) -> Rows:
-    with open(path, "rb") as fh:
+    import gzip
+
+    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as fh:
         for number, raw in enumerate(fh, 1):
             try:
                 text = raw.decode("utf-8-sig" if number == 1 else "utf-8")

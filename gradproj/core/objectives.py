@@ -210,10 +210,11 @@ class PreferenceSettings(Settings):
                                                   "cut to --max-length (default: half of it); "
                                                   "the responses are cut after that.",
                                             check=at_least_one)
-    chat_template: str = setting("auto", "Chat template: auto (trl's rule: the tokenizer's template "
-                                         "for conversational pairs, none for plain text), off "
-                                         "(never; conversational pairs are refused) or a Jinja "
-                                         "FILE for conversational pairs.", metavar="auto|off|FILE")
+    chat_template: str = setting("auto", "Chat template: auto (trl's rule: the tokenizer's "
+                                         "template for conversational pairs, none for plain "
+                                         "text), off (never; conversational pairs are refused) "
+                                         "or a Jinja FILE for conversational pairs.",
+                                 metavar="auto|off|FILE")
 
     def __post_init__(self):
         super().__post_init__()
