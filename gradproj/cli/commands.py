@@ -89,6 +89,9 @@ def single_process(fn):
 model_options = settings_options(ModelSettings)
 data_options = settings_options(DataSettings)
 pref_options = settings_options(PreferenceSettings)
+resume_option = click.option(
+    "--resume", is_flag=True,
+    help="Continue an interrupted training stage from its last checkpoint (--save-steps).")
 force_objective_option = click.option(
     "--force-objective", is_flag=True,
     help="Allow an adapter trained with another objective than --loss (on purpose).")
@@ -117,8 +120,9 @@ def _load(settings: ModelSettings):
               help="Continue training this adapter (same as --adapter).")
 @click.option("--force", is_flag=True, help="Replace a non-empty --out folder.")
 @force_objective_option
+@resume_option
 @handle_errors
-def train(data, out, init_adapter, force, force_objective, **kw):
+def train(data, out, init_adapter, force, force_objective, resume, **kw):
     """Train a LoRA adapter with the --loss objective on a pairs file (trl DPOTrainer) and save
     it with its optimizer state, learning-rate schedule and train.json."""
     from gradproj.training.train import train_adapter
@@ -130,7 +134,7 @@ def train(data, out, init_adapter, force, force_objective, **kw):
         model = replace(model, adapter=init_adapter)
     pairs = settings_from(DataSettings, kw).load(data)
     result = train_adapter(_load(model), pairs, settings, out, pref=pref, overwrite=force,
-                           force_objective=force_objective)
+                           force_objective=force_objective, resume=resume)
     if rank != 0:
         return
     write_config(result.out_dir, click.get_current_context())
@@ -298,12 +302,12 @@ def influence(stores, store_weights, val, out, device, no_verify, **kw):
     click.echo(f"wrote {out}/influence.parquet, topk.jsonl, summary.json")
 
 
-RUN_TRAINING = ("epochs", "lr", "batch_size", "seed")
 RUN_STORE = ("proj_dim", "proj_kind")
+"""The store settings select exposes; its batch is --batch-size, like every stage's."""
 RUN_OPTIONS = ("aux_adapter", "tif_band", "train_split", "val_split", "field")
 pipeline_options = flatten(
     model_options, pref_options,
-    settings_options(TrainSettings, only=RUN_TRAINING),
+    settings_options(TrainSettings),
     settings_options(StoreSettings, only=RUN_STORE),
     settings_options(RunInputs, only=RUN_OPTIONS),
     click.option("--train", "train_path", required=True, type=PATH,
@@ -313,6 +317,7 @@ pipeline_options = flatten(
     click.option("--out", required=True, type=PATH, help="Output folder."),
     click.option("--force", is_flag=True, help="Replace a folder made for other inputs."),
     force_objective_option,
+    resume_option,
 )
 
 
@@ -321,8 +326,8 @@ def _run_inputs(kw) -> RunInputs:
     return settings_from(
         RunInputs, kw, only=RUN_OPTIONS, model=replace(model, adapter=None),
         train=kw.pop("train_path"), val=kw.pop("val_path"), adapter=model.adapter,
-        training=settings_from(TrainSettings, kw, only=RUN_TRAINING),
-        store=settings_from(StoreSettings, kw, only=RUN_STORE),
+        training=(training := settings_from(TrainSettings, kw)),
+        store=settings_from(StoreSettings, kw, only=RUN_STORE, batch_size=training.batch_size),
         pref=settings_from(PreferenceSettings, kw))
 
 
@@ -331,7 +336,7 @@ def _run_inputs(kw) -> RunInputs:
 @pipeline_options
 @settings_options(SelectSettings)
 @handle_errors
-def select_cmd(force, force_objective, **kw):
+def select_cmd(force, force_objective, resume, **kw):
     """Score the training pairs and keep the valuable ones (LossDiff-IRM by default); computes
     only what --out does not hold yet."""
     from gradproj.pipeline.run import run_select
@@ -340,7 +345,7 @@ def select_cmd(force, force_objective, **kw):
     out = kw.pop("out")
     rank, _, _ = _distributed(kw)   # under torchrun: every stage across the ranks (see run.py)
     result = run_select(_run_inputs(kw), out, settings, force=force,
-                        force_objective=force_objective)
+                        force_objective=force_objective, resume=resume)
     if rank != 0:
         return
     write_config(result.out, click.get_current_context())
@@ -363,7 +368,7 @@ def select_cmd(force, force_objective, **kw):
               help="Split of --test (a saved DatasetDict or hub dataset), e.g. test_prefs.")
 @handle_errors
 @single_process
-def ablate(force, force_objective, test_path, test_split, **kw):
+def ablate(force, force_objective, resume, test_path, test_split, **kw):
     """Does selection help on this data? Each rule (and seed) continued from θ on its
     selection and evaluated on --test: ablation.json, ablation.md, ablation.png."""
     from gradproj.experiments.ablate import run_ablation
@@ -371,7 +376,7 @@ def ablate(force, force_objective, test_path, test_split, **kw):
     settings = settings_from(AblateSettings, kw)
     out = kw.pop("out")
     record = run_ablation(_run_inputs(kw), test_path, out, settings, test_split=test_split,
-                          force=force, echo=click.echo)
+                          force=force, echo=click.echo, resume=resume)
     write_config(out, click.get_current_context())
     for row in record["summary"]:
         click.echo(f"{row['rule']:>13s}: held-out loss {row['mean_loss']:.4f} ± "
@@ -384,13 +389,14 @@ def ablate(force, force_objective, test_path, test_split, **kw):
 @pipeline_options
 @click.option("--with-if", is_flag=True, help="Also build the store and compute IF/TIF.")
 @handle_errors
-def score(with_if, force, force_objective, **kw):
+def score(with_if, force, force_objective, resume, **kw):
     """The scoring step alone: IRM and LossDiff (and IF/TIF) into --out/scores.parquet."""
     from gradproj.pipeline.run import Pipeline
 
     out = kw.pop("out")
     rank, _, _ = _distributed(kw)   # under torchrun: every stage across the ranks (see run.py)
-    pipe = Pipeline(_run_inputs(kw), out, force=force, force_objective=force_objective)
+    pipe = Pipeline(_run_inputs(kw), out, force=force, force_objective=force_objective,
+                    resume=resume)
     table = pipe.scores(with_if)
     if rank != 0:
         return

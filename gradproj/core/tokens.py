@@ -247,14 +247,25 @@ def token_batches(pairs: Sequence[TokenizedPair], batch_size: int, pad_id: int,
             yield list(range(i, min(i + batch_size, len(pairs)))), collate(
                 pairs[i:i + batch_size], pad_id)
         return
-    order = sorted(range(len(pairs)), key=lambda i: -longest_row(pairs[i]))
+    for group in budget_groups([longest_row(p) for p in pairs], max_tokens, batch_size):
+        yield group, collate([pairs[j] for j in group], pad_id)
+
+
+def budget_groups(lengths: Sequence[int], max_tokens: int,
+                  batch_size: int | None = None) -> list[list[int]]:
+    """Positions of pairs of the given longer-row lengths, sorted longest first (ties in input
+    order) and cut greedily so that each group's padded size 2·B·T stays within ``max_tokens``
+    (and B ≤ ``batch_size``); a pair longer than the budget alone forms a group of one."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    groups: list[list[int]] = []
     group: list[int] = []
     for i in order:
         # sorted longest first: the group's padded length is its first pair's
-        if group and (len(group) + 1 > batch_size
-                      or 2 * (len(group) + 1) * longest_row(pairs[group[0]]) > max_tokens):
-            yield group, collate([pairs[j] for j in group], pad_id)
+        if group and ((batch_size is not None and len(group) + 1 > batch_size)
+                      or 2 * (len(group) + 1) * lengths[group[0]] > max_tokens):
+            groups.append(group)
             group = []
         group.append(i)
     if group:
-        yield group, collate([pairs[j] for j in group], pad_id)
+        groups.append(group)
+    return groups

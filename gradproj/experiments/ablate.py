@@ -168,14 +168,14 @@ def plot_ablation(summary: list[dict], path: Path) -> None:
 
 def run_ablation(inputs: RunInputs, test: str, out, settings: AblateSettings = AblateSettings(),
                  *, test_split: str = "train", force: bool = False, progress: bool = True,
-                 flipped=frozenset(), echo=None, loaded=None) -> dict:
+                 flipped=frozenset(), echo=None, loaded=None, resume: bool = False) -> dict:
     """Run (or reuse) the select pipeline in ``out``, then every rule × seed (module
     docstring); writes ablation.json, ablation.md, ablation.png and returns the record.
     ``loaded``: the base model already in memory; ``flipped``: ids of deliberately flipped
     pairs (for the flips-removed columns)."""
     test_pairs = load_pairs(test, FieldMap.parse(inputs.field), split=test_split)
     pipe = Pipeline(inputs, out, force=force, progress=progress, loaded=loaded,
-                    also_check={test: test_pairs})
+                    also_check={test: test_pairs}, resume=resume)
     try:
         if settings.group_by:
             group_values(pipe.train, settings.group_by)     # a missing column fails before work

@@ -148,7 +148,8 @@ def _claim(out: Path, fingerprint: dict, force: bool) -> None:
     distributed.barrier()               # no rank reads the folder after rank 0 changes it
     if distributed.is_main():
         if replace_old:
-            for name in ("theta", "theta_v", "store", "influence"):
+            for name in ("theta", "theta_v", "store", "influence", "theta.checkpoints",
+                         "theta_v.checkpoints"):
                 shutil.rmtree(out / name, ignore_errors=True)
             for f in out.glob("*"):
                 if f.is_file():
@@ -186,16 +187,18 @@ class Pipeline:
 
     def __init__(self, inputs: RunInputs, out, *, force: bool = False, progress: bool = True,
                  loaded: LoadedModel | None = None, force_objective: bool = False,
-                 also_check: dict[str, list[PreferencePair]] | None = None):
+                 also_check: dict[str, list[PreferencePair]] | None = None,
+                 resume: bool = False):
         """``loaded``: the base model already in memory (its adapter will be swapped);
         ``force_objective``: allow given adapters trained with another objective;
-        ``also_check``: other inputs (by file name) checked with train and val before any work.
+        ``also_check``: other inputs (by file name) checked with train and val before any work;
+        ``resume``: a training stage that was cut continues from its last checkpoint.
 
         Every input must hold scorable pairs under ``inputs.pref`` (template, max length) before
         the folder is claimed; a run that fails before its first stage completes leaves the
         folder as it found it (:meth:`release`)."""
         self.inputs, self.out, self.progress = inputs, Path(out), progress
-        self.force_objective = force_objective
+        self.force_objective, self.resume = force_objective, resume
         self.objective = inputs.pref.objective()
         fields = FieldMap.parse(inputs.field)
         self.train = load_pairs(inputs.train, fields, split=inputs.train_split)
@@ -237,7 +240,8 @@ class Pipeline:
         if not (path / "adapter_config.json").is_file():
             with distributed.stage("warm-up θ", self._data_parallel()):
                 train_adapter(self.model(None), self.train, self.inputs.training, path,
-                              pref=self.inputs.pref, overwrite=True, progress=self.progress)
+                              pref=self.inputs.pref, overwrite=True, progress=self.progress,
+                              resume=self.resume)
             self.loaded.settings = replace(self.loaded.settings, adapter=str(path))
             self.stages.append("warm-up θ")
         return str(path)
@@ -251,7 +255,7 @@ class Pipeline:
             with distributed.stage("auxiliary θ_V", self._data_parallel()):
                 train_adapter(self.model(theta), self.val, self.inputs.training, path,
                               pref=self.inputs.pref, overwrite=True, progress=self.progress,
-                              force_objective=self.force_objective)
+                              force_objective=self.force_objective, resume=self.resume)
             self.loaded.settings = replace(self.loaded.settings, adapter=str(path))
             self.stages.append("auxiliary θ_V")
         return str(path)
@@ -336,12 +340,13 @@ def check_scorable(name: str, pairs: list[PreferencePair], tokenizer,
 
 def run_select(inputs: RunInputs, out, settings: SelectSettings = SelectSettings(), *,
                force: bool = False, progress: bool = True,
-               force_objective: bool = False) -> SelectResult:
-    """Run (or resume) the pipeline and apply ``settings.method``; writes every output."""
+               force_objective: bool = False, resume: bool = False) -> SelectResult:
+    """Run (or resume) the pipeline and apply ``settings.method``; writes every output.
+    ``resume``: the training stage that was cut continues from its last checkpoint."""
     from gradproj.pipeline.report import write_report
 
     pipe = Pipeline(inputs, out, force=force, progress=progress,
-                    force_objective=force_objective)
+                    force_objective=force_objective, resume=resume)
     try:
         if settings.group_by:
             group_values(pipe.train, settings.group_by)     # a missing column fails before work

@@ -16,6 +16,7 @@ An output folder holds:
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -36,8 +37,9 @@ from gradproj.core.logprobs import (PairLogProbs, adapter_disabled, response_log
                                      sequence_logprobs)
 from gradproj.core.model import LoadedModel, trainer_changes_undoer
 from gradproj.core.objectives import Objective, PreferenceSettings, check_objective
-from gradproj.core.settings import Settings, at_least_one, positive, setting, unit_interval
-from gradproj.core.tokens import PairBatch, resolve_chat_template
+from gradproj.core.settings import (Settings, at_least_one, non_negative, positive, setting,
+                                    unit_interval)
+from gradproj.core.tokens import PairBatch, budget_groups, resolve_chat_template
 
 log = logging.getLogger(__name__)
 OPTIMIZER_FILE = "optimizer.safetensors"
@@ -58,6 +60,13 @@ class TrainSettings(Settings):
     scheduler: str = setting("linear", "transformers lr scheduler (linear, cosine, constant ...).")
     warmup_ratio: float = setting(0.0, "Share of steps with a linear learning-rate warm-up.",
                                   check=unit_interval)
+    save_steps: int = setting(0, "Write a checkpoint (Hugging Face layout: OUT.checkpoints/"
+                                 "checkpoint-N/, adapter + optimizer + scheduler + RNG) every N "
+                                 "optimizer steps; 0: none. --resume continues from the last.",
+                              check=non_negative)
+    report_to: str = setting("none", "Where trl logs the training (its report_to): none, "
+                                     "tensorboard (logs in OUT.checkpoints/runs) or wandb.",
+                             choices=("none", "tensorboard", "wandb"))
     trl_loss: bool = setting(False, "Compute the loss with trl's own loss_type (its fused "
                                     "LM-head log-probs) where trl has the objective, instead of "
                                     "gradproj's log-probs (the ones the scores and the store "
@@ -98,7 +107,26 @@ def objective_loss(model, inputs: dict, objective: Objective, unwrapped=None) ->
     return objective(PairLogProbs.from_rows(policy, reference, batch.response_lengths()))
 
 
-def _trainer_class(objective: Objective, trl_loss: bool):
+def micro_batches(inputs: dict, max_tokens: int) -> list[dict]:
+    """A trl-collated batch of B pairs (rows [0, B) chosen, [B, 2B) rejected, right-padded) cut
+    into micro-batches of at most ``max_tokens`` padded tokens (2·b·T), longest pairs first
+    (:func:`gradproj.core.tokens.budget_groups`); each keeps its pairs' rows and per-pair
+    columns, trimmed to its own longest row, and carries ``"weight"`` = b / B."""
+    b = len(inputs["input_ids"]) // 2
+    lengths = inputs["attention_mask"].sum(-1)
+    pair_len = torch.maximum(lengths[:b], lengths[b:]).tolist()
+    out = []
+    for group in budget_groups(pair_len, max_tokens):
+        width = max(pair_len[i] for i in group)
+        rows = torch.tensor(group + [i + b for i in group])
+        sub = {k: (v[rows, :width] if v.dim() == 2 else v[torch.tensor(group)])
+               for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+        sub["weight"] = len(group) / b
+        out.append(sub)
+    return out
+
+
+def _trainer_class(objective: Objective, trl_loss: bool, max_tokens: int | None = None):
     from transformers import TrainerCallback
     from trl import DPOTrainer
 
@@ -106,7 +134,33 @@ def _trainer_class(objective: Objective, trl_loss: bool):
         """DPOTrainer on pairs already tokenized and truncated by gradproj.core.tokens, so
         training sees exactly the tokens that scoring and the gradient store see. The loss is
         gradproj's (:func:`objective_loss` on the collated batch), or trl's own loss_type with
-        ``trl_loss`` (where trl has the objective)."""
+        ``trl_loss`` (where trl has the objective).
+
+        With a token budget (``max_tokens``) each per-device batch is cut into micro-batches of
+        at most that many padded tokens (:func:`micro_batches`), each backward weighted by its
+        share of the batch: the gradient of the optimizer step is the batch's mean, whatever the
+        budget (the effective batch is ``batch_size × grad_accum`` either way)."""
+
+        def training_step(self, model, inputs, num_items_in_batch=None):
+            if max_tokens is None:
+                return super().training_step(model, inputs, num_items_in_batch)
+            parts = micro_batches(inputs, max_tokens)
+            total = None
+            for k, part in enumerate(parts):
+                # DDP: reduce the gradients once, after the last micro-batch
+                sync = k == len(parts) - 1
+                with (contextlib.nullcontext() if sync
+                      else self.accelerator.no_sync(model)):
+                    loss = super().training_step(model, part, num_items_in_batch)
+                total = loss if total is None else total + loss
+            return total
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            weight = inputs.pop("weight", 1.0)
+            loss = self._loss(model, inputs, return_outputs, num_items_in_batch)
+            if return_outputs:
+                return loss[0] * weight, loss[1]
+            return loss * weight
 
         def _prepare_dataset(self, dataset, *args, **kwargs):
             return dataset
@@ -115,7 +169,7 @@ def _trainer_class(objective: Objective, trl_loss: bool):
             super()._set_signature_columns_if_needed()    # keep "row": which pair it is
             self._signature_columns = [*self._signature_columns, "row"]
 
-        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        def _loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if trl_loss:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss = objective_loss(model, inputs, objective,
@@ -129,6 +183,14 @@ def _trainer_class(objective: Objective, trl_loss: bool):
         def __init__(self, show: bool, on_step=None, model=None):
             self.losses, self.lrs, self.show, self.bar = [], [], show, None
             self.on_step, self.model = on_step, model
+
+        def restore(self, checkpoint: Path) -> None:
+            """Losses and learning rates of the steps a checkpoint holds (its log history)."""
+            state = json.loads((checkpoint / "trainer_state.json").read_text())
+            for entry in state.get("log_history", []):
+                if "loss" in entry:
+                    self.losses.append(float(entry["loss"]))
+                    self.lrs.append(float(entry.get("learning_rate", float("nan"))))
 
         def on_step_end(self, args, state, control, **kw):
             if self.on_step is None:
@@ -211,6 +273,30 @@ def load_optimizer_state(adapter_dir) -> tuple[dict[str, dict[str, torch.Tensor]
     return state, meta
 
 
+def checkpoint_dir(out_dir) -> Path:
+    """Where a training stage writing ``out_dir`` keeps its checkpoints (``checkpoint-N/``, the
+    Hugging Face layout) until it completes: the sibling ``OUT.checkpoints``."""
+    out_dir = Path(out_dir)
+    return out_dir.with_name(out_dir.name + ".checkpoints")
+
+
+def latest_checkpoint(out_dir) -> Path | None:
+    """The last complete checkpoint of the stage writing ``out_dir`` (None when none)."""
+    done = [p for p in checkpoint_dir(out_dir).glob("checkpoint-*")
+            if (p / "trainer_state.json").is_file() and p.name.split("-")[-1].isdigit()]
+    return max(done, key=lambda p: int(p.name.split("-")[-1])) if done else None
+
+
+def _check_reporter(report_to: str) -> None:
+    """--report-to names a logger whose package must be installed: one line if it is not."""
+    import importlib.util
+
+    package = {"tensorboard": "tensorboard", "wandb": "wandb"}.get(report_to)
+    if package is not None and importlib.util.find_spec(package) is None:
+        raise BadInput(f"--report-to {report_to}: the {package} package is not installed "
+                       f"(pip install {package})")
+
+
 def _prepare_out(out_dir: Path, overwrite: bool) -> Path:
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
         raise GradprojError(f"{out_dir}: output folder exists and is not empty (use --force)")
@@ -280,7 +366,8 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
                   overwrite: bool = False, progress: bool = True,
                   force_objective: bool = False,
                   on_step: Callable[[int], None] | None = None,
-                  reference: Mapping[str, tuple[float, float]] | None = None) -> TrainResult:
+                  reference: Mapping[str, tuple[float, float]] | None = None,
+                  resume: bool = False) -> TrainResult:
     """Train ``loaded.model``'s adapter in place on ``pairs`` with ``pref``'s objective and save
     it to ``out_dir``; continuing an adapter of another objective needs ``force_objective``.
     ``on_step(step)`` runs after every optimizer step (1, 2, ...), the model in eval mode and
@@ -291,7 +378,12 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
     reference forward pass is made while training. It must hold every pair that is trained on.
 
     The folder appears complete or not at all: everything is written to a temporary sibling and
-    renamed at the end.
+    renamed at the end. With ``settings.save_steps`` checkpoints go to ``OUT.checkpoints/
+    checkpoint-N/`` as training runs; ``resume`` continues from the last of them (model,
+    optimizer, scheduler, RNG and data order restored by the Trainer, so the adapter equals an
+    uninterrupted run's) and starts afresh when there is none. The checkpoints are removed once
+    the folder is complete. ``loaded.settings.max_tokens`` cuts each batch into micro-batches
+    of that many padded tokens without changing the step (:func:`micro_batches`).
 
     Under torchrun (gradproj.core.distributed initialised) training is data-parallel (DDP
     through trl/accelerate): each rank takes ``batch_size / world`` pairs of every step, so a
@@ -335,21 +427,28 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
                     "step is filled with pairs from the start of the epoch (accelerate's even "
                     "batches), so it differs from a one-process run's", len(tokenized.pairs),
                     settings.batch_size, world)
+    checkpoints = checkpoint_dir(out_dir)
+    resume_from = latest_checkpoint(out_dir) if resume else None
+    _check_reporter(settings.report_to)
     tmp = _prepare_out(out_dir, overwrite)
     try:
         config = DPOConfig(
-            output_dir=str(tmp / "trainer"), num_train_epochs=settings.epochs,
+            output_dir=str(checkpoints), num_train_epochs=settings.epochs,
             learning_rate=settings.lr, per_device_train_batch_size=settings.batch_size // world,
             gradient_accumulation_steps=settings.grad_accum, beta=objective.beta,
             seed=settings.seed, data_seed=settings.seed, lr_scheduler_type=settings.scheduler,
             warmup_steps=settings.warmup_ratio, max_length=None, logging_steps=1,
-            save_strategy="no", report_to="none", **_checkpointing(DPOConfig, loaded),
+            save_strategy="steps" if settings.save_steps else "no",
+            save_steps=settings.save_steps or 500, report_to=settings.report_to,
+            **_checkpointing(DPOConfig, loaded),
             use_cpu=loaded.device.type == "cpu", dataloader_num_workers=0,
             disable_tqdm=True, loss_type=[objective.trl_loss_type or "sigmoid"],
             # bfloat16 autocast where the base is bfloat16 on a GPU (LoRA weights stay fp32)
             bf16=loaded.dtype_name == "bfloat16" and loaded.device.type == "cuda", fp16=False)
-        trainer_cls, record_cls = _trainer_class(objective, trl_loss)
+        trainer_cls, record_cls = _trainer_class(objective, trl_loss, loaded.settings.max_tokens)
         record = record_cls(progress and main, on_step, loaded.model)
+        if resume_from is not None:     # the steps before the checkpoint, from its log
+            record.restore(resume_from)
         undo = trainer_changes_undoer(loaded.model)
         trainer = trainer_cls(model=loaded.model, args=config, train_dataset=Dataset.from_dict(rows),
                               processing_class=loaded.tokenizer, callbacks=[record])
@@ -369,7 +468,7 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
             loaded.model.delete_adapter("ref")
         start = time.perf_counter()
         try:
-            trainer.train()
+            trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         finally:
             undo()
         seconds = time.perf_counter() - start
@@ -385,7 +484,6 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
             distributed.barrier()
             return TrainResult(out_dir, len(record.losses), record.losses, seconds,
                                len(tokenized.pairs), tokenized.excluded, batches)
-        shutil.rmtree(tmp / "trainer", ignore_errors=True)
         loaded.model.save_pretrained(str(tmp))
         _save_tokenizer(loaded.tokenizer, pref, tmp)
         save_optimizer_state(optimizer, loaded.lora_parameters(), tmp / OPTIMIZER_FILE)
@@ -400,11 +498,18 @@ def train_adapter(loaded: LoadedModel, pairs: list[PreferencePair], settings: Tr
             "data_fingerprint": data_fingerprint(pairs), "n_pairs": len(tokenized.pairs),
             "n_truncated": tokenized.n_truncated, "excluded": tokenized.excluded,
             "steps": len(record.losses), "losses": record.losses, "seconds": seconds,
+            "resumed_from": (int(resume_from.name.split("-")[-1]) if resume_from is not None
+                             else None),
         }
         (tmp / "train.json").write_text(json.dumps(info, indent=2))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
+        if settings.report_to == "none":    # the stage is complete: its checkpoints are spent
+            shutil.rmtree(checkpoints, ignore_errors=True)
+        else:                               # keep the logs, not the checkpoints
+            for ckpt in checkpoints.glob("checkpoint-*"):
+                shutil.rmtree(ckpt, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
