@@ -20,8 +20,13 @@ from helpers import random_rows, write_jsonl
 from gradproj.cli import main
 from gradproj.core.data import pairs_from_records
 from gradproj.core.model import ModelSettings, load_model
-from gradproj.training.train import (TrainSettings, checkpoint_dir, latest_checkpoint,
-                                     micro_batches, train_adapter)
+from gradproj.training.train import (
+    TrainSettings,
+    checkpoint_dir,
+    latest_checkpoint,
+    micro_batches,
+    train_adapter,
+)
 
 
 def _lora(model) -> dict[str, torch.Tensor]:

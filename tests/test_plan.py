@@ -173,3 +173,43 @@ def test_plan_command(tiny_llama, sample_jsonl, tmp_path):
     assert res.output.strip().splitlines() == [
         f"gradproj: error: {gpt2}: plan knows the llama, mistral, qwen2 architectures, "
         "got model_type 'gpt2'"]
+
+
+def test_gpu_verdict_for_the_readme_8b_recipe():
+    """The issue's command: 8 pairs × 2,048 tokens of Llama-3.1-8B in bfloat16 with
+    checkpointing on an 80 GiB GPU — the training step does not fit; the plan names settings
+    that do, each the largest that fits (one more pair a pass would not)."""
+    res = CliRunner().invoke(main, [
+        "plan", "--model", str(CONFIGS / "llama-3.1-8b.json"), "--dtype", "bfloat16",
+        "--grad-checkpointing", "--max-length", "2048", "--batch-size", "8", "--lora-r", "16",
+        "--lora-targets", "q_proj,k_proj,v_proj,o_proj", "--gpu-memory", "80"])
+    assert res.exit_code == 0, res.output
+    assert "training step  does NOT fit: 86.8 GiB at 8 pairs × 2048 tokens a pass" in res.output
+    assert "fits with --max-tokens 28672 (7 pairs a pass; the step keeps its pairs): 77.9 GiB" \
+        in res.output
+    from gradproj.pipeline.plan import fit_verdict, load_architecture
+
+    arch, _ = load_architecture(str(CONFIGS / "llama-3.1-8b.json"))
+    chosen = Precision("bfloat16", "full", True)
+    targets = ("q_proj", "k_proj", "v_proj", "o_proj")
+    fits = fit_verdict(arch, gpu_bytes=80 * 2**30, chosen=chosen, pairs=8, tokens=2048,
+                       targets=targets, r=16)
+    train = fits[0]
+    assert not train.fits and train.advice
+    for _, need in train.advice:
+        assert need <= 80 * 2**30
+    # 7 pairs fit, 8 do not: the advice is the largest batch (peaks + the 0.5 GiB runtime)
+    peak = lambda b: memory(arch, "train", chosen, pairs=b, tokens=2048, targets=targets,  # noqa: E731
+                            r=16).peak + 2**29
+    assert peak(7) <= 80 * 2**30 < peak(8)
+    ok = fit_verdict(arch, gpu_bytes=140 * 2**30, chosen=chosen, pairs=8, tokens=2048,
+                     targets=targets, r=16)
+    assert all(f.fits and not f.advice for f in ok)            # an H200 takes it as it is
+
+
+def test_plan_ships_its_throughput_table():
+    from gradproj.pipeline.plan import THROUGHPUT_FILE, gpu_table
+
+    assert THROUGHPUT_FILE.parent.name == "pipeline" and THROUGHPUT_FILE.is_file()
+    assert read_throughput()                           # a measured machine, from package data
+    assert gpu_table()["H100"]["bf16_flops_per_s"] == pytest.approx(989.4e12)

@@ -62,8 +62,15 @@ def _lora(ms: ModelSettings) -> tuple[tuple[str, ...], int]:
 @click.option("--machine", default=None,
               help="Machine whose measured rate gives the time (default: this one; a GPU's name "
                    "such as 'NVIDIA H200').")
+@click.option("--gpu-memory", default=None, type=float, metavar="GIB",
+              help="Say, per stage, whether a pass fits a GPU of this much memory and which "
+                   "settings would (token budget, checkpointing, 4-bit base, length).")
+@click.option("--gpu", default=None, metavar="NAME",
+              help="A GPU from the table (H100, H200, A100-80GB, A100-40GB, L40S, RTX4090): "
+                   "its memory for the verdict (unless --gpu-memory) and an estimated time "
+                   "from its published bf16 peak.")
 @handle_errors
-def plan(data, pairs, throughput, machine, **kw):
+def plan(data, pairs, throughput, machine, gpu_memory, gpu, **kw):
     """Parameters, LoRA size, store size, peak memory per device (training step and store build;
     float32, bfloat16, 4-bit; with and without checkpointing) and, where a throughput is
     recorded for the machine, the expected time. Reads a config, never the weights."""
@@ -94,3 +101,24 @@ def plan(data, pairs, throughput, machine, **kw):
                          throughput=p.read_throughput(throughput),
                          machine=machine or p.machine_key(device), device=device)
     click.echo(p.format_plan(result))
+    gpus = p.gpu_table()
+    if gpu is not None and gpu not in gpus:
+        raise BadInput(f"--gpu {gpu}: not in the table (known: "
+                       f"{', '.join(k for k in gpus if not k.startswith(('_', 'assumed')))})")
+    if gpu is not None and gpu_memory is None:
+        gpu_memory = gpus[gpu]["memory_gib"]
+    if gpu_memory is not None:
+        rows, tokens = max(result.batches, key=lambda rt: (rt[0] * rt[1], rt[1]))
+        fits = p.fit_verdict(arch, gpu_bytes=gpu_memory * 2**30, chosen=chosen,
+                             pairs=rows // 2, tokens=tokens, targets=targets, r=r,
+                             k=store.proj_dim, proj_batch=store.proj_batch)
+        click.echo("\n" + "\n".join(p.format_verdict(fits, gpu_memory, chosen)))
+    if gpu is not None:
+        eff = gpus["assumed_efficiency"]
+        secs = p.gpu_seconds(arch, result.batches, gpus[gpu], eff,
+                             checkpointing=chosen.checkpointing, P=result.lora, k=store.proj_dim)
+        click.echo(f"\nestimated time on one {gpus[gpu]['name']} (ESTIMATE: published bf16 peak "
+                   f"{gpus[gpu]['bf16_flops_per_s'] / 1e12:.0f} TFLOP/s × an assumed efficiency "
+                   f"of {eff:.0%}, not yet measured on a GPU):")
+        click.echo(f"  store build          {secs['build'] / 3600:8.2f} h")
+        click.echo(f"  one training epoch   {secs['train'] / 3600:8.2f} h")

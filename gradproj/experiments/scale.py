@@ -350,10 +350,12 @@ def key(result: dict) -> tuple:
             result["checkpointing"], result["base"])
 
 
-def save(path, machine: str, info: dict, results: list[dict]) -> dict:
+def save(path, machine: str, info: dict, results: list[dict], throughput=None) -> dict:
     """Merge ``results`` into the JSON at ``path`` under ``runs[machine]`` (replacing equal
     keys) and record, per stage, the FLOP rate of the largest-token run with the same dtype,
-    base and checkpointing as the last result (what ``gradproj plan`` scales time by)."""
+    base and checkpointing as the last result (what ``gradproj plan`` scales time by) in
+    ``throughput`` (default: ``path`` itself; the package's table is
+    gradproj.pipeline.plan.THROUGHPUT_FILE)."""
     from gradproj.pipeline.plan import write_throughput
 
     path = Path(path)
@@ -368,7 +370,7 @@ def save(path, machine: str, info: dict, results: list[dict]) -> dict:
             (last["dtype"], last["base"], last["checkpointing"])]
     ref = max(same, key=lambda r: (r["tokens"], r["arch"]))
     for stage in ("train", "build"):
-        write_throughput(path, machine, stage, {
+        write_throughput(throughput or path, machine, stage, {
             "flops_per_s": ref[stage]["flops_per_s"], "arch": ref["arch"],
             "tokens": ref["tokens"], "pairs": ref["pairs"], "dtype": ref["dtype"],
             "base": ref["base"], "checkpointing": ref["checkpointing"],

@@ -46,7 +46,7 @@ weights of matrix products (lm_head included); a frozen base's backward costs F_
 + 8·L·n_h·d·T² (input gradients only). A training step or a store build does a reference
 forward, a forward and a backward (3 passes; a 4th with checkpointing); the build adds
 2·P·k per pair for the projection. Seconds = FLOPs / the FLOP rate measured on this machine by
-``benchmarks/bench_scale.py`` (recorded in docs/bench_scale.json).
+``benchmarks/bench_scale.py`` (recorded in gradproj/pipeline/throughput.json).
 """
 
 from __future__ import annotations
@@ -60,6 +60,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradproj.core.errors import BadInput
+from gradproj.core.tokens import budget_groups
 from gradproj.store.shards import ROW_DTYPE
 
 FAMILY = ("llama", "mistral", "qwen2")
@@ -74,7 +75,9 @@ gradproj.core.model loads it; int8 (plus a float32 scale per output row)."""
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 RUNTIME_BYTES = {"cpu": 0.5 * 2**30, "cuda": 0.5 * 2**30}
 UNIFORM_PROJECTION_BLOCK = 4096
-THROUGHPUT_FILE = Path(__file__).resolve().parents[2] / "docs" / "bench_scale.json"
+THROUGHPUT_FILE = Path(__file__).with_name("throughput.json")
+"""Package data: measured FLOP rates by machine (benchmarks/bench_scale.py, gpu_check) and the
+published bfloat16 peaks and memory of common GPUs."""
 
 
 @dataclass(frozen=True)
@@ -297,19 +300,11 @@ def padded_batches(lengths: Sequence[int], batch_size: int,
     if max_tokens is None:
         return [(2 * len(lengths[i:i + batch_size]), max(lengths[i:i + batch_size]))
                 for i in range(0, len(lengths), batch_size)]
-    out, group = [], []
-    for n in sorted(lengths, reverse=True):
-        if group and (len(group) + 1 > batch_size or 2 * (len(group) + 1) * group[0] > max_tokens):
-            out.append((2 * len(group), group[0]))
-            group = []
-        group.append(n)
-    if group:
-        out.append((2 * len(group), group[0]))
-    return out
+    return [(2 * len(g), lengths[g[0]]) for g in budget_groups(lengths, max_tokens, batch_size)]
 
 
 def machine_key(device: str = "cpu") -> str:
-    """This machine as docs/bench_scale.json keys it: the GPU's name, or CPU model × cores."""
+    """This machine as throughput.json keys it: the GPU's name, or CPU model × cores."""
     if device.startswith("cuda"):
         import torch
 
@@ -330,6 +325,12 @@ def read_throughput(path: str | os.PathLike = THROUGHPUT_FILE) -> dict:
         return json.loads(Path(path).read_text()).get("machines", {})
     except (OSError, ValueError):
         return {}
+
+
+def gpu_table(path: str | os.PathLike = THROUGHPUT_FILE) -> dict:
+    """GPU key (``H100``, ``A100-80GB`` ...) → name, published bf16 peak, memory; plus
+    ``assumed_efficiency``."""
+    return json.loads(Path(path).read_text())["gpus"]
 
 
 def write_throughput(path: str | os.PathLike, machine: str, stage: str, record: dict) -> None:
@@ -440,8 +441,8 @@ def format_plan(plan: Plan) -> str:
     lines.append("")
     if plan.seconds:
         lines.append(f"expected time on {plan.machine} ({plan.chosen.label()}, checkpointing "
-                     f"{'on' if plan.chosen.checkpointing else 'off'}, scaled by FLOPs from "
-                     "docs/bench_scale.json):")
+                     f"{'on' if plan.chosen.checkpointing else 'off'}, scaled by the FLOP rate measured "
+                     "there, gradproj/pipeline/throughput.json):")
         for stage, label in (("build", "store build"), ("train", "one training epoch")):
             if stage in plan.seconds:
                 lines.append(f"  {label:<20s} {plan.seconds[stage] / 3600:8.2f} h")
@@ -449,6 +450,99 @@ def format_plan(plan: Plan) -> str:
         lines.append("expected time: no throughput recorded for this machine "
                      "(run benchmarks/bench_scale.py here)")
     return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------ verdict
+
+@dataclass
+class Fit:
+    """Whether one stage fits a GPU's memory at the chosen settings, and what would.
+
+    ``peak``: bytes at the chosen settings (tensors + the CUDA runtime); ``advice``: (options,
+    peak) of the settings that fit, least intrusive first — a token budget (fewer pairs a
+    pass; a training step keeps its pairs by accumulating micro-batches), then checkpointing,
+    then a 4-bit base, then a shorter --max-length."""
+
+    stage: str
+    fits: bool
+    peak: float
+    pairs: int
+    tokens: int
+    advice: list[tuple[str, float]] = field(default_factory=list)
+
+
+def fit_verdict(arch: Architecture, *, gpu_bytes: float, chosen: Precision, pairs: int,
+                tokens: int, targets: Sequence[str], r: int, k: int = 8192,
+                proj_batch: int = 64) -> list[Fit]:
+    """Per stage (training step, store build): does a pass of ``pairs`` pairs of ``tokens``
+    tokens fit ``gpu_bytes`` (with the 0.5 GiB CUDA runtime), and if not, which settings do."""
+    runtime = RUNTIME_BYTES["cuda"]
+
+    def peak(stage, precision, b, t):
+        return memory(arch, stage, precision, pairs=b, tokens=t, targets=targets, r=r, k=k,
+                      proj_batch=proj_batch).peak + runtime
+
+    options = [(chosen, "")]
+    if not chosen.checkpointing:
+        options.append((Precision(chosen.dtype, chosen.base, True, chosen.attention),
+                        "--grad-checkpointing "))
+    if chosen.base == "full":
+        options.append((Precision("bfloat16", "4bit", True, chosen.attention),
+                        "--load-in-4bit --grad-checkpointing "))
+    out = []
+    for stage in ("train", "build"):
+        fit = Fit(stage, peak(stage, chosen, pairs, tokens) <= gpu_bytes,
+                  peak(stage, chosen, pairs, tokens), pairs, tokens)
+        if not fit.fits:
+            for precision, flags in options:
+                fitting = [b for b in range(pairs, 0, -1)
+                           if peak(stage, precision, b, tokens) <= gpu_bytes]
+                if not fitting:
+                    continue
+                b = fitting[0]
+                budget = "" if b == pairs else f"--max-tokens {2 * b * tokens} "
+                what = (f"{flags}{budget}".strip() + f" ({b} pair{'s' * (b > 1)} a pass"
+                        + ("; the step keeps its pairs" if stage == "train" and b < pairs
+                           else "") + ")")
+                fit.advice.append((what, peak(stage, precision, b, tokens)))
+            if not fit.advice:      # one pair does not fit in any precision: shorter rows
+                precision, flags = options[-1]
+                t = tokens
+                while t > 16 and peak(stage, precision, 1, t) > gpu_bytes:
+                    t = int(t * 0.9)
+                if peak(stage, precision, 1, t) <= gpu_bytes:
+                    fit.advice.append((f"{flags}--max-length {t} --max-tokens {2 * t} "
+                                       "(1 pair a pass)", peak(stage, precision, 1, t)))
+        out.append(fit)
+    return out
+
+
+def format_verdict(fits: list[Fit], gpu_gib: float, chosen: Precision) -> list[str]:
+    """The lines ``gradproj plan --gpu-memory`` prints."""
+    label = {"train": "training step", "build": "store build"}
+    lines = [f"on a GPU with {gpu_gib:g} GiB ({chosen.label()}, checkpointing "
+             f"{'on' if chosen.checkpointing else 'off'}; peaks include 0.5 GiB of CUDA runtime):"]
+    for f in fits:
+        at = f"{f.pairs} pair{'s' * (f.pairs > 1)} × {f.tokens} tokens a pass"
+        if f.fits:
+            lines.append(f"  {label[f.stage]:<14s} fits: {gib(f.peak)} at {at}")
+            continue
+        lines.append(f"  {label[f.stage]:<14s} does NOT fit: {gib(f.peak)} at {at}")
+        if not f.advice:
+            lines.append(f"  {'':<14s} nothing fits, not even one pair of 16 tokens on a "
+                         "4-bit base")
+        for what, need in f.advice:
+            lines.append(f"  {'':<14s} fits with {what}: {gib(need)}")
+    return lines
+
+
+def gpu_seconds(arch: Architecture, batches: list[tuple[int, int]], gpu: dict,
+                efficiency: float, *, checkpointing: bool, P: int, k: int) -> dict[str, float]:
+    """Estimated seconds of the store build and one training epoch on a GPU: the FLOPs over
+    its published bf16 peak × ``efficiency`` (an assumption until a device run measures it)."""
+    rate = gpu["bf16_flops_per_s"] * efficiency
+    return {stage: stage_flops(arch, stage, batches, checkpointing=checkpointing, P=P, k=k) / rate
+            for stage in ("train", "build")}
 
 
 # ------------------------------------------------------------------------------ inputs

@@ -33,12 +33,22 @@ import torch
 from gradproj.core import distributed
 from gradproj.core.data import PreferencePair, data_fingerprint
 from gradproj.core.errors import BadInput, GradprojError, IncompatibleStore
-from gradproj.core.logprobs import (PairLogProbs, adapter_disabled, response_logprobs,
-                                     sequence_logprobs)
+from gradproj.core.logprobs import (
+    PairLogProbs,
+    adapter_disabled,
+    response_logprobs,
+    sequence_logprobs,
+)
 from gradproj.core.model import LoadedModel, trainer_changes_undoer
 from gradproj.core.objectives import Objective, PreferenceSettings, check_objective
-from gradproj.core.settings import (Settings, at_least_one, non_negative, positive, setting,
-                                    unit_interval)
+from gradproj.core.settings import (
+    Settings,
+    at_least_one,
+    non_negative,
+    positive,
+    setting,
+    unit_interval,
+)
 from gradproj.core.tokens import PairBatch, budget_groups, resolve_chat_template
 
 log = logging.getLogger(__name__)
