@@ -26,6 +26,7 @@ import torch
 
 from gradproj.core.errors import BadInput, GradprojError
 from gradproj.core.settings import Settings, at_least_one, setting
+from gradproj.store.native import half_matvec
 from gradproj.store.shards import STATUS, Store, write_json_atomic
 
 
@@ -247,18 +248,31 @@ def _float_chunks(store: Store, rows: int):
         yield start, out
 
 
+def _fused_matvec(store: Store, vector: np.ndarray, out: np.ndarray) -> bool:
+    """out = features @ vector with the fused float16 kernel (gradproj.store.native), each
+    memory-mapped block read in place; False when the kernel is not available."""
+    vector = np.ascontiguousarray(vector, np.float32)
+    for start, block in store.blocks():
+        if not half_matvec(block, vector, out[start:start + len(block)], torch.get_num_threads()):
+            return False
+    return True
+
+
 def stream_matvec(store: Store, vectors: np.ndarray, block_rows: int | None = None,
                   row_scale: np.ndarray | None = None) -> np.ndarray:
     """features @ vectors for the whole store, chunk by chunk: [N, k] @ [k, c] → [N, c] fp32,
-    each row multiplied by ``row_scale`` when given.
+    each row multiplied by ``row_scale`` when given. One vector (the mean query) goes through
+    the fused float16 kernel where it is available (:mod:`gradproj.store.native`: no buffer, the
+    memory maps read once); otherwise, and for several vectors, float32 chunks and torch.mm.
 
     Peak memory is one chunk (``chunk_rows`` float32 rows, 8 MiB by default) plus the output.
     """
     v = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))
     out = np.empty((len(store), v.shape[1]), np.float32)
-    res = torch.from_numpy(out)
-    for start, block in _float_chunks(store, chunk_rows(store.k, block_rows)):
-        torch.mm(block, v, out=res[start:start + len(block)])
+    if v.shape[1] != 1 or not _fused_matvec(store, v[:, 0].numpy(), out[:, 0]):
+        res = torch.from_numpy(out)
+        for start, block in _float_chunks(store, chunk_rows(store.k, block_rows)):
+            torch.mm(block, v, out=res[start:start + len(block)])
     if row_scale is not None:
         out *= np.asarray(row_scale, np.float32)[:, None]
     return out
