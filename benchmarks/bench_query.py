@@ -2,7 +2,8 @@
 
 Part 1 (synthetic stores of N random rows of k = 8192 float16 features, M = 256 validation
 vectors): the queries ``mean`` (one influence query: a pass over the store times ḡ), ``matvec``
-(the full [N, M] score matrix), ``topk`` (per-pair top-10) and ``mean_ref`` (a torch-cast
+(the full [N, M] score matrix), ``topk`` (per-pair top-10), ``mean_numpy`` (NumPy's own
+``block @ v`` over the same memory maps) and ``mean_ref`` (a torch-cast
 reference that is not gradproj code), each in its own subprocess so that its peak memory is its
 own: the first pass after a page-cache drop (``cold``, when permitted), then ``--repeats`` warm
 passes (median), as fractions of the machine's memory bandwidth and matmul FLOP/s measured in
@@ -97,7 +98,7 @@ def synthetic_part(sizes, repeats, tmp: Path, verify_n: int) -> list[dict]:
                   f"{entry.get('verify_cold_seconds', float('nan')):.1f} s; disk read "
                   f"{(entry['disk_read_bps'] or float('nan')) / 1e9:.2f} GB/s", flush=True)
         for query in qc.QUERIES:
-            reference = query == "mean_ref"
+            reference = query in qc.REFERENCES
             res = run_worker(root, query, repeats if not reference else max(2, repeats - 1),
                              cold=not reference)
             warm = res["times"][1:]

@@ -177,6 +177,9 @@ def query_plot(results: dict, path: Path) -> None:
             label="mean_influence, cold first pass")
     ax.plot(ns, [e["queries"]["mean_ref"]["warm_median"] for e in syn], "s--", color="C2",
             label="reference (not gradproj): torch cast\ninto a reused buffer, 1 thread")
+    if all("mean_numpy" in e["queries"] for e in syn):
+        ax.plot(ns, [e["queries"]["mean_numpy"]["warm_median"] for e in syn], "d--",
+                color="C3", label="reference: plain NumPy block @ v")
     ax.plot(ns, ns * K * 2 / lim["bandwidth"], "k:", label="bandwidth limit (store bytes / BW)")
     ax.set(xscale="log", yscale="log", xlabel="N rows (k = 8192)", ylabel="seconds",
            title="one influence query (mean vector)")

@@ -8,6 +8,8 @@ Q [M, k]. The queries timed by :func:`query_cost`:
     topk      the 10 best rows per query       the same FLOPs, a running top-k
     mean_ref  a reference that is not gradproj code: the mean query with the float16 → float32
               cast done by torch, 256 rows at a time into one reused buffer
+    mean_numpy  the plain NumPy matrix-vector product over the same memory maps (block @ v,
+              NumPy casting each float16 block to float32)
 
 Each is reported as a fraction of its limit (:func:`limit_fractions`): store bytes / time over
 the read bandwidth, and for the per-pair queries 2·N·k·M / time over the matmul FLOP/s — with
@@ -25,7 +27,9 @@ import numpy as np
 from gradproj.experiments import measure
 from gradproj.experiments.measure import PeakSampler, proc_status
 
-QUERIES = ("mean", "matvec", "topk", "mean_ref")
+QUERIES = ("mean", "matvec", "topk", "mean_ref", "mean_numpy")
+REFERENCES = ("mean_ref", "mean_numpy")
+"""Queries that are not gradproj code (run warm, beside the mean query)."""
 
 
 def random_store(root: str | Path, n: int, k: int, shard_rows: int = 16384,
@@ -50,6 +54,15 @@ def random_store(root: str | Path, n: int, k: int, shard_rows: int = 16384,
         w.finish()
     return {"seconds": time.perf_counter() - t, "bytes": n * k * 2,
             "disk_bytes": sum(p.stat().st_size for p in root.rglob("*") if p.is_file())}
+
+
+def _mean_numpy(store, v):
+    """X v by NumPy alone: ``block @ v`` over each memory-mapped float16 block."""
+    v = v.astype(np.float32)
+    out = np.empty(len(store), np.float32)
+    for start, block in store.blocks(65536):
+        out[start:start + len(block)] = block @ v
+    return out
 
 
 def _mean_reference(store, v, ref_rows: int = 256):
@@ -88,7 +101,8 @@ def query_cost(store_root: str | Path, query: str, repeats: int, m: int = 256,
     val = ValidationFeatures([f"v{i}" for i in range(m)], q, {})
     run = {"mean": lambda: mean_influence(store, val), "matvec": lambda: stream_matvec(store, q.T),
            "topk": lambda: stream_topk(store, q, top_k),
-           "mean_ref": lambda: _mean_reference(store, q.astype(np.float64).mean(0))}[query]
+           "mean_ref": lambda: _mean_reference(store, q.astype(np.float64).mean(0)),
+           "mean_numpy": lambda: _mean_numpy(store, q.astype(np.float64).mean(0))}[query]
     k = q.shape[1]
     lim_before, load_before = measure.bandwidth_and_flops(k, m), os.getloadavg()[0]
     base = proc_status()

@@ -242,7 +242,8 @@ def query_cost_table(results: dict, m: int, block_rows: int) -> str:
         for qn, r in e["queries"].items():
             flop = f"{r['flop_frac']:.1%}" if "flop_frac" in r else "–"
             cold = f"{r['first']:.2f}" + ("" if r["cold"] else " (warm)")
-            label = qn if qn != "mean_ref" else "mean, reference: torch cast, reused buffer"
+            label = {"mean_ref": "mean, reference: torch cast, reused buffer",
+                     "mean_numpy": "mean, reference: plain NumPy block @ v"}.get(qn, qn)
             rss = (f"{r['peak_rss_increase'] / 2**20:.0f}"
                    if r["peak_rss_increase"] is not None else "?")
             lines.append(
