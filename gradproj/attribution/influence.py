@@ -38,10 +38,8 @@ from gradproj.store.index import (
 )
 from gradproj.core.model import LoadedModel, LoraSettings, ModelSettings, load_model
 from gradproj.gradients.spec import ProjectorSpec
-from gradproj.store.shards import STATUS, Store
+from gradproj.store.shards import SPEC_FIELDS, STATUS, Store
 
-MATCHED_FIELDS = ("model", "adapter", "tokenizer_fingerprint", "objective", "grad_type",
-                  "max_length", "max_prompt_length", "chat_template", "projector")
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ def check_compatible(store: Store, header: dict) -> None:
     """Refuse a query whose model, adapter, tokenizer, loss, gradient type or projector differ
     from the store's, naming the first field that differs."""
     m = store.manifest
-    for key in MATCHED_FIELDS:
+    for key in SPEC_FIELDS:
         if key == "projector":
             diff = ProjectorSpec.from_dict(m[key]).diff(ProjectorSpec.from_dict(header[key]))
             if diff:

@@ -304,7 +304,7 @@ def influence(stores, store_weights, val, out, device, no_verify, **kw):
 
 RUN_STORE = ("proj_dim", "proj_kind")
 """The store settings select exposes; its batch is --batch-size, like every stage's."""
-RUN_OPTIONS = ("aux_adapter", "tif_band", "train_split", "val_split", "field")
+RUN_OPTIONS = ("aux_adapter", "influence", "train_split", "val_split", "field")
 pipeline_options = flatten(
     model_options, pref_options,
     settings_options(TrainSettings),

@@ -29,7 +29,7 @@ from gradproj.core.settings import Settings, at_least_one, fraction, setting
 from gradproj.experiments.runner import Continuation, HeldOut, continue_on_rules
 from gradproj.experiments.stats import mean_std, paired_difference_ci
 from gradproj.pipeline.groups import group_table, group_values
-from gradproj.pipeline.run import NEEDS_IF, Pipeline, RunInputs
+from gradproj.pipeline.run import Pipeline, RunInputs, needs_if
 from gradproj.store.shards import write_json_atomic
 
 METRICS = ("accuracy", "policy_accuracy", "mean_margin", "mean_loss")
@@ -179,7 +179,7 @@ def run_ablation(inputs: RunInputs, test: str, out, settings: AblateSettings = A
     try:
         if settings.group_by:
             group_values(pipe.train, settings.group_by)     # a missing column fails before work
-        table = pipe.scores(any(m in NEEDS_IF for m in settings.methods))
+        table = pipe.scores(any(needs_if(m) for m in settings.methods))
     except BaseException:
         pipe.release()
         raise

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from gradproj.attribution.influence import InfluenceSettings
 from gradproj.attribution.scores import ScoreTable
 from gradproj.core.data import PreferencePair, write_pairs_jsonl
 from gradproj.core.errors import GradprojError
@@ -75,7 +76,8 @@ def score_run(loaded: LoadedModel, train: list[PreferencePair], val: list[Prefer
     model = reattach(model, str(theta))
     inputs = RunInputs(model=model.settings, train=str(work / "train.jsonl"),
                        val=str(work / "val.jsonl"), adapter=str(theta), aux_adapter=str(theta_v),
-                       training=training, store=store, pref=pref, tif_band=tif_band)
+                       training=training, store=store, pref=pref,
+                       influence=InfluenceSettings(tif_band=tuple(tif_band)))
     pipe = Pipeline(inputs, work / "select", force=True, progress=False, loaded=model)
     timed(STAGES[2], lambda: pipe.scores(need_if=False))
     timed(STAGES[3], lambda: build_store(model, train, store, work / "select" / "store",

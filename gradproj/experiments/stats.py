@@ -19,41 +19,12 @@ import math
 import numpy as np
 from scipy import stats as st
 
-
-def finite(*arrays) -> list[np.ndarray]:
-    """The arrays as float64 [n], restricted to positions where every one is finite."""
-    xs = [np.asarray(a, dtype=np.float64).reshape(-1) for a in arrays]
-    ok = np.ones(len(xs[0]), bool)
-    for x in xs:
-        if len(x) != len(ok):
-            raise ValueError(f"arrays of different lengths: {[len(v) for v in xs]}")
-        ok &= np.isfinite(x)
-    return [x[ok] for x in xs]
+from gradproj.core.correlation import degenerate, finite, pearson, spearman  # noqa: F401
 
 
 def ranks(x) -> np.ndarray:
     """Average ranks 1..n along the last axis ([n] or [m, n]); ties get their mean rank."""
     return st.rankdata(np.asarray(x, dtype=np.float64), axis=-1)
-
-
-def _flat(x: np.ndarray) -> bool:
-    return len(x) < 2 or np.ptp(x) == 0
-
-
-def pearson(x, y) -> float:
-    """Pearson r over the finite pairs; NaN with fewer than 2 or a constant side."""
-    x, y = finite(x, y)
-    if _flat(x) or _flat(y):
-        return float("nan")
-    return float(st.pearsonr(x, y).statistic)
-
-
-def spearman(x, y) -> float:
-    """Spearman ρ (Pearson of average ranks) over the finite pairs; NaN as :func:`pearson`."""
-    x, y = finite(x, y)
-    if _flat(x) or _flat(y):
-        return float("nan")
-    return float(st.spearmanr(x, y).statistic)
 
 
 def fisher_ci(r: float, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -105,7 +76,7 @@ def mean_std(xs) -> tuple[float, float]:
     (x,) = finite(xs)
     if not len(x):
         return float("nan"), float("nan")
-    if _flat(x):
+    if degenerate(x):
         return float(x.mean()), 0.0
     return float(x.mean()), float(x.std(ddof=1))
 

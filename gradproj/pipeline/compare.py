@@ -6,31 +6,15 @@ Data value is a property of the model: a pair helpful to one can be harmful to a
 from __future__ import annotations
 
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
-from gradproj.core.errors import GradprojError
 from gradproj.attribution.scores import ScoreTable
+from gradproj.core.correlation import pearson, spearman
+from gradproj.core.errors import GradprojError
 
 SIGNED = {"if": "IF > 0 helps", "lossdiff": "LossDiff > 0 helps", "irm": "IRM > 0: fits"}
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    """Spearman's ρ: Pearson r of the average ranks (ties share their mean rank); NaN when
-    either input is constant."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        return float(stats.spearmanr(a, b).statistic)
-
-
-def pearson(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson's r; NaN when either input is constant."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", stats.ConstantInputWarning)
-        return float(stats.pearsonr(a, b).statistic)
 
 
 def compare_tables(a: ScoreTable, b: ScoreTable) -> dict:

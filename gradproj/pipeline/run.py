@@ -36,6 +36,7 @@ from gradproj.attribution.selection import (
     BAND_SCORES,
     DEFAULT_LOW_SHARE,
     METHODS,
+    RULE_SCORES,
     Selection,
     overlap_coefficient,
     select,
@@ -60,9 +61,14 @@ from gradproj.store.shards import Store, write_json_atomic
 from gradproj.training.train import TrainSettings, train_adapter
 
 log = logging.getLogger(__name__)
-NEEDS_IF = ("tif", "top-if")
-RUN_SCHEMA = 2
-"""run.json schema: 2 adds the objective and the shared preference settings."""
+RUN_SCHEMA = 3
+"""run.json schema: 2 adds the objective and the shared preference settings; 3 nests the
+influence settings (``influence.tif_band`` ...) where ``tif_band`` stood alone."""
+
+
+def needs_if(method: str) -> bool:
+    """Whether a selection rule reads IF (its scores include ``if``)."""
+    return "if" in RULE_SCORES[method]
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,7 @@ class SelectSettings(Settings):
                 if v is not None and k in BAND_SCORES.get(self.method, ())}
 
     def needs_if(self) -> bool:
-        return self.method in NEEDS_IF or self.with_if or self.if_band is not None
+        return needs_if(self.method) or self.with_if or self.if_band is not None
 
 
 @dataclass(frozen=True)
@@ -119,8 +125,7 @@ class RunInputs(Settings):
     training: TrainSettings = setting(default_factory=TrainSettings)
     store: StoreSettings = setting(default_factory=StoreSettings)
     pref: PreferenceSettings = setting(default_factory=PreferenceSettings)
-    tif_band: tuple = setting((0.20, 0.84), "TIF quantile band LOW,HIGH of the influence step.",
-                              parse=parse_floats, check=band, metavar="LOW,HIGH")
+    influence: InfluenceSettings = setting(default_factory=InfluenceSettings, option="")
 
 
 @dataclass
@@ -318,9 +323,7 @@ class Pipeline:
         with distributed.main_only_stage("influence") as run:
             if run:
                 store = Store(store_dir)
-                result = compute_influence([store], self.val,
-                                           InfluenceSettings(tif_band=self.inputs.tif_band,
-                                                             top_k=5),
+                result = compute_influence([store], self.val, self.inputs.influence,
                                            loaded=[self.model(theta)])
                 write_influence(result, self.out / "influence", {"store": str(store_dir)})
         self.stages.append("influence")

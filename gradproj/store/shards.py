@@ -430,6 +430,7 @@ class Store:
 
 SPEC_FIELDS = ("projector", "model", "adapter", "tokenizer_fingerprint", "objective", "grad_type",
                "max_length", "max_prompt_length", "chat_template", "storage_dtype")
+"""The manifest fields that make stores compatible: a merge and a query must match them all."""
 
 
 def merge_stores(sources: list[Store], out) -> Store:
