@@ -36,15 +36,15 @@ demo: $(VENV)/.installed $(VENV)/.smollm2
 # The evidence suite (benchmarks/run_suite.py): learnable sources and a control, label noise,
 # every selection rule × 3 seeds; under 2 h on a 2-core CPU; results into docs/.
 bench: $(VENV)/.installed $(VENV)/.smollm2
-	$(BIN)/python benchmarks/run_suite.py
+	$(BIN)/python -m benchmarks.run_suite
 
 # The same at small sizes (under 15 min), into runs/bench-quick/.
 bench-quick: $(VENV)/.installed $(VENV)/.smollm2
-	$(BIN)/python benchmarks/run_suite.py --quick
+	$(BIN)/python -m benchmarks.run_suite --quick
 
 # The rest: learnability of every candidate source, training dynamics, projection fidelity, LDS.
 bench-more: $(VENV)/.installed $(VENV)/.smollm2
-	$(BIN)/python benchmarks/run_suite.py --set more
+	$(BIN)/python -m benchmarks.run_suite --set more
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

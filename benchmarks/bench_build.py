@@ -2,7 +2,7 @@
 
 On the embedded SmolLM2-135M-Instruct (LoRA r=8 on q_proj, v_proj; P = 460 800 trainable
 weights), CPU, with generated chat pairs of about 64 tokens per sequence (the generated
-families, lengthened: gradproj.experiments.synthetic.sized_records; the real token counts are
+families, lengthened: gradproj.demo.synthetic.sized_records; the real token counts are
 printed):
 
 * ``train step``  — a hand-written DPO training step on the same PairBatch objects the build
@@ -10,7 +10,7 @@ printed):
   every step, untimed): the floor, a store cannot be much cheaper than one backward pass.
 * ``build <kind>`` — ``FeatureComputer(...).features(pairs)`` (per-pair gradients by hooks, then
   projection of every ``proj_batch`` pairs), measured side by side with the training steps
-  *inside one run* (gradproj.experiments.buildcost: a step on every batch, just before or just
+  *inside one run* (benchmarks.harness.buildcost: a step on every batch, just before or just
   after its gradients), which keeps load changes (here up to 2× within minutes) out of the
   ratio. Once per repeat the FeatureComputer runs for real with ``rademacher``; the other
   kinds' projectors (gaussian, sjlt, rademacher with a ``proj_cache_mb`` budget, warm) are
@@ -26,8 +26,8 @@ Each repeat runs every variant once, in an order rotated per repeat; ratios are 
 run (builds) or a repeat (LESS, trl) and the median over repeats is reported. The machine is
 shared and noisy: read the ratios, not the absolute seconds.
 
-    .venv/bin/python benchmarks/bench_build.py            # 64 pairs, k = 8192, 3 repeats
-    .venv/bin/python benchmarks/bench_build.py --quick    # 8 pairs, k = 2048, no gaussian
+    .venv/bin/python -m benchmarks.bench_build            # 64 pairs, k = 8192, 3 repeats
+    .venv/bin/python -m benchmarks.bench_build --quick    # 8 pairs, k = 2048, no gaussian
 """
 
 from __future__ import annotations
@@ -38,15 +38,14 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 
 
 def trl_pass(loaded, raw_pairs, settings, pref, lr: float) -> float:
     """Seconds of trainer.train() for one epoch of trl's DPOTrainer (train_adapter); the
     adapter is restored afterwards."""
-    from gradproj.experiments.step import restore, snapshot
+    from gradproj.evaluation.state import restore, snapshot
     from gradproj.training.train import TrainSettings, train_adapter
 
     saved = snapshot(loaded.model)
@@ -90,9 +89,9 @@ def main(argv=None) -> int:
     from gradproj.core.data import pairs_from_records
     from gradproj.core.objectives import PreferenceSettings
     from gradproj.core.tokens import tokenize_pairs
-    from gradproj.experiments import buildcost
-    from gradproj.experiments.step import perturb_lora_b
-    from gradproj.experiments.synthetic import sized_records, token_stats
+    from benchmarks.harness import buildcost
+    from benchmarks.harness.step import perturb_lora_b
+    from gradproj.demo.synthetic import sized_records, token_stats
     from gradproj.gradients.perpair import lora_layout
     from gradproj.gradients.projectors import make_projector
     from gradproj.store.build import StoreSettings

@@ -1,11 +1,11 @@
 """Why is `all` the most erratic rule? One more epoch from θ on every training pair (flipped
 ones included), for several data-order seeds, with the held-out loss and the loss on the flipped
-and the clean training pairs after every step (gradproj.experiments.dynamics). θ is one epoch of
+and the clean training pairs after every step (benchmarks.harness.dynamics). θ is one epoch of
 DPO on the same training pairs, as in bench_select. Writes JSON, a PNG, and the table into
 docs/results.md between its bench_dynamics markers.
 
-    .venv/bin/python benchmarks/bench_dynamics.py                     # generated task, ~10 min
-    .venv/bin/python benchmarks/bench_dynamics.py --data bigbench --bigbench-tasks navigate
+    .venv/bin/python -m benchmarks.bench_dynamics                     # generated task, ~10 min
+    .venv/bin/python -m benchmarks.bench_dynamics --data bigbench --bigbench-tasks navigate
 """
 
 from __future__ import annotations
@@ -14,9 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 
 BEGIN, END = C.tables.bench_markers("bench_dynamics")
 
@@ -40,10 +39,11 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     from gradproj.core.objectives import PreferenceSettings
-    from gradproj.experiments import dynamics, plots
-    from gradproj.experiments.runner import Continuation, HeldOut
-    from gradproj.experiments.tables import replace_between
-    from gradproj.experiments.tasks import load_task
+    from benchmarks.harness import dynamics
+    from benchmarks.harness import plots
+    from gradproj.evaluation.runner import Continuation, HeldOut
+    from benchmarks.harness.tables import replace_between
+    from benchmarks.harness.tasks import load_task
     from gradproj.training.train import TrainSettings, train_adapter
 
     info = C.machine_info(("transformers", "peft", "trl"))

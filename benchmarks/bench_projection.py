@@ -8,21 +8,21 @@ pieces, P = 460 800), a fixed random batch x [B, P] (B = 64), for k in {512, 204
 (``cache_mb`` = --cache-mb, warm; the share of R cached is printed), ``gaussian``, ``sjlt``
 (s = 4), ``traker Basic`` (``trak.projectors.BasicProjector``, rademacher, block_size 100, fp32,
 called directly: it regenerates its [P, 100] blocks on every call when k > 100) and the
-``GEMM limit`` (gradproj.experiments.buildcost.PrebuiltProjector: no generation, a prebuilt R
+``GEMM limit`` (benchmarks.harness.buildcost.PrebuiltProjector: no generation, a prebuilt R
 block of --gemm-mb reused over the columns). Repeats run every variant once in a rotated order;
 the table gives median seconds and the median of the per-repeat ratios to the GEMM limit.
 
 Part 2, fidelity. Per-pair DPO-loss gradients of the LoRA weights (exact, fp32, unprojected:
-gradproj.experiments.exact) for --train-pairs pairs of the generated task (25 % flipped) and
---val-pairs validation pairs (gradproj.experiments.tasks), at a non-trivial adapter: the fresh
+benchmarks.harness.exact) for --train-pairs pairs of the generated task (25 % flipped) and
+--val-pairs validation pairs (benchmarks.harness.tasks), at a non-trivial adapter: the fresh
 LoRA with B set to N(0, 0.004²) (B = 0 at init makes every lora_A gradient zero). v = the mean
 validation gradient; exact scores g_i·v against projected (P g_i)·(P v) for every kind
 (rademacher, gaussian, sjlt, trak-basic) and k in {512, 2048, 8192}: Spearman, Pearson and the
 share of pairs whose score keeps its sign, one projection seed (0). The PNG has Spearman vs k
 per kind and the speed table as a plot.
 
-    .venv/bin/python benchmarks/bench_projection.py           # full
-    .venv/bin/python benchmarks/bench_projection.py --quick   # k = 512 only, 40 + 8 pairs
+    .venv/bin/python -m benchmarks.bench_projection           # full
+    .venv/bin/python -m benchmarks.bench_projection --quick   # k = 512 only, 40 + 8 pairs
 """
 
 from __future__ import annotations
@@ -31,9 +31,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 import torch  # noqa: E402
 
 KINDS = ("rademacher", "gaussian", "sjlt", "trak-basic")
@@ -55,7 +54,7 @@ class TrakDirect:
 
 
 def speed_part(layout, ks, batch, repeats, cache_mb, gemm_mb) -> tuple[list, dict]:
-    from gradproj.experiments.buildcost import PrebuiltProjector, cached_share
+    from benchmarks.harness.buildcost import PrebuiltProjector, cached_share
     from gradproj.gradients.projectors import make_projector
 
     P = sum(n for _, n in layout)
@@ -100,14 +99,14 @@ def speed_part(layout, ks, batch, repeats, cache_mb, gemm_mb) -> tuple[list, dic
 def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size, data="synthetic",
                   seeds=(0,), cache=None, max_length=512) -> tuple[list, dict]:
     """Exact scores g_i·v against projected (P g_i)·(P v) for every kind and k
-    (gradproj.experiments.exact.projection_fidelity), mean ± std over projection seeds; pairs
+    (benchmarks.harness.exact.projection_fidelity), mean ± std over projection seeds; pairs
     of the task of ``data`` (synthetic: 25 % flipped; BIG-bench: clean)."""
     from gradproj.core.objectives import make_objective
     from gradproj.core.tokens import tokenize_pairs
-    from gradproj.experiments.exact import exact_gradients, influence, projection_fidelity
-    from gradproj.experiments.stats import mean_std
-    from gradproj.experiments.synthetic import token_stats
-    from gradproj.experiments.tasks import load_task
+    from benchmarks.harness.exact import exact_gradients, influence, projection_fidelity
+    from gradproj.evaluation.stats import mean_std
+    from gradproj.demo.synthetic import token_stats
+    from benchmarks.harness.tasks import load_task
     from gradproj.gradients.projectors import make_projector
 
     task = load_task(data, n_train, n_val, 1, 0.25 if data == "synthetic" else 0.0, 0,
@@ -174,9 +173,9 @@ def main(argv=None) -> int:
     fid_ks = [int(k) for k in args.fid_ks.split(",")]
     seeds = [int(x) for x in args.fid_seeds.split(",")]
 
-    from gradproj.experiments.plots import projection_plot
-    from gradproj.experiments.tables import fidelity_table, speed_table
-    from gradproj.experiments.step import perturb_lora_b
+    from benchmarks.harness.plots import projection_plot
+    from benchmarks.harness.tables import fidelity_table, speed_table
+    from benchmarks.harness.step import perturb_lora_b
     from gradproj.gradients.perpair import lora_layout
 
     info = C.machine_info()

@@ -7,15 +7,15 @@ vectors): the queries ``mean`` (one influence query: a pass over the store times
 reference that is not gradproj code), each in its own subprocess so that its peak memory is its
 own: the first pass after a page-cache drop (``cold``, when permitted), then ``--repeats`` warm
 passes (median), as fractions of the machine's memory bandwidth and matmul FLOP/s measured in
-the same run (gradproj.experiments.querycost and .measure give the definitions).
+the same run (benchmarks.harness.querycost and .measure give the definitions).
 
 Part 2 (embedded SmolLM2-135M-Instruct, CPU): a store of ``--pairs`` synthetic training pairs is
 built (= recomputing every training gradient from scratch), then a new 100-pair validation set
 is answered from it (validation gradients + IF + TIF + top-k, ``compute_influence``); the ratio
 of the two is the point of keeping the store.
 
-    .venv/bin/python benchmarks/bench_query.py            # full: N = 10k, 100k, 500k; 2000 pairs
-    .venv/bin/python benchmarks/bench_query.py --quick    # N = 10k, 50k; 200 pairs
+    .venv/bin/python -m benchmarks.bench_query            # full: N = 10k, 100k, 500k; 2000 pairs
+    .venv/bin/python -m benchmarks.bench_query --quick    # N = 10k, 50k; 200 pairs
 
 The SmolLM2 build is first timed on 64 pairs; when the requested build would take longer than
 --budget-min minutes, --fallback-pairs pairs are built instead (and the cost of 2000 pairs is
@@ -38,12 +38,12 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from gradproj.experiments import measure, tables  # noqa: E402
-from gradproj.experiments import querycost as qc  # noqa: E402
-from gradproj.experiments.measure import drop_caches  # noqa: E402
-from gradproj.experiments.plots import query_plot  # noqa: E402
+from benchmarks.harness import measure
+from benchmarks.harness import tables
+from benchmarks.harness import querycost as qc
+from benchmarks.harness.measure import drop_caches  # noqa: E402
+from benchmarks.harness.plots import query_plot  # noqa: E402
 
 K = 8192
 M = 256
@@ -54,7 +54,7 @@ SHARD_ROWS = 16384
 def in_subprocess(flag: str, payload: dict) -> dict:
     """This script run as ``--<flag> JSON`` in a fresh process (its own heap and peak memory);
     the last line it prints, parsed."""
-    cmd = [sys.executable, str(Path(__file__).resolve()), flag, json.dumps(payload)]
+    cmd = [sys.executable, "-m", "benchmarks.bench_query", flag, json.dumps(payload)]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                           env=dict(os.environ, PYTHONWARNINGS="ignore"))
     if proc.returncode:
@@ -121,7 +121,7 @@ def synthetic_part(sizes, repeats, tmp: Path, verify_n: int) -> list[dict]:
 
 def smollm_part(n_train: int, n_val: int, tmp: Path, repeats: int, budget_min: float,
                 fallback: int, estimate: bool = True) -> dict:
-    """gradproj.experiments.querycost.build_versus_answer, each step in its own process with
+    """benchmarks.harness.querycost.build_versus_answer, each step in its own process with
     the model loaded anew (load time not counted): the resident memory of a process computing
     gradients grows by ~0.4 GiB per batch of 8 pairs here (freed heap glibc keeps; see
     docs/results_query.md), and one process doing every step was OOM-killed at 14 GiB."""

@@ -1,4 +1,4 @@
-"""Store build against a DPO training step at real sizes (gradproj.experiments.scale).
+"""Store build against a DPO training step at real sizes (benchmarks.harness.scale).
 
 Random-weight models of published architectures (benchmarks/configs/: the real models' cost
 per pair), one batch of --pairs pairs of T tokens a row: a training step and the store build of
@@ -7,7 +7,7 @@ CUDA) beside `gradproj plan`'s estimate, build/train ratios and hours for UltraF
 pairs; merges results and FLOP rates (what `gradproj plan` scales time by) into --out; plots
 peak memory against T. GPU use: benchmarks/gpu_check.sh. This CPU:
 
-    PYTHONPATH=. python benchmarks/bench_scale.py --arch llama-3.2-1b --tokens 256,1024 \\
+    python -m benchmarks.bench_scale --arch llama-3.2-1b --tokens 256,1024 \\
         --dtype float32 --checkpointing --repeats 2 --plan-check
 """
 
@@ -18,10 +18,9 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
-from gradproj.experiments import scale  # noqa: E402
-from gradproj.experiments.measure import machine_info, machine_line  # noqa: E402
+from benchmarks.harness import scale
+from benchmarks.harness.measure import machine_info, machine_line  # noqa: E402
 from gradproj.pipeline.plan import machine_key  # noqa: E402
 
 

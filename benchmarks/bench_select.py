@@ -2,14 +2,14 @@
 
 The paper's pipeline (the same as ``gradproj demo``, larger and repeated over seeds):
 
-1. A task (gradproj.experiments.tasks, ``--data``): train pairs with ``--flip`` of them swapped
+1. A task (benchmarks.harness.tasks, ``--data``): train pairs with ``--flip`` of them swapped
    (known label noise), clean validation (and a second one) and clean held-out test pairs.
 2. Warm up θ (``--warm-epochs`` of DPO on train from a fresh LoRA), train θ_V (``--aux-epochs``
    on val from θ); 3. score every training pair: IRM and LossDiff (forward passes), a gradient
-   store at θ, IF / TIF (2-3: gradproj.experiments.scoring).
+   store at θ, IF / TIF (2-3: benchmarks.harness.scoring).
 4. For each rule (all, random, top-if, tif, lossdiff, irm, lossdiff-irm) at the same keep
    fraction: continue DPO from θ on its selection for ``--cont-epochs`` and evaluate on the test
-   pairs; repeated for every seed in ``--seeds`` (gradproj.experiments.runner).
+   pairs; repeated for every seed in ``--seeds`` (gradproj.evaluation.runner).
 
 Design: one task, one θ, one θ_V and one score table (all seeded with ``--task-seed``); the seed
 of a repetition changes only the continued training (shuffling of its pairs) and the pairs the
@@ -17,15 +17,15 @@ of a repetition changes only the continued training (shuffling of its pairs) and
 noise of the task, θ or the scores, and not the sampling noise of the finite test set (the same
 test pairs are used throughout; its binomial standard error is reported separately).
 
-Reported (tables: gradproj.experiments.tables and .noise): per rule the pairs kept, the flipped
+Reported (tables: benchmarks.harness.tables and .noise): per rule the pairs kept, the flipped
 pairs removed and left, the overlap with TIF, and held-out policy accuracy, reward accuracy and
 DPO loss (mean ± std over seeds, and the seed-paired difference to ``all``; also for the base
 model, θ and θ_V); LossDiff and IRM against IF (paper: Pearson 0.77, 0.67); the AUROC of every
 score and rule for clean vs flipped pairs at every --noise rate; the cost of a second query;
 the wall time of every stage.
 
-    .venv/bin/python benchmarks/bench_select.py          # 96 train / 24 val / 48 test, 3 seeds
-    .venv/bin/python benchmarks/bench_select.py --quick  # 32 / 8 / 16, 1 seed (a few minutes)
+    .venv/bin/python -m benchmarks.bench_select          # 96 train / 24 val / 48 test, 3 seeds
+    .venv/bin/python -m benchmarks.bench_select --quick  # 32 / 8 / 16, 1 seed (a few minutes)
 
 Writes ``--json`` (default docs/bench_select.json) and ``--png`` (docs/bench_select.png);
 artifacts (pairs, adapters, store) go to ``--work`` (default /tmp/gradproj-bench-select).
@@ -39,21 +39,19 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from collections import Counter
 from dataclasses import asdict, replace
 from pathlib import Path
 
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 
-from gradproj.experiments import learnability  # noqa: E402
-from gradproj.experiments import noise as label_noise  # noqa: E402
-from gradproj.experiments import tables  # noqa: E402
-from gradproj.experiments.plots import select_plot  # noqa: E402
+from benchmarks.harness import learnability
+from gradproj.evaluation import noise as label_noise
+from benchmarks.harness import tables
+from benchmarks.harness.plots import select_plot  # noqa: E402
 
 RULES = tables.RULES
 
@@ -65,7 +63,7 @@ def say(msg):
 def load_task(args, flip: float, n_train: int | None = None):
     """``--data``'s task (``n_train`` training pairs, default --n-train), ``flip`` of it
     flipped, with a second validation set (seeded)."""
-    from gradproj.experiments.tasks import load_task as load
+    from benchmarks.harness.tasks import load_task as load
 
     return load(args.data, n_train or args.n_train, args.n_val, args.n_test, flip,
                 args.task_seed,
@@ -75,10 +73,10 @@ def load_task(args, flip: float, n_train: int | None = None):
 
 def score_stage(args, loaded, task, work: Path, label: str) -> dict:
     """θ, θ_V, IRM + LossDiff, the store and IF for one task, score statistics and every
-    rule's selection (the random rule: the first seed's draw); gradproj.experiments.scoring."""
+    rule's selection (the random rule: the first seed's draw); benchmarks.harness.scoring."""
     from gradproj.attribution.selection import select
     from gradproj.core.objectives import PreferenceSettings
-    from gradproj.experiments.scoring import score_run, score_statistics
+    from benchmarks.harness.scoring import score_run, score_statistics
     from gradproj.store.build import StoreSettings
     from gradproj.training.train import TrainSettings
 
@@ -104,8 +102,8 @@ def run(args) -> dict:
     from gradproj.core.model import ModelSettings, load_model, reattach
     from gradproj.core.objectives import PreferenceSettings
     from gradproj.core.tokens import tokenize_pairs
-    from gradproj.experiments.runner import Continuation, HeldOut, continue_on_rules
-    from gradproj.experiments.scoring import second_query_cost
+    from gradproj.evaluation.runner import Continuation, HeldOut, continue_on_rules
+    from benchmarks.harness.scoring import second_query_cost
 
     work = Path(args.work)
     shutil.rmtree(work, ignore_errors=True)
@@ -226,7 +224,7 @@ def run(args) -> dict:
 
 
 def finish(res: dict, runs: list[dict], stages: dict, t_all: float, partial: bool = False):
-    from gradproj.experiments.runner import aggregate
+    from gradproj.evaluation.runner import aggregate
 
     res["runs"] = runs
     res["rules"] = aggregate(runs, RULES)
@@ -305,7 +303,7 @@ def main(argv=None):
     args.seeds = tuple(args.seeds)
 
     if args.replot:
-        from gradproj.experiments.runner import reaggregate
+        from gradproj.evaluation.runner import reaggregate
 
         res = reaggregate(json.loads(Path(args.replot).read_text()), RULES)
         if Path(args.replot).resolve() != Path(args.json).resolve():

@@ -1,8 +1,8 @@
-"""Command line of :mod:`gradproj.experiments.bigbench`: BIG-bench multiple-choice tasks →
+"""Command line of :mod:`benchmarks.harness.bigbench`: BIG-bench multiple-choice tasks →
 preference pairs (train/val/test jsonl + meta.json, cached; see that module for the format).
 
-    .venv/bin/python benchmarks/bigbench_pairs.py                       # default tasks, seed 0
-    .venv/bin/python benchmarks/bigbench_pairs.py --tasks navigate,ruin_names --max-train 300 \\
+    .venv/bin/python -m benchmarks.bigbench_pairs                       # default tasks, seed 0
+    .venv/bin/python -m benchmarks.bigbench_pairs --tasks navigate,ruin_names --max-train 300 \\
         --seed 1 --out /tmp/bb
 """
 
@@ -14,9 +14,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gradproj.experiments.bigbench import (  # noqa: E402
+from benchmarks.harness.bigbench import (  # noqa: E402
     ARCHIVE_NAME,
     DEFAULT_TASKS,
     SPLITS,

@@ -1,6 +1,6 @@
 """Device check of the fused Triton projection (gradproj.gradients.kernels), on one CUDA GPU.
 
-    PYTHONPATH=. python3 benchmarks/gpu_check.py        # (benchmarks/gpu_check.sh runs this)
+    python3 -m benchmarks.gpu_check       # (benchmarks/gpu_check.sh runs this)
 
 (a) correctness: the kernel against the torch reference (``HashProjector``) on fresh random
     inputs at several shapes — on the same GPU, and on the CPU for the first 64 rows of R (a
@@ -35,12 +35,11 @@ from types import SimpleNamespace
 from unittest import mock
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from gradproj.experiments.tables import markdown_table  # noqa: E402
-from gradproj.experiments.tiny import random_smollm2, random_token_pairs, smollm2_lora_layout  # noqa: E402
+from benchmarks.harness.tables import markdown_table  # noqa: E402
+from benchmarks.harness.tiny import random_smollm2, random_token_pairs, smollm2_lora_layout  # noqa: E402
 from gradproj.gradients.projection import HashProjector  # noqa: E402
 from gradproj.gradients.spec import ProjectorSpec  # noqa: E402
 
@@ -252,7 +251,8 @@ def part_c(n_pairs: int, batch_size: int) -> None:
     from gradproj.core.model import LoadedModel, ModelSettings
     from gradproj.core.objectives import DPO
     from gradproj.core.tokens import batches
-    from gradproj.experiments.step import objective_step, trainable
+    from gradproj.evaluation.state import trainable
+    from benchmarks.harness.step import objective_step
     from gradproj.gradients.kernels import project_pieces_triton
     from gradproj.store.build import FeatureComputer, StoreSettings
 

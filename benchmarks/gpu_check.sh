@@ -42,16 +42,16 @@ if $PY -c "import pytest" 2>/dev/null; then
   if [ -n "${OUT:-}" ]; then mkdir -p "$OUT" && cp "$log" "$OUT/pytest.log"; fi
 fi
 
-timeout 180 $PY benchmarks/gpu_check.py "$@"
+timeout 180 $PY -m benchmarks.gpu_check "$@"
 rc=$?
 [ "$rc" = 124 ] && echo "gpu_check.py: timed out after 180 s (the JSON holds the parts done)"
 if [ "${GPU_CHECK_SCALE:-1}" != 0 ]; then
   so=${OUT:-/tmp}; mkdir -p "$so"
   common=(--device cuda --checkpointing --pairs 2 --warmup 1 --repeats 3 --out "$so/bench_scale.json")
-  timeout 170 $PY benchmarks/bench_scale.py "${common[@]}" --dtype bfloat16 --budget-s 120 \
+  timeout 170 $PY -m benchmarks.bench_scale "${common[@]}" --dtype bfloat16 --budget-s 120 \
       --arch llama-3.2-1b,llama-3.1-8b --tokens 1024,2048 --plot "$so/bench_scale.png"
   src=$?
-  timeout 100 $PY benchmarks/bench_scale.py "${common[@]}" --quantized 4bit --arch llama-3.1-8b \
+  timeout 100 $PY -m benchmarks.bench_scale "${common[@]}" --quantized 4bit --arch llama-3.1-8b \
       --tokens 1024 --plot "$so/bench_scale_4bit.png"
   echo "bench_scale: rc=$src (bf16), rc=$? (4-bit); 124 = timed out, the JSON holds the runs done"
 fi

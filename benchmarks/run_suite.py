@@ -23,7 +23,7 @@ Steps, each a script that also runs alone:
 Full run: JSON and PNG into docs/, the tables into docs/results_evidence.md and, between its
 BEGIN/END markers, into docs/results.md (steps 2 and 5 also write their own marked blocks; the
 hand-written reading outside the markers is not touched; the report:
-gradproj.experiments.suite). ``--quick``: small sizes, into runs/bench-quick/ (docs/ is left
+benchmarks.harness.suite). ``--quick``: small sizes, into runs/bench-quick/ (docs/ is left
 alone). A failed step is reported and the suite goes on; the exit code is 1 if any step failed.
 """
 
@@ -36,13 +36,11 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import _common as C  # noqa: E402
+from benchmarks import common as C  # noqa: E402
 
-from gradproj.experiments.suite import splice, write_report  # noqa: E402
+from benchmarks.harness.suite import splice, write_report  # noqa: E402
 
-HERE = Path(__file__).resolve().parent
 
 # The sources, from the learnability table (docs/results.md, bench_learnability): held-out
 # reward accuracy after warm-up ≥ 0.65 and loss < 0.69 (LEARNABLE), and at or below chance
@@ -138,7 +136,8 @@ def merge_runs(saved: list[dict], runs: list[dict], info: dict) -> list[dict]:
 def run_step(name: str, argv: list[str]) -> dict:
     C.log(f"== {name}: {' '.join(argv)}")
     t = time.perf_counter()
-    rc = subprocess.run([sys.executable, str(HERE / argv[0]), *argv[1:]], cwd=C.ROOT).returncode
+    rc = subprocess.run([sys.executable, "-m", f"benchmarks.{Path(argv[0]).stem}", *argv[1:]],
+                        cwd=C.ROOT).returncode
     seconds = time.perf_counter() - t
     C.log(f"== {name}: rc {rc}, {seconds / 60:.1f} min")
     return {"step": name, "argv": argv, "rc": rc, "seconds": seconds}

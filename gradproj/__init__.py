@@ -44,7 +44,7 @@ _API = {
     "gradproj.pipeline.run": ("RunInputs", "SelectSettings", "Pipeline", "run_select"),
     "gradproj.pipeline.compare": ("compare_dirs",),
     "gradproj.pipeline.outputs": ("load_selection", "write_selection_outputs"),
-    "gradproj.experiments.ablate": ("AblateSettings", "run_ablation"),
+    "gradproj.evaluation.ablate": ("AblateSettings", "run_ablation"),
 }
 _WHERE = {name: module for module, names in _API.items() for name in names}
 __all__ = ["__version__", *_WHERE]

@@ -215,12 +215,7 @@ def save_tiny_qwen2(path, chat: bool = False, seed: int = 0) -> str:
 
 
 def load_benchmark(name: str):
-    """The module benchmarks/<name>.py, imported from its file (benchmarks/ is no package)."""
-    import importlib.util
-    from pathlib import Path
+    """The module benchmarks/<name>.py (the benchmarks package of the checkout)."""
+    import importlib
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return importlib.import_module(f"benchmarks.{name}")

@@ -12,8 +12,8 @@ from helpers import is_png, write_jsonl
 from scipy import stats
 
 from gradproj.cli import main
-from gradproj.experiments.ablate import AblateSettings, summarize
-from gradproj.experiments.synthetic import make_records
+from gradproj.evaluation.ablate import AblateSettings, summarize
+from gradproj.demo.synthetic import make_records
 
 
 def _runs():
@@ -83,7 +83,7 @@ def test_ablate_runs_every_rule_and_seed(tiny_char_llama, tmp_path):
 
 
 def test_group_comparison_lines_put_rules_side_by_side():
-    from gradproj.experiments.ablate import group_comparison_lines
+    from gradproj.evaluation.ablate import group_comparison_lines
 
     groups = {"all": [{"group": "a", "pairs": 4, "kept_share": 1.0, "flips_removed": 0.0},
                       {"group": "b", "pairs": 2, "kept_share": 1.0, "flips_removed": None}],

@@ -18,8 +18,8 @@ from gradproj.core.data import DataSettings
 from gradproj.core.errors import BadInput
 from gradproj.core.model import ModelSettings
 from gradproj.core.objectives import OBJECTIVES, PreferenceSettings
-from gradproj.experiments.ablate import AblateSettings
-from gradproj.experiments.demo import DemoSettings
+from gradproj.evaluation.ablate import AblateSettings
+from gradproj.demo.run import DemoSettings
 from gradproj.core.settings import (
     Settings,
     at_least_one,

@@ -176,7 +176,7 @@ STAGE_LINES = ("gradproj: stage warm-up θ: ranks 0,1 (data-parallel, 2 pairs pe
 
 @pytest.fixture(scope="module")
 def select_task(tmp_path_factory):
-    from gradproj.experiments.synthetic import flip_records, make_records
+    from gradproj.demo.synthetic import flip_records, make_records
 
     root = tmp_path_factory.mktemp("dist-select")
     train, _ = flip_records(make_records(24, 0, "train"), 0.25, 1)   # 6 steps of 4 pairs

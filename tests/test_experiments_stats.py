@@ -1,4 +1,4 @@
-"""gradproj.experiments.stats against hand-computed values and brute-force loops."""
+"""gradproj.evaluation.stats against hand-computed values and brute-force loops."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from gradproj.experiments import stats
+from gradproj.evaluation import stats
 
 
 def _auroc_loop(scores, positive):

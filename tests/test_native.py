@@ -60,10 +60,18 @@ def test_half_matvec_refuses_other_layouts(lib):
 def test_mean_query_is_the_same_with_and_without_the_kernel(tmp_path, monkeypatch):
     """stream_matvec on a store of several shards: the fused kernel and the torch path agree to
     float32 rounding (and the torch path is what runs where there is no compiler)."""
-    from gradproj.experiments.querycost import random_store
-    from gradproj.store.shards import Store
+    from gradproj.gradients.spec import ProjectorSpec
+    from gradproj.store.shards import ROW_DTYPE, Store, StoreWriter
 
-    random_store(tmp_path / "store", n=300, k=96, shard_rows=128)
+    rng = np.random.default_rng(0)
+    spec = ProjectorSpec(kind="rademacher", k=96).to_dict()
+    with StoreWriter(tmp_path / "store", {"projector": spec}) as w:
+        for lo in range(0, 300, 128):
+            f = rng.standard_normal((min(128, 300 - lo), 96)).astype(np.float16)
+            rows = np.zeros(len(f), ROW_DTYPE)
+            rows["id"] = [f"r{i}" for i in range(lo, lo + len(f))]
+            w.add_shard(f, rows)
+        w.finish()
     store = Store(tmp_path / "store")
     assert len(store.shards) == 3
     feats = store.features()

@@ -28,7 +28,7 @@ from gradproj.core.objectives import (
 )
 from gradproj.core.tokens import collate, tokenize_pairs
 from gradproj.gradients.perpair import PerPairGradients, per_pair_gradients_loop
-from gradproj.experiments.step import restore, snapshot
+from gradproj.evaluation.state import restore, snapshot
 from gradproj.training.train import TrainSettings, reference_logprobs, train_adapter
 
 ALL = [PreferenceSettings(loss="dpo", beta=0.1),

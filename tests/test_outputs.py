@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import datasets
-import numpy as np
 import pytest
 from click.testing import CliRunner
 from helpers import ultrafeedback_like

@@ -10,7 +10,7 @@ from helpers import write_jsonl
 
 import gradproj.pipeline.run as pipeline
 from gradproj.cli import main
-from gradproj.experiments.synthetic import flip_records, make_records
+from gradproj.demo.synthetic import flip_records, make_records
 
 
 @pytest.fixture(scope="module")

@@ -26,8 +26,8 @@ from gradproj.core.errors import BadInput, GradprojError
 from gradproj.core.model import ModelSettings
 from gradproj.core.objectives import PreferenceSettings
 from gradproj.core.settings import parse_floats
-from gradproj.experiments.ablate import AblateSettings
-from gradproj.experiments.demo import DemoSettings
+from gradproj.evaluation.ablate import AblateSettings
+from gradproj.demo.run import DemoSettings
 from gradproj.pipeline.run import RunInputs, SelectSettings
 from gradproj.store.build import StoreSettings
 from gradproj.training.train import TrainSettings
@@ -371,7 +371,7 @@ def select_cmd(force, force_objective, resume, **kw):
 def ablate(force, force_objective, resume, test_path, test_split, **kw):
     """Does selection help on this data? Each rule (and seed) continued from θ on its
     selection and evaluated on --test: ablation.json, ablation.md, ablation.png."""
-    from gradproj.experiments.ablate import run_ablation
+    from gradproj.evaluation.ablate import run_ablation
 
     settings = settings_from(AblateSettings, kw)
     out = kw.pop("out")
@@ -433,7 +433,7 @@ def compare(dir_a, dir_b, out):
 def demo(**kw):
     """The pipeline on SmolLM2 and a generated task with flipped pairs: warm-up, scores, and
     every selection rule compared by held-out accuracy after continued training."""
-    from gradproj.experiments.demo import run_demo
+    from gradproj.demo.run import run_demo
 
     run_demo(settings_from(DemoSettings, kw), echo=click.echo)
 

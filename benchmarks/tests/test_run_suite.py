@@ -1,0 +1,214 @@
+"""The evidence suite's report (benchmarks.harness.suite, written by benchmarks/run_suite.py):
+the report's tables are copied into docs/results.md between markers, and nothing outside the
+markers changes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.harness import suite
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_splice_replaces_only_the_marked_block(tmp_path):
+    results = tmp_path / "results.md"
+    before = "# results\n\nhand-written intro\n\n"
+    after = "\n## Later section\n\nkept as is\n"
+    results.write_text(before + suite.BEGIN + "\nold tables\n" + suite.END + after)
+    report = tmp_path / "results_evidence.md"
+    report.write_text("# Evidence suite\n\nMachine: x.\n\n## Projection fidelity\n\n| a |\n")
+
+    assert suite.splice(results, report)
+    text = results.read_text()
+    assert text.startswith(before) and text.endswith(after)
+    block = text.split(suite.BEGIN, 1)[1].split(suite.END, 1)[0]
+    assert "old tables" not in block and "# Evidence suite" not in block
+    assert "### Projection fidelity" in block and "Machine: x." in block
+
+    once = results.read_text()          # splicing the same report again changes nothing
+    assert suite.splice(results, report) and results.read_text() == once
+
+
+def test_splice_without_markers_writes_nothing(tmp_path):
+    results = tmp_path / "results.md"
+    results.write_text("# results\n\nno markers here\n")
+    report = tmp_path / "results_evidence.md"
+    report.write_text("# Evidence suite\n\n## Section\n")
+    assert not suite.splice(results, report)
+    assert results.read_text() == "# results\n\nno markers here\n"
+    only_begin = "# r\n" + suite.BEGIN + "\n"
+    results.write_text(only_begin)
+    assert not suite.splice(results, report) and results.read_text() == only_begin
+
+
+DOCS = ROOT / "docs"
+COMMITTED = ("bench_lds.json", "bench_fidelity.json", "bench_learnability.json",
+             "bench_dynamics.json")
+
+
+def test_report_rebuilds_from_the_committed_results(tmp_path):
+    """The report's tables come from benchmarks.harness.tables/noise and read the JSON the
+    benchmarks wrote before those moved: every rule, noise rate and LDS row is rendered."""
+    import json
+    import shutil
+
+    for name in COMMITTED:
+        shutil.copy(DOCS / name, tmp_path / name)
+    # an older selection benchmark's JSON (the suite's seven BIG-bench tasks) as the control
+    shutil.copy(DOCS / "bench_select_bigbench.json", tmp_path / "bench_evidence_control.json")
+    text = suite.write_report(tmp_path, [], False, {}).read_text()
+    assert "(no results: bench_evidence_learnable.json was not written)" in text
+    select = json.loads((DOCS / "bench_select_bigbench.json").read_text())
+    for r in select["rules"]:
+        assert f"| θ + {r['rule']} | {r['kept']:.0f} | " in text
+    for n in select["noise"].values():
+        a = n["auroc_clean_vs_flipped"]
+        assert (f"| {n['flip']:.0%} | {n['n_flipped']} | {a['if']:.3f} | {a['lossdiff']:.3f} | "
+                f"{a['irm']:.3f} | ") in text
+    c = select["correlations"]["lossdiff"]
+    assert f"| lossdiff | {c['pearson_if']:.3f} (" in text
+    assert "Δ policy acc" not in text                # those results have no paired differences
+    assert json.loads((DOCS / "bench_lds.json").read_text())["table"] in text
+    from benchmarks.harness import dynamics
+
+    rows = json.loads((DOCS / "bench_learnability.json").read_text())["rows"]
+    # every source's row, with its numbers as the JSON holds them (the committed file's first
+    # row is the generated task: 96 / 48 pairs, θ reward accuracy 0.604, not learnable)
+    assert rows[0]["source"] == "generated" and not rows[0]["learnable"]
+    assert "| generated | 96 / 48 | 0.604 | 0.604 | 0.750 | +0.118 | 0.693 → 0.647 | no |" in text
+    for r in rows:
+        assert (f"| {r['source']} | {r['n_train']} / {r['n_test']} | "
+                f"{r['base']['policy_accuracy']:.3f} | {r['theta']['accuracy']:.3f} | ") in text
+    runs = json.loads((DOCS / "bench_dynamics.json").read_text())["runs"]
+    assert dynamics.markdown(runs, None).splitlines()[0] in text      # the table is there
+    assert len(runs) > 0
+
+
+def test_lds_table_is_the_committed_one():
+    """benchmarks.harness.tables.lds_table reproduces bench_lds's committed table exactly."""
+    import json
+
+    from benchmarks.harness.tables import lds_table
+
+    data = json.loads((DOCS / "bench_lds.json").read_text())
+    assert lds_table(data["lds"]) == data["table"]
+
+
+def test_script_rewrites_the_report_from_the_json_in_out(tmp_path):
+    """run_suite.py --only 0: no step runs, the report is assembled from --out's JSON."""
+    import shutil
+    import subprocess
+    import sys
+
+    shutil.copy(DOCS / "bench_lds.json", tmp_path / "bench_lds.json")
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.run_suite", "--only",
+                           "0", "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    text = (tmp_path / "results_evidence.md").read_text()
+    assert "Assembled from the JSON files below" in text and "## Linear datamodeling" in text
+    assert "(no results: bench_evidence_learnable.json was not written)" in text
+
+
+def test_projection_tables_are_the_committed_ones():
+    """tables.speed_table and .fidelity_table reproduce bench_projection's committed tables."""
+    import json
+
+    from benchmarks.harness.tables import fidelity_table, speed_table
+
+    data = json.loads((DOCS / "bench_projection.json").read_text())
+    ks = [int(k) for k in data["args"]["fid_ks"].split(",")]
+    with_std = len(data["args"]["fid_seeds"].split(",")) > 1
+    assert fidelity_table(data["fidelity"], ks, with_std) == data["markdown_fidelity"]
+    assert speed_table(data["speed"]) == data["markdown_speed"]
+    assert "± " in data["markdown_fidelity"] and " ± " not in fidelity_table(
+        data["fidelity"], ks, False)
+
+
+def test_reaggregate_reproduces_the_committed_rules_and_selections():
+    """runner.reaggregate (bench_select --replot) recomputes the committed JSON's per-rule
+    aggregates from its runs exactly, and an older file's missing selections from the first
+    seed's runs."""
+    import copy
+    import json
+
+    import numpy as np
+
+    from gradproj.evaluation.runner import SELECTION_KEYS, reaggregate
+    from benchmarks.harness.tables import RULES
+
+    data = json.loads((DOCS / "bench_select_bigbench.json").read_text())
+    older = copy.deepcopy(data)
+    del older["selections"]
+    again = reaggregate(copy.deepcopy(data), RULES)
+    assert [r["rule"] for r in again["rules"]] == [r["rule"] for r in data["rules"]]
+    for got, want in zip(again["rules"], data["rules"], strict=True):
+        assert set(want) <= set(got)           # newer aggregates add the paired difference
+        for key, value in want.items():
+            assert np.allclose(got[key], value, rtol=1e-9, equal_nan=True) if isinstance(
+                value, (float, list)) else got[key] == value, (want["rule"], key)
+    assert again["selections"] == data["selections"] and "reaggregated" in again
+    rebuilt = reaggregate(older, RULES)["selections"]
+    assert set(rebuilt) == set(data["selections"])
+    for rule, sel in rebuilt.items():
+        assert sel == {k: data["selections"][rule][k] for k in SELECTION_KEYS}
+
+
+def test_replace_between_keeps_the_text_around_the_markers(tmp_path):
+    from benchmarks.harness.tables import replace_between
+
+    path = tmp_path / "r.md"
+    path.write_text("head\n<!-- b -->\nold 1\nold 2\n<!-- e -->\ntail <!-- b -->\n")
+    assert replace_between(path, "<!-- b -->", "<!-- e -->", "\nnew\n\n")
+    assert path.read_text() == "head\n<!-- b -->\nnew\n<!-- e -->\ntail <!-- b -->\n"
+    assert not replace_between(path, "<!-- b -->", "<!-- z -->", "x")   # no end marker
+    assert not replace_between(tmp_path / "missing.md", "<!-- b -->", "<!-- e -->", "x")
+    assert path.read_text() == "head\n<!-- b -->\nnew\n<!-- e -->\ntail <!-- b -->\n"
+
+
+def test_present_rules_are_those_with_runs_and_noise_results():
+    from benchmarks.harness.tables import present_rules
+
+    res = {"rules": [{"rule": r} for r in ("all", "tif", "random", "lossdiff-irm")],
+           "noise": {"0.25": {"rules": {"tif": {}, "random": {}, "lossdiff-irm": {}}},
+                     "0.40": {"rules": {"tif": {}, "lossdiff-irm": {}}}}}
+    assert present_rules(res) == ["tif", "lossdiff-irm"]     # RULES order, no "all"
+    assert present_rules({"rules": [{"rule": "reward-gap"}, {"rule": "top-if"}]}) == [
+        "top-if", "reward-gap"]
+
+
+def test_ablation_lines_give_every_metric_and_the_paired_intervals_by_hand():
+    """tables.ablation_lines on hand-made runs: mean ± std per metric, and the seed-paired
+    difference to all with its t interval computed here by hand (t_{0.975, 2} = 4.303)."""
+    from benchmarks.harness.tables import ablation_lines
+
+    def run(rule, seed, loss):
+        return {"rule": rule, "seed": seed, "kept": 10 if rule == "all" else 6,
+                "accuracy": 0.5, "policy_accuracy": 0.5, "mean_margin": 0.0,
+                "mean_loss": loss}
+
+    runs = [run("all", s, 0.6) for s in range(3)] + [
+        run("tif", s, 0.6 - d) for s, d in enumerate((0.1, 0.2, 0.3))]
+    text = "\n".join(ablation_lines({"runs": runs}, ["base", "all", "tif"]))
+    assert "| tif | 6 | 0.500 ± 0.000 | 0.500 ± 0.000 | 0.000 ± 0.000 | 0.400 ± 0.100 |" in text
+    half = 4.302653 * 0.1 / 3 ** 0.5
+    zero = "+0.000 [+0.000, +0.000]"
+    assert (f"| tif | {zero} | {zero} | {zero} | -0.200 [{-0.2 - half:+.3f}, "
+            f"{-0.2 + half:+.3f}] |") in text
+    assert "Paired difference to `random`" not in text          # random did not run
+
+
+def test_suite_record_keeps_every_steps_last_run():
+    from helpers import load_benchmark
+
+    suite_script = load_benchmark("run_suite")
+    old = [{"step": "a", "seconds": 1, "machine": {"commit": "x"}},
+           {"step": "b", "seconds": 2, "machine": {"commit": "x"}}]
+    merged = suite_script.merge_runs(old, [{"step": "b", "seconds": 5},
+                                           {"step": "c", "seconds": 7}], {"commit": "y"})
+    assert [(r["step"], r["seconds"], r["machine"]["commit"]) for r in merged] == [
+        ("a", 1, "x"), ("b", 5, "y"), ("c", 7, "y")]
+    assert suite_script.SETS["main"] == (1, 2, 3)
+    names = [s[0] for s in suite_script.steps(ROOT / "docs", quick=False)]
+    assert names[1:3] == ["learnable sources: label noise, downstream",
+                          "control source: label noise, downstream"]
