@@ -49,7 +49,7 @@ from pathlib import Path
 from benchmarks import common as C  # noqa: E402
 
 from benchmarks.harness import learnability
-from gradproj.evaluation import noise as label_noise
+from benchmarks.harness import noise as label_noise
 from benchmarks.harness import tables
 from benchmarks.harness.plots import select_plot  # noqa: E402
 

@@ -6,7 +6,7 @@ so a large gradient; if the gradients share a common direction (every DPO gradie
 short-answer task pushes the same answer-format features), the norm alone can lift a flipped
 pair's IF. This prints AUROC(clean > flipped) for IF, for the cosine (IF / ‖g_d‖: the same
 order as the cosine, ‖ḡ_V‖ is one constant) and for −‖g_d‖, overall and per source task, and
-the rank correlation of IF with ‖g_d‖ (gradproj.evaluation.noise.norm_diagnosis).
+the rank correlation of IF with ‖g_d‖ (benchmarks.harness.noise.norm_diagnosis).
 
     .venv/bin/python -m benchmarks.diagnose_noise \\
         --json docs/bench_select_bigbench.json --work /tmp/gradproj-bench-suite-select
@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 
-from gradproj.evaluation.noise import norm_diagnosis, norm_diagnosis_lines  # noqa: E402
+from benchmarks.harness.noise import norm_diagnosis, norm_diagnosis_lines  # noqa: E402
 
 
 def main(argv=None) -> int:

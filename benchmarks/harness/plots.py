@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradproj.evaluation.noise import SCORES
+from benchmarks.harness.noise import SCORES
 
 
 def _pyplot():

@@ -92,10 +92,10 @@ def score_run(loaded: LoadedModel, train: list[PreferencePair], val: list[Prefer
 def score_statistics(table: ScoreTable, flipped) -> dict:
     """How LossDiff and IRM relate to IF and to the flipped pairs: ``correlations`` (Pearson
     with a Fisher 95% interval, and Spearman, of each with IF; of LossDiff with IRM),
-    ``auroc_clean_vs_flipped`` per score and ``per_task_auroc`` (gradproj.evaluation.noise)."""
+    ``auroc_clean_vs_flipped`` per score and ``per_task_auroc`` (benchmarks.harness.noise)."""
     import numpy as np
 
-    from gradproj.evaluation.noise import SCORES, auroc_clean_vs_flipped, per_task_auroc
+    from benchmarks.harness.noise import SCORES, auroc_clean_vs_flipped, per_task_auroc
     from gradproj.evaluation.stats import fisher_ci, pearson, spearman
 
     is_flip = np.array([i in flipped for i in table.ids])

@@ -1,7 +1,7 @@
 """Markdown tables of the experiments' results: the selection benchmark (downstream accuracy,
 score correlations, selections, cost, stages), the LDS and the query cost. Each takes the
 results as written to JSON, so a report can be rebuilt from the file alone. Label-noise tables
-are in :mod:`gradproj.evaluation.noise`.
+are in :mod:`benchmarks.harness.noise`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradproj.evaluation.noise import noise_lines
+from benchmarks.harness.noise import noise_lines
 
 PAPER = {"pearson_lossdiff_if": 0.77, "pearson_irm_if": 0.67,
          "overlap_lossdiff_irm_tif": (0.73, 0.78), "overlap_single_tif": (0.60, 0.70)}

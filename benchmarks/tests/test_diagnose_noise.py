@@ -1,4 +1,4 @@
-"""gradproj.evaluation.noise.norm_diagnosis and its script benchmarks/diagnose_noise.py: AUROC of
+"""benchmarks.harness.noise.norm_diagnosis and its script benchmarks/diagnose_noise.py: AUROC of
 IF, of the cosine (IF / ‖g‖) and of −‖g‖, per task."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import numpy as np
 
 from benchmarks import diagnose_noise as D  # noqa: E402
 
-from gradproj.evaluation.noise import norm_diagnosis, norm_diagnosis_lines  # noqa: E402
+from benchmarks.harness.noise import norm_diagnosis, norm_diagnosis_lines  # noqa: E402
 
 
 def _auroc_loop(scores, positive):

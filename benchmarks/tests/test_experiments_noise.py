@@ -1,4 +1,4 @@
-"""gradproj.evaluation.noise, .tasks and .tables on hand-made data (no model)."""
+"""benchmarks.harness.noise, .tasks and .tables on hand-made data (no model)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from gradproj.attribution.selection import Selection
-from gradproj.evaluation import noise
+from benchmarks.harness import noise
 from benchmarks.harness import tables
 from benchmarks.harness import tasks
 from gradproj.demo.synthetic import make_records, make_task
