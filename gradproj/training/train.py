@@ -334,10 +334,11 @@ def read_train_record(adapter_dir) -> dict | None:
         raise BadInput(f"{path}: invalid JSON ({err.msg})") from None
 
 
-def adapter_objective(adapter_dir) -> dict | None:
+def adapter_objective(adapter_dir, record: dict | None = None) -> dict | None:
     """The objective record an adapter was trained with (records before schema 2: DPO with
-    the β of its settings); None when the adapter was not made by gradproj train."""
-    record = read_train_record(adapter_dir)
+    the β of its settings); None when the adapter was not made by gradproj train. ``record``:
+    its train.json when already read."""
+    record = read_train_record(adapter_dir) if record is None else record
     if record is None:
         return None
     if "objective" in record:
@@ -353,10 +354,12 @@ def check_adapter_objective(adapter_dir, objective: Objective, force: bool = Fal
     pairs formatted with another template (one line, exit 2)."""
     if adapter_dir is None:
         return
-    recorded = adapter_objective(adapter_dir)
-    if recorded is not None:
-        check_objective(recorded, objective, f"adapter {adapter_dir}", force)
-    trained_with = (read_train_record(adapter_dir) or {}).get("chat_template")
+    record = read_train_record(adapter_dir)
+    if record is None:              # not made by gradproj train: nothing recorded to check
+        return
+    check_objective(adapter_objective(adapter_dir, record), objective, f"adapter {adapter_dir}",
+                    force)
+    trained_with = record.get("chat_template")
     if template is not None and trained_with is not None and trained_with != template:
         raise IncompatibleStore(f"adapter {adapter_dir}: trained on pairs formatted with chat "
                                 f"template {trained_with}, requested {template} (--chat-template)")
