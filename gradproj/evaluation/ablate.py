@@ -176,13 +176,10 @@ def run_ablation(inputs: RunInputs, test: str, out, settings: AblateSettings = A
     test_pairs = load_pairs(test, FieldMap.parse(inputs.field), split=test_split)
     pipe = Pipeline(inputs, out, force=force, progress=progress, loaded=loaded,
                     also_check={test: test_pairs}, resume=resume)
-    try:
+    with pipe.released_on_failure():
         if settings.group_by:
             group_values(pipe.train, settings.group_by)     # a missing column fails before work
         table = pipe.scores(any(needs_if(m) for m in settings.methods))
-    except BaseException:
-        pipe.release()
-        raise
     theta = pipe.theta()
     loaded = pipe.model(theta)
     cont = Continuation(loaded, HeldOut(loaded, test_pairs, inputs.pref,

@@ -37,7 +37,7 @@ EXPORTED = {name: "gradproj_" + name for name in REFERENCE}
 """Their names in ``selected/`` (trl 1.16 refuses a dataset that holds its own names)."""
 
 
-def reference_columns_note(table: ScoreTable, kept: list[str]) -> str | None:
+def reference_columns_note(table: ScoreTable) -> str | None:
     """None when the reference columns go out with the kept rows, else why not."""
     if not all(c in table.columns for c in REFERENCE):
         return "the objective is reference-free (no reference pass was made)"
@@ -116,7 +116,7 @@ def write_selection_outputs(out, pairs: list[PreferencePair], table: ScoreTable,
     what was written (and why the reference columns are absent, if they are)."""
 
     out = Path(out)
-    note = reference_columns_note(table, sel.kept)
+    note = reference_columns_note(table)
     rows = selection_rows(pairs, table, sel.kept, fields, reference=note is None)
     dataset = _dataset(rows)
     tmp = out / "selected.tmp"

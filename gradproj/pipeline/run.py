@@ -27,6 +27,7 @@ import json
 import logging
 import shutil
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -201,7 +202,7 @@ class Pipeline:
 
         Every input must hold scorable pairs under ``inputs.pref`` (template, max length) before
         the folder is claimed; a run that fails before its first stage completes leaves the
-        folder as it found it (:meth:`release`)."""
+        folder as it found it (:meth:`released_on_failure`)."""
         self.inputs, self.out, self.progress = inputs, Path(out), progress
         self.force_objective, self.resume = force_objective, resume
         self.objective = inputs.pref.objective()
@@ -219,16 +220,21 @@ class Pipeline:
         self.loaded: LoadedModel | None = loaded
         self.stages: list[str] = []
 
-    def release(self) -> None:
-        """Undo the claim of a run that failed before its first stage completed: a folder this
-        run created is removed, else the run.json it wrote (an earlier run's folder is kept)."""
-        existed, had_run = self._found
-        if self.stages or had_run or not distributed.is_main():
-            return
-        if not existed:
-            shutil.rmtree(self.out, ignore_errors=True)
-        else:
-            (self.out / "run.json").unlink(missing_ok=True)
+    @contextmanager
+    def released_on_failure(self):
+        """Around the first stages: if they fail before one completes, undo the claim — a
+        folder this run created is removed, else the run.json it wrote (an earlier run's folder
+        is kept) — so that the corrected rerun is not refused."""
+        try:
+            yield
+        except BaseException:
+            existed, had_run = self._found
+            if not (self.stages or had_run or not distributed.is_main()):
+                if not existed:
+                    shutil.rmtree(self.out, ignore_errors=True)
+                else:
+                    (self.out / "run.json").unlink(missing_ok=True)
+            raise
 
     def model(self, adapter: str | None) -> LoadedModel:
         """The loaded model with ``adapter`` active (loaded once; adapters are swapped)."""
@@ -350,13 +356,10 @@ def run_select(inputs: RunInputs, out, settings: SelectSettings = SelectSettings
 
     pipe = Pipeline(inputs, out, force=force, progress=progress,
                     force_objective=force_objective, resume=resume)
-    try:
+    with pipe.released_on_failure():
         if settings.group_by:
             group_values(pipe.train, settings.group_by)     # a missing column fails before work
         table = pipe.scores(settings.needs_if())
-    except BaseException:
-        pipe.release()
-        raise
     sel = select(table, settings.method, settings.keep, bands=settings.bands() or None,
                  low_share=settings.low_share, seed=inputs.training.seed)
     if not distributed.is_main():       # every rank selects (cheap); rank 0 writes the outputs
