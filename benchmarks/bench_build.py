@@ -78,13 +78,13 @@ def main(argv=None) -> int:
                     help="run FeatureComputer.features for every kind (one gradient pass each)")
     ap.add_argument("--trl", action="store_true", help="also time trl's DPOTrainer (1 epoch)")
     ap.add_argument("--lr", type=float, default=5e-4)
-    ap.add_argument("--json", type=Path, default=C.ROOT / "docs" / "bench_build.json")
+    ap.add_argument("--json", type=Path, default=C.ROOT / "docs" / "benchmarks" / "bench_build.json")
     args = ap.parse_args(argv)
     if args.quick:
         args.pairs, args.k, args.proj_batch, args.less_pairs = 8, 2048, 8, 1
         args.kinds = "rademacher,sjlt"
-        if args.json == C.ROOT / "docs" / "bench_build.json":
-            args.json = C.ROOT / "docs" / "bench_build_quick.json"
+        if args.json == C.ROOT / "docs" / "benchmarks" / "bench_build.json":
+            args.json = C.ROOT / "docs" / "benchmarks" / "bench_build_quick.json"
 
     from gradproj.core.data import pairs_from_records
     from gradproj.core.objectives import PreferenceSettings

@@ -33,8 +33,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--json", default=str(C.ROOT / "docs" / "bench_dynamics.json"))
-    ap.add_argument("--png", default=str(C.ROOT / "docs" / "bench_dynamics.png"))
+    ap.add_argument("--json", default=str(C.ROOT / "docs" / "benchmarks" / "bench_dynamics.json"))
+    ap.add_argument("--png", default=str(C.ROOT / "docs" / "benchmarks" / "bench_dynamics.png"))
     ap.add_argument("--results-md", default=str(C.ROOT / "docs" / "results.md"))
     a = ap.parse_args(argv)
 

@@ -129,8 +129,8 @@ def parse_args(argv):
                     help="task, model, LoRA init, subsets and data-order seed")
     ap.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:1 ...")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    ap.add_argument("--json", type=Path, default=C.ROOT / "docs" / "bench_lds.json")
-    ap.add_argument("--png", type=Path, default=C.ROOT / "docs" / "bench_lds.png")
+    ap.add_argument("--json", type=Path, default=C.ROOT / "docs" / "benchmarks" / "bench_lds.json")
+    ap.add_argument("--png", type=Path, default=C.ROOT / "docs" / "benchmarks" / "bench_lds.png")
     args = ap.parse_args(argv)
     given = set(a.split("=")[0] for a in (argv if argv is not None else sys.argv[1:]))
     if args.quick:

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
                          "measure only the others (a cut run goes on where it stopped)")
     ap.add_argument("--quick", action="store_true", help=f"{QUICK} and the generated task, "
                     "32 / 16 pairs, into runs/bench-quick/")
-    ap.add_argument("--json", default=str(C.ROOT / "docs" / "bench_learnability.json"))
+    ap.add_argument("--json", default=str(C.ROOT / "docs" / "benchmarks" / "bench_learnability.json"))
     ap.add_argument("--results-md", default=str(C.ROOT / "docs" / "results.md"))
     a = ap.parse_args(argv)
     if a.quick:      # sizes and output of the quick run, unless given

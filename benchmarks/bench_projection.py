@@ -159,16 +159,16 @@ def main(argv=None) -> int:
     ap.add_argument("--max-length", type=int, default=512)
     ap.add_argument("--skip-speed", action="store_true")
     ap.add_argument("--skip-fidelity", action="store_true")
-    ap.add_argument("--json", type=Path, default=C.ROOT / "docs" / "bench_projection.json")
-    ap.add_argument("--png", type=Path, default=C.ROOT / "docs" / "bench_projection.png")
+    ap.add_argument("--json", type=Path, default=C.ROOT / "docs" / "benchmarks" / "bench_projection.json")
+    ap.add_argument("--png", type=Path, default=C.ROOT / "docs" / "benchmarks" / "bench_projection.png")
     args = ap.parse_args(argv)
     if args.quick:
         args.ks, args.train_pairs, args.val_pairs = "512", 40, 8
         args.fid_ks, args.fid_seeds = "512,2048", "0"
-        if args.json == C.ROOT / "docs" / "bench_projection.json":
-            args.json = C.ROOT / "docs" / "bench_projection_quick.json"
-        if args.png == C.ROOT / "docs" / "bench_projection.png":
-            args.png = C.ROOT / "docs" / "bench_projection_quick.png"
+        if args.json == C.ROOT / "docs" / "benchmarks" / "bench_projection.json":
+            args.json = C.ROOT / "docs" / "benchmarks" / "bench_projection_quick.json"
+        if args.png == C.ROOT / "docs" / "benchmarks" / "bench_projection.png":
+            args.png = C.ROOT / "docs" / "benchmarks" / "bench_projection_quick.png"
     ks = [int(k) for k in args.ks.split(",")]
     fid_ks = [int(k) for k in args.fid_ks.split(",")]
     seeds = [int(x) for x in args.fid_seeds.split(",")]

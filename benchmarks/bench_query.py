@@ -169,8 +169,8 @@ def main():
                    help="keep the parts of an existing --json that this run skips (e.g. rerun "
                    "only the SmolLM2 part with --skip-synthetic --update)")
     p.add_argument("--tmp", type=Path, default=Path("/tmp/gradproj-bench-query"))
-    p.add_argument("--json", type=Path, default=ROOT / "docs" / "bench_query.json")
-    p.add_argument("--png", type=Path, default=ROOT / "docs" / "bench_query.png")
+    p.add_argument("--json", type=Path, default=ROOT / "docs" / "benchmarks" / "bench_query.json")
+    p.add_argument("--png", type=Path, default=ROOT / "docs" / "benchmarks" / "bench_query.png")
     p.add_argument("--skip-estimate", action="store_true",
                    help="build --pairs SmolLM2 pairs without the 64-pair estimate first")
     p.add_argument("--worker", help=argparse.SUPPRESS)

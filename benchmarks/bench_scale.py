@@ -38,13 +38,13 @@ def main(argv=None) -> int:
     ap.add_argument("--k", type=int, default=8192)
     ap.add_argument("--budget-s", type=float, default=float("inf"),
                     help="start no further run once this much time has gone")
-    ap.add_argument("--out", default=str(ROOT / "docs" / "bench_scale.json"))
-    ap.add_argument("--plot", default=str(ROOT / "docs" / "bench_scale.png"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "benchmarks" / "bench_scale.json"))
+    ap.add_argument("--plot", default=str(ROOT / "docs" / "benchmarks" / "bench_scale.png"))
     ap.add_argument("--plan-check", action="store_true",
                     help="also check gradproj plan's peaks at the PLAN_SIZES (torch allocations)")
     ap.add_argument("--results-md", default=None,
                     help="write the tables between its bench_scale markers (default: "
-                         "docs/results.md when --out is the default docs/bench_scale.json)")
+                         "docs/results.md when --out is the default docs/benchmarks/bench_scale.json)")
     a = ap.parse_args(argv)
     info, machine = machine_info(ROOT, ("transformers", "peft")), machine_key(a.device)
     print(f"{machine}: {machine_line(info)}", flush=True)
@@ -58,7 +58,7 @@ def main(argv=None) -> int:
         scale.save_plan_check(a.out, machine, [scale.check_plan(size) for size in scale.PLAN_SIZES])
     if not results and not a.plan_check:
         return 1
-    if results and Path(a.out) == ROOT / "docs" / "bench_scale.json":
+    if results and Path(a.out) == ROOT / "docs" / "benchmarks" / "bench_scale.json":
         # the rates gradproj plan reads ship with the package
         from gradproj.pipeline.plan import THROUGHPUT_FILE, read_throughput, write_throughput
 
@@ -69,7 +69,7 @@ def main(argv=None) -> int:
     text = scale.report(a.out, machine, Path(a.plot).name)
     print(text)
     results_md = a.results_md or (ROOT / "docs" / "results.md"
-                                  if Path(a.out) == ROOT / "docs" / "bench_scale.json" else None)
+                                  if Path(a.out) == ROOT / "docs" / "benchmarks" / "bench_scale.json" else None)
     if results_md and scale.write_results(results_md, text):
         print(f"tables written into {results_md}")
     return 0

@@ -27,7 +27,7 @@ the wall time of every stage.
     .venv/bin/python -m benchmarks.bench_select          # 96 train / 24 val / 48 test, 3 seeds
     .venv/bin/python -m benchmarks.bench_select --quick  # 32 / 8 / 16, 1 seed (a few minutes)
 
-Writes ``--json`` (default docs/bench_select.json) and ``--png`` (docs/bench_select.png);
+Writes ``--json`` (default docs/benchmarks/bench_select.json) and ``--png`` (docs/benchmarks/bench_select.png);
 artifacts (pairs, adapters, store) go to ``--work`` (default /tmp/gradproj-bench-select).
 Timings on a shared 2-core machine are noisy; the load average is recorded at start and end.
 """
@@ -291,8 +291,8 @@ def main(argv=None):
     ap.add_argument("--replot", metavar="JSON",
                     help="only re-render the table and PNG from a results JSON")
     ap.add_argument("--work", default="/tmp/gradproj-bench-select")
-    ap.add_argument("--json", default=str(C.ROOT / "docs" / "bench_select.json"))
-    ap.add_argument("--png", default=str(C.ROOT / "docs" / "bench_select.png"))
+    ap.add_argument("--json", default=str(C.ROOT / "docs" / "benchmarks" / "bench_select.json"))
+    ap.add_argument("--png", default=str(C.ROOT / "docs" / "benchmarks" / "bench_select.png"))
     args = ap.parse_args(argv)
     if args.quick:
         args.n_train, args.n_val, args.n_test = 32, 8, 16

@@ -35,8 +35,9 @@ def log(msg: str) -> None:
     print(msg, flush=True)
 
 
-def load_smollm2(device: str = "cpu"):
-    """The embedded SmolLM2-135M-Instruct with a fresh LoRA r=8 on q_proj, v_proj."""
+def load_smollm2(device: str = "cpu", max_tokens: int | None = None):
+    """The embedded SmolLM2-135M-Instruct with a fresh LoRA r=8 on q_proj, v_proj; ``max_tokens``:
+    the token budget of a forward pass (pairs grouped by length: less padding, same results)."""
     import logging
     import warnings
 
@@ -45,7 +46,7 @@ def load_smollm2(device: str = "cpu"):
     os.environ.setdefault("TQDM_DISABLE", "1")
     from gradproj.core.model import LoraSettings, ModelSettings, load_model
 
-    loaded = load_model(ModelSettings(model="smollm2", device=device,
+    loaded = load_model(ModelSettings(model="smollm2", device=device, max_tokens=max_tokens,
                                       lora=LoraSettings(r=8, targets=("q_proj", "v_proj"))))
     release_memory()
     return loaded

@@ -9,7 +9,7 @@ order as the cosine, ‖ḡ_V‖ is one constant) and for −‖g_d‖, overall 
 the rank correlation of IF with ‖g_d‖ (benchmarks.harness.noise.norm_diagnosis).
 
     .venv/bin/python -m benchmarks.diagnose_noise \\
-        --json docs/bench_select_bigbench.json --work /tmp/gradproj-bench-suite-select
+        --json docs/benchmarks/bench_select_bigbench.json --work /tmp/gradproj-bench-suite-select
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from benchmarks.harness import plots
 from benchmarks.harness.tables import lds_row_name
 
 ROOT = Path(__file__).resolve().parents[2]
-DOCS = ROOT / "docs"
+DOCS = ROOT / "docs" / "benchmarks"
 pytest.importorskip("matplotlib")
 
 

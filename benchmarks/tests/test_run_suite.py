@@ -1,6 +1,5 @@
-"""The evidence suite's report (benchmarks.harness.suite, written by benchmarks/run_suite.py):
-the report's tables are copied into docs/results.md between markers, and nothing outside the
-markers changes."""
+"""The benchmark pages (benchmarks/pages.py, renderers in benchmarks.harness.suite / .hh / .tables)
+rebuild from the committed JSON, and the evidence suite's record (benchmarks/run_suite.py)."""
 
 from __future__ import annotations
 
@@ -11,55 +10,27 @@ from benchmarks.harness import suite
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_splice_replaces_only_the_marked_block(tmp_path):
-    results = tmp_path / "results.md"
-    before = "# results\n\nhand-written intro\n\n"
-    after = "\n## Later section\n\nkept as is\n"
-    results.write_text(before + suite.BEGIN + "\nold tables\n" + suite.END + after)
-    report = tmp_path / "results_evidence.md"
-    report.write_text("# Evidence suite\n\nMachine: x.\n\n## Projection fidelity\n\n| a |\n")
-
-    assert suite.splice(results, report)
-    text = results.read_text()
-    assert text.startswith(before) and text.endswith(after)
-    block = text.split(suite.BEGIN, 1)[1].split(suite.END, 1)[0]
-    assert "old tables" not in block and "# Evidence suite" not in block
-    assert "### Projection fidelity" in block and "Machine: x." in block
-
-    once = results.read_text()          # splicing the same report again changes nothing
-    assert suite.splice(results, report) and results.read_text() == once
-
-
-def test_splice_without_markers_writes_nothing(tmp_path):
-    results = tmp_path / "results.md"
-    results.write_text("# results\n\nno markers here\n")
-    report = tmp_path / "results_evidence.md"
-    report.write_text("# Evidence suite\n\n## Section\n")
-    assert not suite.splice(results, report)
-    assert results.read_text() == "# results\n\nno markers here\n"
-    only_begin = "# r\n" + suite.BEGIN + "\n"
-    results.write_text(only_begin)
-    assert not suite.splice(results, report) and results.read_text() == only_begin
-
-
-DOCS = ROOT / "docs"
+DOCS = ROOT / "docs" / "benchmarks"
 COMMITTED = ("bench_lds.json", "bench_fidelity.json", "bench_learnability.json",
              "bench_dynamics.json")
 
 
-def test_report_rebuilds_from_the_committed_results(tmp_path):
-    """The report's tables come from benchmarks.harness.tables/noise and read the JSON the
-    benchmarks wrote before those moved: every rule, noise rate and LDS row is rendered."""
+def test_pages_rebuild_from_the_committed_results(tmp_path):
+    """Every committed JSON has a page, and the page holds its numbers as the JSON has them:
+    every rule, noise rate and learnability row (renderers moved from the old report)."""
     import json
     import shutil
 
-    for name in COMMITTED:
+    from benchmarks import pages
+
+    names = sorted(p.name for p in DOCS.glob("*.json"))
+    assert names and all(pages.page_of(n[:-5]) is not None for n in names)
+    for name in names:
         shutil.copy(DOCS / name, tmp_path / name)
-    # an older selection benchmark's JSON (the suite's seven BIG-bench tasks) as the control
-    shutil.copy(DOCS / "bench_select_bigbench.json", tmp_path / "bench_evidence_control.json")
-    text = suite.write_report(tmp_path, [], False, {}).read_text()
-    assert "(no results: bench_evidence_learnable.json was not written)" in text
+    written = pages.write_pages(tmp_path)
+    assert sorted(p.name for p in written) == [n[:-5] + ".md" for n in names]
     select = json.loads((DOCS / "bench_select_bigbench.json").read_text())
+    text = (tmp_path / "bench_select_bigbench.md").read_text()
     for r in select["rules"]:
         assert f"| θ + {r['rule']} | {r['kept']:.0f} | " in text
     for n in select["noise"].values():
@@ -69,20 +40,34 @@ def test_report_rebuilds_from_the_committed_results(tmp_path):
     c = select["correlations"]["lossdiff"]
     assert f"| lossdiff | {c['pearson_if']:.3f} (" in text
     assert "Δ policy acc" not in text                # those results have no paired differences
-    assert json.loads((DOCS / "bench_lds.json").read_text())["table"] in text
-    from benchmarks.harness import dynamics
-
+    lds = json.loads((DOCS / "bench_lds.json").read_text())
+    assert lds["table"] in (tmp_path / "bench_lds.md").read_text()
     rows = json.loads((DOCS / "bench_learnability.json").read_text())["rows"]
-    # every source's row, with its numbers as the JSON holds them (the committed file's first
-    # row is the generated task: 96 / 48 pairs, θ reward accuracy 0.604, not learnable)
+    text = (tmp_path / "bench_learnability.md").read_text()
+    # the committed file's first row is the generated task: 96 / 48 pairs, θ reward accuracy
+    # 0.604, not learnable
     assert rows[0]["source"] == "generated" and not rows[0]["learnable"]
     assert "| generated | 96 / 48 | 0.604 | 0.604 | 0.750 | +0.118 | 0.693 → 0.647 | no |" in text
     for r in rows:
         assert (f"| {r['source']} | {r['n_train']} / {r['n_test']} | "
                 f"{r['base']['policy_accuracy']:.3f} | {r['theta']['accuracy']:.3f} | ") in text
-    runs = json.loads((DOCS / "bench_dynamics.json").read_text())["runs"]
-    assert dynamics.markdown(runs, None).splitlines()[0] in text      # the table is there
-    assert len(runs) > 0
+    index = (tmp_path / "README.md").read_text()
+    assert all(f"({p.name})" in index for p in written)
+
+
+def test_committed_pages_are_the_generated_ones(tmp_path):
+    """docs/benchmarks/*.md are what ``python -m benchmarks.pages`` writes from the JSON there
+    (nobody edited a page by hand, and no JSON changed without its page)."""
+    import shutil
+
+    from benchmarks import pages
+
+    for path in DOCS.glob("*.json"):
+        shutil.copy(path, tmp_path / path.name)
+        if path.with_suffix(".png").is_file():
+            shutil.copy(path.with_suffix(".png"), tmp_path / path.with_suffix(".png").name)
+    for page in pages.write_pages(tmp_path) + [tmp_path / "README.md"]:
+        assert page.read_text() == (DOCS / page.name).read_text(), page.name
 
 
 def test_lds_table_is_the_committed_one():
@@ -93,21 +78,6 @@ def test_lds_table_is_the_committed_one():
 
     data = json.loads((DOCS / "bench_lds.json").read_text())
     assert lds_table(data["lds"]) == data["table"]
-
-
-def test_script_rewrites_the_report_from_the_json_in_out(tmp_path):
-    """run_suite.py --only 0: no step runs, the report is assembled from --out's JSON."""
-    import shutil
-    import subprocess
-    import sys
-
-    shutil.copy(DOCS / "bench_lds.json", tmp_path / "bench_lds.json")
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.run_suite", "--only",
-                           "0", "--out", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stderr
-    text = (tmp_path / "results_evidence.md").read_text()
-    assert "Assembled from the JSON files below" in text and "## Linear datamodeling" in text
-    assert "(no results: bench_evidence_learnable.json was not written)" in text
 
 
 def test_projection_tables_are_the_committed_ones():
@@ -208,7 +178,10 @@ def test_suite_record_keeps_every_steps_last_run():
                                            {"step": "c", "seconds": 7}], {"commit": "y"})
     assert [(r["step"], r["seconds"], r["machine"]["commit"]) for r in merged] == [
         ("a", 1, "x"), ("b", 5, "y"), ("c", 7, "y")]
-    assert suite_script.SETS["main"] == (1, 2, 3)
-    names = [s[0] for s in suite_script.steps(ROOT / "docs", quick=False)]
-    assert names[1:3] == ["learnable sources: label noise, downstream",
-                          "control source: label noise, downstream"]
+    sets = suite_script.steps(ROOT / "docs", quick=False, archive=None)
+    assert [name for name, _ in sets["main"][0]] == ["HH-RLHF as published",
+                                                     "HH-RLHF, 25% flipped"]
+    assert sets["bigbench"] == []           # no BIG-bench step without its archive
+    argv = dict(sets["main"][0])["HH-RLHF, 25% flipped"]
+    assert argv[argv.index("--flip") + 1] == "0.25" and "--n-test" in argv
+    assert int(argv[argv.index("--n-test") + 1]) >= 200

@@ -44,7 +44,8 @@ class HeldOut:
         tok = pref.tokenize(pairs, loaded.tokenizer)
         self.n_truncated = tok.n_truncated
         self.reference = response_logprobs(loaded.model, tok.pairs, loaded.tokenizer.pad_token_id,
-                                           batch_size, reference=True)
+                                           batch_size, reference=True,
+                                           max_tokens=loaded.settings.max_tokens)
 
     def evaluate(self, loaded: LoadedModel) -> EvalResult:
         """Metrics of ``loaded``'s active adapter on the held-out pairs."""
