@@ -2,7 +2,7 @@
 
 On the embedded SmolLM2-135M-Instruct (LoRA r=8 on q_proj, v_proj; P = 460 800 trainable
 weights), CPU, with generated chat pairs of about 64 tokens per sequence (the generated
-families, lengthened: gradproj.demo.synthetic.sized_records; the real token counts are
+families, lengthened: benchmarks.harness.tasks.sized_records; the real token counts are
 printed):
 
 * ``train step``  — a hand-written DPO training step on the same PairBatch objects the build
@@ -91,9 +91,9 @@ def main(argv=None) -> int:
     from gradproj.core.tokens import tokenize_pairs
     from benchmarks.harness import buildcost
     from benchmarks.harness.step import perturb_lora_b
-    from gradproj.demo.synthetic import sized_records, token_stats
+    from benchmarks.harness.tasks import sized_records, token_stats
     from gradproj.gradients.perpair import lora_layout
-    from gradproj.gradients.projectors import make_projector
+    from gradproj.projection.factory import make_projector
     from gradproj.store.build import StoreSettings
 
     info = C.machine_info()

@@ -100,7 +100,8 @@ def margin_summary(margins) -> dict:
 def correlations(table) -> dict:
     """Pearson (Fisher 95 % interval) and Spearman (bootstrap 95 % interval) of IRM and of
     LossDiff with IF, over the pairs where both are finite."""
-    from gradproj.evaluation.stats import bootstrap_spearman_ci, fisher_ci, pearson, spearman
+    from benchmarks.harness.stats import bootstrap_spearman_ci, fisher_ci
+    from gradproj.evaluation.stats import pearson, spearman
 
     out = {}
     f = np.asarray(table["if"], float)
@@ -182,7 +183,7 @@ def paired(runs: list[dict], rules, baselines=("all", "random")) -> dict:
 
 def summarise(res: dict) -> dict:
     """The JSON's derived parts (rules, paired differences, seed means), from its raw rows."""
-    from gradproj.evaluation.runner import aggregate
+    from benchmarks.harness.tables import aggregate
     from gradproj.evaluation.stats import mean_ci
 
     runs, seeds = res["runs"], res["seeds"]

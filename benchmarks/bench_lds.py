@@ -173,7 +173,7 @@ def run(args) -> None:
     from gradproj.evaluation.runner import Continuation, HeldOut
     from gradproj.evaluation.stats import spearman
     from benchmarks.harness.step import step_seconds
-    from gradproj.demo.synthetic import token_stats
+    from benchmarks.harness.tasks import token_stats
     from benchmarks.harness.tables import lds_row_name, lds_table
     from benchmarks.harness.tiny import save_tiny_llama
     from gradproj.gradients.perpair import lora_layout

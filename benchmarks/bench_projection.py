@@ -55,7 +55,7 @@ class TrakDirect:
 
 def speed_part(layout, ks, batch, repeats, cache_mb, gemm_mb) -> tuple[list, dict]:
     from benchmarks.harness.buildcost import PrebuiltProjector, cached_share
-    from gradproj.gradients.projectors import make_projector
+    from gradproj.projection.factory import make_projector
 
     P = sum(n for _, n in layout)
     x = torch.randn(batch, P, generator=torch.Generator().manual_seed(1))
@@ -105,9 +105,9 @@ def fidelity_part(loaded, layout, ks, n_train, n_val, batch_size, data="syntheti
     from gradproj.core.tokens import tokenize_pairs
     from benchmarks.harness.exact import exact_gradients, influence, projection_fidelity
     from gradproj.evaluation.stats import mean_std
-    from gradproj.demo.synthetic import token_stats
+    from benchmarks.harness.tasks import token_stats
     from benchmarks.harness.tasks import load_task
-    from gradproj.gradients.projectors import make_projector
+    from gradproj.projection.factory import make_projector
 
     task = load_task(data, n_train, n_val, 1, 0.25 if data == "synthetic" else 0.0, 0,
                      cache_dir=cache)

@@ -145,6 +145,7 @@ def run(args) -> dict:
         t_task = task if rate == args.flip else load_task(args, rate, args.noise_n_train)
         label = "" if rate == args.flip else f"[flip {rate:.0%}] "
         st = score_stage(args, loaded, t_task, work / f"flip-{rate:.2f}", label)
+        loaded = st["scored"].loaded          # reattach used the previous handle up
         noise[f"{rate:.2f}"] = {
             "flip": rate, "n_train": len(t_task.train), "n_flipped": len(t_task.flipped),
             "auroc_clean_vs_flipped": st["auroc_clean_vs_flipped"],
@@ -162,19 +163,21 @@ def run(args) -> dict:
             shutil.rmtree(work / f"flip-{rate:.2f}", ignore_errors=True)
     scored, training, is_flip, cols = (stage["scored"], stage["training"], stage["is_flip"],
                                        stage["cols"])
+    scored = replace(scored, loaded=loaded)          # the handle the last stage left
     cost = None
     if args.cost:
-        cost = second_query_cost(scored, task.train, task.val2, training, stage["pref"],
-                                 args.aux_epochs)
+        cost, loaded = second_query_cost(scored, task.train, task.val2, training,
+                                         stage["pref"], args.aux_epochs)
         say("second query: store {store_answer_s:.1f}s, LossDiff {lossdiff_answer_s:.1f}s "
             "(θ_V {lossdiff_aux_training_s:.1f} + forward {lossdiff_forward_s:.1f}), IF without "
             "a store {if_without_store_s:.1f}s".format(**cost))
 
-    model = reattach(scored.loaded, scored.theta)
+    model = reattach(loaded, scored.theta)
     warm = heldout.evaluate(model).to_dict()
-    aux = heldout.evaluate(reattach(model, scored.theta_v)).to_dict()
+    aux_model = reattach(model, scored.theta_v)
+    aux = heldout.evaluate(aux_model).to_dict()
     say(f"θ: policy acc {warm['policy_accuracy']:.3f}; θ_V: {aux['policy_accuracy']:.3f}")
-    model = reattach(model, scored.theta)
+    model = reattach(aux_model, scored.theta)
     n_train_by_task = Counter(label_noise.task_names([p.id for p in task.train]))
     learnable = [learnability.row(t, n_train_by_task[t], len(groups[t]), base_by_task[t],
                                   h.evaluate(model).to_dict()) for t, h in per_task.items()]
@@ -224,7 +227,7 @@ def run(args) -> dict:
 
 
 def finish(res: dict, runs: list[dict], stages: dict, t_all: float, partial: bool = False):
-    from gradproj.evaluation.runner import aggregate
+    from benchmarks.harness.tables import aggregate
 
     res["runs"] = runs
     res["rules"] = aggregate(runs, RULES)
@@ -303,7 +306,7 @@ def main(argv=None):
     args.seeds = tuple(args.seeds)
 
     if args.replot:
-        from gradproj.evaluation.runner import reaggregate
+        from benchmarks.harness.tables import reaggregate
 
         res = reaggregate(json.loads(Path(args.replot).read_text()), RULES)
         if Path(args.replot).resolve() != Path(args.json).resolve():

@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 from benchmarks.harness import measure
 from benchmarks.harness import tables
+from gradproj.core.atomic import write_atomic
 
 end_of_run, interleaved, median = measure.end_of_run, measure.interleaved, measure.median
 machine_line, rss_gib, timed = measure.machine_line, measure.rss_gib, measure.timed
@@ -28,7 +29,7 @@ def machine_info(packages=()) -> dict:
 
 def write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tables.write_text_atomic(path, json.dumps(data, indent=2, default=float) + "\n")
+    write_atomic(path, json.dumps(data, indent=2, default=float) + "\n")
 
 
 def log(msg: str) -> None:

@@ -1,4 +1,4 @@
-"""Device check of the fused Triton projection (gradproj.gradients.kernels), on one CUDA GPU.
+"""Device check of the fused Triton projection (gradproj.projection.kernels), on one CUDA GPU.
 
     python3 -m benchmarks.gpu_check       # (benchmarks/gpu_check.sh runs this)
 
@@ -40,8 +40,8 @@ import torch  # noqa: E402
 
 from benchmarks.harness.tables import markdown_table  # noqa: E402
 from benchmarks.harness.tiny import random_smollm2, random_token_pairs, smollm2_lora_layout  # noqa: E402
-from gradproj.gradients.projection import HashProjector  # noqa: E402
-from gradproj.gradients.spec import ProjectorSpec  # noqa: E402
+from gradproj.projection.base import HashProjector  # noqa: E402
+from gradproj.projection.spec import ProjectorSpec  # noqa: E402
 
 DEVICE = "cuda"
 START = time.perf_counter()
@@ -113,7 +113,7 @@ BOUNDS = {("rademacher", "split"): 1e-5, ("gaussian", "split"): 5e-5,
 
 
 def part_a() -> bool:
-    from gradproj.gradients.kernels import project_pieces_triton
+    from gradproj.projection.kernels import project_pieces_triton
 
     ok_all = True
     gen = torch.Generator(device=DEVICE).manual_seed(2024)
@@ -156,7 +156,7 @@ def part_b(budget_s: float) -> None:
 
 
 def bench_shape(label: str, batch: int, layout, k: int, gen, sweep: bool) -> None:
-    from gradproj.gradients.kernels import KernelConfig, default_config, project_pieces_triton
+    from gradproj.projection.kernels import KernelConfig, default_config, project_pieces_triton
 
     p = sum(n for _, n in layout)
     name = f"{label} B={batch} P={p} k={k}"
@@ -253,7 +253,7 @@ def part_c(n_pairs: int, batch_size: int) -> None:
     from gradproj.core.tokens import batches
     from gradproj.evaluation.state import trainable
     from benchmarks.harness.step import objective_step
-    from gradproj.gradients.kernels import project_pieces_triton
+    from gradproj.projection.kernels import project_pieces_triton
     from gradproj.store.build import FeatureComputer, StoreSettings
 
     model = random_smollm2(DEVICE)

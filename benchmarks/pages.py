@@ -161,21 +161,21 @@ def render_page(path: Path) -> str:
 
 def write_pages(folder: Path = FOLDER) -> list[Path]:
     """Every page of ``folder`` from its JSON, and README.md listing them."""
-    from benchmarks.harness.tables import write_text_atomic
+    from gradproj.core.atomic import write_atomic
 
     written = []
     for path in sorted(folder.glob("*.json")):
         if page_of(path.stem) is None:
             continue
         page = path.with_suffix(".md")
-        write_text_atomic(page, render_page(path))
+        write_atomic(page, render_page(path))
         written.append(page)
     index = ["# Benchmark pages", "",
              "One page per result file, generated from the JSON beside it by "
              "`python -m benchmarks.pages` (do not edit the pages; rerun the benchmark, or "
              "this command). The reading is in [../results.md](../results.md).", ""]
     index += [f"- [{page_of(p.stem)[0]}]({p.name}) — `{p.stem}.json`" for p in written]
-    write_text_atomic(folder / "README.md", "\n".join(index) + "\n")
+    write_atomic(folder / "README.md", "\n".join(index) + "\n")
     return written
 
 

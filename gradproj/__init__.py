@@ -30,7 +30,7 @@ _API = {
     "gradproj.training.evaluate": ("evaluate", "EvalResult"),
     # gradients
     "gradproj.gradients.perpair": ("PerPairGradients",),
-    "gradproj.gradients.projectors": ("make_projector",),
+    "gradproj.projection.factory": ("make_projector",),
     # store
     "gradproj.store.build": ("StoreSettings", "build_store"),
     "gradproj.store.shards": ("Store", "merge_stores"),

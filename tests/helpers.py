@@ -4,10 +4,13 @@ sample pairs, oracles (token loops), files. Fixtures live in conftest.py."""
 from __future__ import annotations
 
 import json
+import math
 import random
 
 import pytest
 import torch
+
+from gradproj.projection.counter_hash import GAUSS_TAG, mix32_int, param_keys
 
 WORDS = ("the a cat dog sat ran on mat red blue green is was and or not yes no what which "
          "color animal big small one two three four five six seven eight nine ten plus equals "
@@ -219,3 +222,25 @@ def load_benchmark(name: str):
     import importlib
 
     return importlib.import_module(f"benchmarks.{name}")
+
+
+def entry_reference(seed: int, name: str, row: int, col: int, kind: str, *,
+                    k: int | None = None, sjlt_s: int = 4) -> float:
+    """Scalar pure-Python value of the unscaled ``R[row, col]`` (``k`` needed for sjlt)."""
+    row_key, col_key = param_keys(seed, name, kind)
+
+    def word(r: int, w: int) -> int:
+        return mix32_int(mix32_int(row_key ^ r) ^ mix32_int(col_key ^ w))
+
+    if kind == "rademacher":
+        return -1.0 if (word(row, col >> 5) >> (col & 31)) & 1 else 1.0
+    if kind == "gaussian":
+        h1 = word(row, col >> 1)
+        h2 = mix32_int(h1 ^ GAUSS_TAG)
+        u1, u2 = ((h1 >> 8) + 1) / 2**24, (h2 >> 8) / 2**24
+        radius, angle = math.sqrt(-2.0 * math.log(u1)), 2.0 * math.pi * u2
+        return radius * (math.cos(angle) if col % 2 == 0 else math.sin(angle))
+    if not (kind == "sjlt" and k is not None):
+        raise ValueError(f"no reference entries for '{kind}' (k={k})")
+    hs = [word(j, col) for j in range(sjlt_s)]
+    return float(sum(1 - 2 * (h & 1) for h in hs if (h * k) >> 32 == row))

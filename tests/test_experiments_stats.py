@@ -54,27 +54,6 @@ def test_auroc_hand_example_and_brute_force():
     assert math.isnan(stats.auroc([1.0, 2.0], [True, True]))
 
 
-def test_fisher_interval():
-    lo, hi = stats.fisher_ci(0.5, 28)               # atanh(.5) ± 1.96 / 5
-    assert lo == pytest.approx(math.tanh(math.atanh(0.5) - 0.392))
-    assert hi == pytest.approx(math.tanh(math.atanh(0.5) + 0.392))
-    assert lo == pytest.approx(0.1560, abs=1e-4) and hi == pytest.approx(0.7358, abs=1e-4)
-    assert all(math.isnan(v) for v in stats.fisher_ci(0.5, 3))
-
-
-def test_bootstrap_interval_is_the_percentiles_of_resampled_spearman():
-    rng = np.random.default_rng(1)
-    x = rng.standard_normal(25)
-    y = x + 0.8 * rng.standard_normal(25)
-    lo, hi = stats.bootstrap_spearman_ci(x, y, reps=300, seed=7)
-    idx = np.random.default_rng(7).integers(0, 25, (300, 25))
-    rhos = [stats.spearman(x[i], y[i]) for i in idx]
-    rhos = [r for r in rhos if math.isfinite(r)]
-    assert (lo, hi) == pytest.approx(tuple(np.quantile(rhos, [0.025, 0.975])))
-    assert lo < stats.spearman(x, y) < hi
-    assert all(math.isnan(v) for v in stats.bootstrap_spearman_ci(x, y, reps=0))
-
-
 def test_mean_std_and_t_intervals():
     assert stats.mean_std([1, 2, 3, 4]) == pytest.approx((2.5, 1.2909944))
     assert stats.mean_std([0.7]) == (0.7, 0.0)

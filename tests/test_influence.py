@@ -35,8 +35,9 @@ from gradproj.attribution.influence import (
     validation_features,
 )
 from gradproj.core.model import ModelSettings, load_model
-from gradproj.gradients.spec import ProjectorSpec
-from gradproj.store.shards import ROW_DTYPE, STATUS, Store, StoreWriter
+from gradproj.projection.spec import ProjectorSpec
+from gradproj.store.manifest import ROW_DTYPE, STATUS
+from gradproj.store.shards import Store, StoreWriter
 from gradproj.core.tokens import collate, tokenize_pairs
 
 PREF32 = PreferenceSettings(max_length=32)

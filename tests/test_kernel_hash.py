@@ -24,16 +24,16 @@ import pytest
 import torch
 
 from gradproj.core.errors import GradprojError
-from gradproj.gradients.counter_hash import GAUSS_TAG as _GAUSS_TAG
-from gradproj.gradients.counter_hash import MAX_NUMEL
-from gradproj.gradients.counter_hash import MUL1 as _MUL1
-from gradproj.gradients.counter_hash import MUL2 as _MUL2
-from gradproj.gradients.counter_hash import entry_reference as _entry_reference
-from gradproj.gradients.counter_hash import param_keys as _keys
-from gradproj.gradients.kernels import Segment, emulate_tile, plan_work, triton_available
-from gradproj.gradients.kernels import triton_projection as tp
-from gradproj.gradients.projection import projection_block
-from gradproj.gradients.spec import ProjectorSpec
+from gradproj.projection.counter_hash import GAUSS_TAG as _GAUSS_TAG
+from gradproj.projection.counter_hash import MAX_NUMEL
+from gradproj.projection.counter_hash import MUL1 as _MUL1
+from gradproj.projection.counter_hash import MUL2 as _MUL2
+from helpers import entry_reference as _entry_reference
+from gradproj.projection.counter_hash import param_keys as _keys
+from gradproj.projection.kernels import Segment, emulate_tile, plan_work, triton_available
+from gradproj.projection.kernels import triton_projection as tp
+from gradproj.projection.base import projection_block
+from gradproj.projection.spec import ProjectorSpec
 
 ROOT = Path(__file__).resolve().parents[1]
 CASES = [  # (seed, parameter name, k, c0, c1, numel)
@@ -177,10 +177,10 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
 
     itp._patch_lang_tensor = patch_tensor
 
-    from gradproj.gradients.counter_hash import param_keys as _keys
-    from gradproj.gradients.kernels import KernelConfig, project_pieces_triton, project_triton
-    from gradproj.gradients.projection import HashProjector, projection_block
-    from gradproj.gradients.spec import ProjectorSpec
+    from gradproj.projection.counter_hash import param_keys as _keys
+    from gradproj.projection.kernels import KernelConfig, project_pieces_triton, project_triton
+    from gradproj.projection.base import HashProjector, projection_block
+    from gradproj.projection.spec import ProjectorSpec
 
     SMALL = KernelConfig(block_k=32, block_n=64, num_warps=4)
     PER_ELEMENT = KernelConfig(block_k=32, block_n=32, num_warps=4, per_element=True)
@@ -270,7 +270,7 @@ def test_kernel_under_triton_interpreter_matches_hash_projector() -> None:
 
 
 def test_kernel_config_parses_and_overrides_from_env(monkeypatch) -> None:
-    from gradproj.gradients.kernels import CONFIG_ENV, DEFAULT_CONFIG, KernelConfig, default_config
+    from gradproj.projection.kernels import CONFIG_ENV, DEFAULT_CONFIG, KernelConfig, default_config
 
     assert KernelConfig.parse("64,64,4,3,1") == KernelConfig(64, 64, 4, 3, per_element=True)
     monkeypatch.setenv(CONFIG_ENV, "256,32,8,1")

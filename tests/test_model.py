@@ -95,3 +95,12 @@ def test_reattach_swaps_adapters_without_reloading(tiny_llama, tmp_path):
     assert back.adapter_fingerprint() == trained and back.settings.adapter == str(tmp_path / "a")
     assert back.base_fingerprint == loaded.base_fingerprint
     assert sum("lora_A" in n for n, _ in back.model.named_parameters()) == 4   # no stacking
+    # the handles handed to reattach are used up: computing with them fails in one line
+    # instead of silently running the other adapter
+    for old in (loaded, fresh):
+        with pytest.raises(GradprojError, match="handed to reattach"):
+            old.model.parameters()
+    # named(): a new handle naming another adapter folder; the old handle is unchanged
+    other = back.named("elsewhere")
+    assert other.settings.adapter == "elsewhere" and other.model is back.model
+    assert back.settings.adapter == str(tmp_path / "a")

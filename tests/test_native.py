@@ -60,8 +60,9 @@ def test_half_matvec_refuses_other_layouts(lib):
 def test_mean_query_is_the_same_with_and_without_the_kernel(tmp_path, monkeypatch):
     """stream_matvec on a store of several shards: the fused kernel and the torch path agree to
     float32 rounding (and the torch path is what runs where there is no compiler)."""
-    from gradproj.gradients.spec import ProjectorSpec
-    from gradproj.store.shards import ROW_DTYPE, Store, StoreWriter
+    from gradproj.projection.spec import ProjectorSpec
+    from gradproj.store.manifest import ROW_DTYPE
+    from gradproj.store.shards import Store, StoreWriter
 
     rng = np.random.default_rng(0)
     spec = ProjectorSpec(kind="rademacher", k=96).to_dict()

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 
 from gradproj.cli import main
-from gradproj.pipeline.plan import (
+from gradproj.plan import (
     Architecture,
     Precision,
     format_plan,
@@ -179,7 +179,7 @@ def test_gpu_verdict_for_the_readme_8b_recipe():
     assert "training step  does NOT fit: 86.8 GiB at 8 pairs × 2048 tokens a pass" in res.output
     assert "fits with --max-tokens 28672 (7 pairs a pass; the step keeps its pairs): 77.9 GiB" \
         in res.output
-    from gradproj.pipeline.plan import fit_verdict, load_architecture
+    from gradproj.plan import fit_verdict, load_architecture
 
     arch, _ = load_architecture(str(CONFIGS / "llama-3.1-8b.json"))
     chosen = Precision("bfloat16", "full", True)
@@ -200,8 +200,8 @@ def test_gpu_verdict_for_the_readme_8b_recipe():
 
 
 def test_plan_ships_its_throughput_table():
-    from gradproj.pipeline.plan import THROUGHPUT_FILE, gpu_table
+    from gradproj.plan import THROUGHPUT_FILE, gpu_table
 
-    assert THROUGHPUT_FILE.parent.name == "pipeline" and THROUGHPUT_FILE.is_file()
+    assert THROUGHPUT_FILE.parent.name == "plan" and THROUGHPUT_FILE.is_file()
     assert read_throughput()                           # a measured machine, from package data
     assert gpu_table()["H100"]["bf16_flops_per_s"] == pytest.approx(989.4e12)

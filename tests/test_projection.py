@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from gradproj.core.errors import GradprojError
-from gradproj.gradients.counter_hash import entry_reference as _entry_reference
-from gradproj.gradients.projection import HashProjector, SJLTProjector, projection_block
-from gradproj.gradients.projectors import make_projector, projector_from_spec
-from gradproj.gradients.spec import PROJECTION_VERSION, ProjectorSpec, layout_hash
+from helpers import entry_reference as _entry_reference
+from gradproj.projection.base import HashProjector, SJLTProjector, projection_block
+from gradproj.projection.factory import make_projector, projector_from_spec
+from gradproj.projection.spec import PROJECTION_VERSION, ProjectorSpec, layout_hash
 
 HASH_KINDS = ["rademacher", "gaussian", "sjlt"]
 LAYOUT = [("layers.0.q_proj.lora_A.weight", 640), ("layers.0.q_proj.lora_B.weight", 960),

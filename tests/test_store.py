@@ -21,7 +21,8 @@ from gradproj.core.data import load_pairs
 from gradproj.core.errors import GradprojError
 from gradproj.core.model import ModelSettings, load_model
 from gradproj.core.objectives import PreferenceSettings
-from gradproj.store.shards import ROW_DTYPE, Store, StoreLock, StoreWriter
+from gradproj.store.manifest import ROW_DTYPE
+from gradproj.store.shards import Store, StoreLock, StoreWriter
 
 
 
@@ -211,7 +212,8 @@ def test_inspect_shows_the_store(tiny_llama, pairs_file, tmp_path):
 def _as_schema_1(root):
     """Rewrite a store as gradproj wrote it before objectives (schema 1): rows without
     lengths, the manifest's ``loss`` {name, beta} and loss/beta/max_length in its settings."""
-    from gradproj.store.shards import ROW_DTYPE_V1, sha256_file
+    from gradproj.store.manifest import ROW_DTYPE_V1
+    from gradproj.store.shards import sha256_file
 
     m = json.loads((root / "manifest.json").read_text())
     for shard in m["shards"]:

@@ -40,9 +40,9 @@ def learnability_lines(res: dict) -> list[str]:
 def rule_lines(res: dict) -> list[str]:
     rows = []
     for r in res["rules"]:
-        rows.append([r["rule"], f"{r['kept']:.0f}", f"{r['flipped_in_kept']:.1f}",
+        rows.append([r["rule"], f"{r['kept']:.0f}", f"{r['flipped_in_kept']:.0%}",
                      *[f"{r[k]:.3f} ± {r[k + '_std']:.3f}" for k in NAMES]])
-    return [markdown_table(["rule", "kept", "flipped kept", *NAMES.values()], rows)]
+    return [markdown_table(["rule", "kept", "flipped in kept", *NAMES.values()], rows)]
 
 
 def paired_lines(res: dict) -> list[str]:
@@ -85,11 +85,11 @@ def decomposition_lines(res: dict) -> list[str]:
         if d is None:
             return []
         rows.append([str(s["seed"]), f"{s['correlations']['irm']['pearson']:+.2f}",
-                     f"{d['pearson_irm_alignment']:+.2f}", f"{d['pearson_irm_weight']:+.2f}",
+                     f"{d['pearson_irm_alignment']:+.2f}",
                      f"{d['share_alignment_positive']:.2f}",
                      f"{d['mean_alignment_low_irm']:+.3g} / {d['mean_alignment_high_irm']:+.3g}"])
     return [markdown_table(["seed", "Pearson(IRM, IF)", "Pearson(IRM, alignment)",
-                            "Pearson(IRM, σ(−IRM))", "alignment > 0",
+                            "alignment > 0",
                             "mean alignment, low / high IRM half"], rows)]
 
 

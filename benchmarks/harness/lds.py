@@ -21,7 +21,8 @@ import numpy as np
 
 from gradproj.core.data import PreferencePair
 from gradproj.evaluation.runner import Continuation
-from gradproj.evaluation.stats import bootstrap_spearman_ci, pearson, spearman
+from benchmarks.harness.stats import bootstrap_spearman_ci
+from gradproj.evaluation.stats import pearson, spearman
 
 
 def half_subsets(n: int, count: int, seed: int = 0) -> list[np.ndarray]:

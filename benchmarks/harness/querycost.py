@@ -36,8 +36,9 @@ def random_store(root: str | Path, n: int, k: int, shard_rows: int = 16384,
                  seed: int = 0) -> dict:
     """Write a store of ``n`` random N(0, 1) float16 rows [n, k] in shards of ``shard_rows``
     (gradproj's store format, rademacher spec); seconds taken and bytes (features, on disk)."""
-    from gradproj.gradients.spec import ProjectorSpec
-    from gradproj.store.shards import ROW_DTYPE, StoreWriter
+    from gradproj.projection.spec import ProjectorSpec
+    from gradproj.store.manifest import ROW_DTYPE
+    from gradproj.store.shards import StoreWriter
 
     root = Path(root)
     rng = np.random.default_rng(seed)

@@ -4,7 +4,7 @@ the peak memory of each, measured two ways.
 
 * :func:`torch_peak` — the highest sum of bytes torch holds in allocations made while a
   function runs (the profiler's allocation records, replayed in time order): what the tensors
-  need, and what :func:`gradproj.pipeline.plan.memory` estimates (less the weights, which exist
+  need, and what :func:`gradproj.plan.memory` estimates (less the weights, which exist
   before).
 * :func:`rss_peak` — the process's resident high-water mark (VmHWM, reset first): what the
   machine must have, the Python runtime and the allocator's slack included.
@@ -28,8 +28,9 @@ from gradproj.core.tokens import TokenizedPair, collate
 from benchmarks.harness.measure import median, proc_status, reset_peak_rss
 from gradproj.evaluation.state import restore, snapshot, trainable
 from benchmarks.harness.step import objective_step, perturb_lora_b
-from benchmarks.harness.tables import bench_markers, replace_between, write_text_atomic
-from gradproj.pipeline.plan import Architecture, Precision, lora_size, memory, stage_flops
+from benchmarks.harness.tables import bench_markers, replace_between
+from gradproj.core.atomic import write_atomic
+from gradproj.plan import Architecture, Precision, lora_size, memory, stage_flops
 
 CONFIGS = Path(__file__).resolve().parents[2] / "benchmarks" / "configs"
 
@@ -356,8 +357,8 @@ def save(path, machine: str, info: dict, results: list[dict], throughput=None) -
     keys) and record, per stage, the FLOP rate of the largest-token run with the same dtype,
     base and checkpointing as the last result (what ``gradproj plan`` scales time by) in
     ``throughput`` (default: ``path`` itself; the package's table is
-    gradproj.pipeline.plan.THROUGHPUT_FILE)."""
-    from gradproj.pipeline.plan import write_throughput
+    gradproj.plan.THROUGHPUT_FILE)."""
+    from gradproj.plan import write_throughput
 
     path = Path(path)
     data = _read_json(path)
@@ -365,7 +366,7 @@ def save(path, machine: str, info: dict, results: list[dict], throughput=None) -
     entry["machine"] = info
     mine = {key(r) for r in results}
     entry["results"] = [r for r in entry["results"] if key(r) not in mine] + results
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
     last = results[-1]
     same = [r for r in entry["results"] if (r["dtype"], r["base"], r["checkpointing"]) ==
             (last["dtype"], last["base"], last["checkpointing"])]
@@ -560,7 +561,7 @@ def save_plan_check(path, machine: str, rows: list[dict]) -> None:
     path = Path(path)
     data = _read_json(path)
     data.setdefault("plan_check", {})[machine] = rows
-    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
+    write_atomic(path, json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def report(path, machine: str, plot_name: str = "bench_scale.png") -> str:

@@ -96,7 +96,8 @@ def score_statistics(table: ScoreTable, flipped) -> dict:
     import numpy as np
 
     from benchmarks.harness.noise import SCORES, auroc_clean_vs_flipped, per_task_auroc
-    from gradproj.evaluation.stats import fisher_ci, pearson, spearman
+    from benchmarks.harness.stats import fisher_ci
+    from gradproj.evaluation.stats import pearson, spearman
 
     is_flip = np.array([i in flipped for i in table.ids])
     cols = {c: np.asarray(table[c], float) for c in SCORES}
@@ -119,7 +120,8 @@ def second_query_cost(scored: Scored, train: list[PreferencePair], val2: list[Pr
     """Seconds to answer a second, new validation set ``val2`` once θ exists, three ways: from
     the store (val2 gradients + lookup); by LossDiff (a new θ_V from θ on val2, then forward
     passes over every training pair); IF without a store (the store build + the store answer);
-    their ratios, and Spearman(IF on val2, LossDiff on val2)."""
+    their ratios, and Spearman(IF on val2, LossDiff on val2). Also the model handle to go on
+    with (``scored.loaded`` is used up)."""
     from gradproj.attribution.influence import InfluenceSettings, compute_influence
     from gradproj.attribution.scores import score_pairs
     from gradproj.evaluation.stats import spearman
@@ -147,4 +149,4 @@ def second_query_cost(scored: Scored, train: list[PreferencePair], val2: list[Pr
             "ratio_lossdiff_to_store": lossdiff_s / store_s,
             "ratio_if_without_store_to_lossdiff": (build_s + store_s) / lossdiff_s,
             "ratio_if_without_store_to_store": (build_s + store_s) / store_s,
-            "spearman_if_val2_lossdiff_val2": spearman(inf.scores, table["lossdiff"])}
+            "spearman_if_val2_lossdiff_val2": spearman(inf.scores, table["lossdiff"])}, model

@@ -6,13 +6,14 @@ are in :mod:`benchmarks.harness.noise`.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks.harness.noise import noise_lines
+from gradproj.core.atomic import write_atomic
+from gradproj.evaluation.stats import mean_std, paired_difference_ci
 
 PAPER = {"pearson_lossdiff_if": 0.77, "pearson_irm_if": 0.67,
          "overlap_lossdiff_irm_tif": (0.73, 0.78), "overlap_single_tif": (0.60, 0.70)}
@@ -48,7 +49,7 @@ def replace_between(path, begin: str, end: str, body: str) -> bool:
     if begin not in text or end not in text.split(begin, 1)[1]:
         return False
     head, rest = text.split(begin, 1)
-    write_text_atomic(path, f"{head}{begin}\n{body.strip(chr(10))}\n{end}{rest.split(end, 1)[1]}")
+    write_atomic(path, f"{head}{begin}\n{body.strip(chr(10))}\n{end}{rest.split(end, 1)[1]}")
     return True
 
 
@@ -57,18 +58,6 @@ def bench_markers(name: str) -> tuple[str, str]:
     docs/results.md (with :func:`replace_between`)."""
     return (f"<!-- {name}: begin — written by benchmarks/{name}.py -->",
             f"<!-- {name}: end -->")
-
-
-def write_text_atomic(path, text: str) -> None:
-    """Write ``text`` to a temporary sibling and rename it over ``path``: a reader (or a run
-    killed half-way) never sees a half-written file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------ selection
@@ -321,3 +310,46 @@ def fidelity_table(rows: list[dict], ks: Sequence[int], with_std: bool) -> str:
                 f"{by_k[k][metric]:.4f}" + (f" ± {by_k[k][metric + '_std']:.4f}"
                                             if with_std else "") for k in ks])
     return markdown_table(["kind", "metric"] + [f"k={k}" for k in ks], body)
+
+
+SELECTION_KEYS = ("kept", "flips_removed", "flipped_in_kept", "overlap_tif", "bands",
+                  "drop_reasons")
+"""A run row's keys that describe its selection rather than its training."""
+
+
+def reaggregate(res: dict, rules: Sequence[str]) -> dict:
+    """A selection benchmark's results with ``rules`` (:func:`aggregate`) recomputed from its
+    ``runs``, and ``selections`` taken from the first seed's runs where an older file lacks
+    them; marked ``reaggregated``."""
+    res["rules"] = aggregate(res.get("runs", []), rules)
+    if "selections" not in res:       # older files: from the first seed's runs
+        first = res["settings"]["seeds"][0]
+        res["selections"] = {r["rule"]: {k: r[k] for k in SELECTION_KEYS} for r in res["runs"]
+                             if r["seed"] == first}
+    res["reaggregated"] = "rules and selections recomputed from the same runs by --replot"
+    return res
+
+
+AGGREGATED = ("kept", "flips_removed", "flipped_in_kept", "overlap_tif", "policy_accuracy",
+              "accuracy", "mean_loss", "mean_margin", "train_seconds", "eval_seconds")
+
+
+def aggregate(rows: list[dict], rules: Sequence[str], keys: Sequence[str] = AGGREGATED,
+              baseline: str = "all") -> list[dict]:
+    """Per rule (in ``rules`` order, those with rows): ``k`` and ``k_std`` = mean and sample
+    std over seeds of every key, and ``policy_accuracy_vs_<baseline>`` = (mean, low, high) of
+    the seed-paired difference to the baseline rule (t interval; when both ran)."""
+    base = {r["seed"]: r["policy_accuracy"] for r in rows if r["rule"] == baseline}
+    out = []
+    for rule in rules:
+        rs = [r for r in rows if r["rule"] == rule]
+        if not rs:
+            continue
+        agg = {"rule": rule, "n_seeds": len(rs)}
+        for k in keys:
+            agg[k], agg[k + "_std"] = mean_std([r[k] for r in rs])
+        paired = [(r["policy_accuracy"], base[r["seed"]]) for r in rs if r["seed"] in base]
+        if paired and rule != baseline:
+            agg[f"policy_accuracy_vs_{baseline}"] = paired_difference_ci(*zip(*paired))
+        out.append(agg)
+    return out

@@ -10,6 +10,7 @@ training pairs are drawn with seed s + 1 (:func:`gradproj.evaluation.noise.flip_
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 
 from gradproj.core.data import PreferencePair, pairs_from_records
@@ -65,3 +66,51 @@ def load_task(data: str, n_train: int, n_val: int, n_test: int, flip: float, see
              for name, rows in records.items()}
     return Task(pairs["train"], pairs["val"], pairs["test"], frozenset(flipped),
                 pairs["val2"], SOURCES[data])
+
+
+_FILLER = ("please", "think", "it", "through", "carefully", "and", "then", "state", "the",
+           "final", "result", "in", "one", "short", "clear", "sentence", "for", "a", "student",
+           "who", "is", "checking", "their", "homework", "tonight")
+_EXPLAIN = " I worked it out step by step and checked the result once more before answering."
+
+
+def sized_records(n: int, seed: int, prefix: str, tokenizer, target: int = 64) -> list[dict]:
+    """``n`` chat records of :func:`make_records`' families, lengthened so that prompt + chosen
+    is about ``target`` tokens under the tokenizer's chat template: both answers get the same
+    explanation sentence and the question gets filler words until the chosen sequence reaches
+    ``target`` tokens (the rejected one differs by a token or two)."""
+    from gradproj.core.tokens import render_pair
+
+    rng = random.Random(seed)
+    out = []
+    for rec in make_records(n, seed, prefix):
+        base_q = rec["chosen"][1]["content"]
+        for side in ("chosen", "rejected"):
+            rec[side][2]["content"] += _EXPLAIN
+        start = rng.randrange(len(_FILLER))
+        words: list[str] = []
+        while True:
+            q = base_q + (" " + " ".join(words).capitalize() + "." if words else "")
+            for side in ("chosen", "rejected"):
+                rec[side][1]["content"] = q
+            p, c, _ = render_pair(pairs_from_records([rec])[0], tokenizer)
+            if len(p) + len(c) >= target or len(words) >= 4 * len(_FILLER):
+                break
+            words.append(_FILLER[(start + len(words)) % len(_FILLER)])
+        out.append(rec)
+    return out
+
+
+def token_stats(tokenized_pairs) -> dict:
+    """Sequence lengths (prompt + response tokens) of the chosen and rejected rows of
+    tokenized pairs: mean, min, max of each, and the mean response length."""
+    import numpy as np
+
+    c = np.array([len(p.prompt_ids) + len(p.chosen_ids) for p in tokenized_pairs])
+    r = np.array([len(p.prompt_ids) + len(p.rejected_ids) for p in tokenized_pairs])
+    resp = np.array([len(p.chosen_ids) for p in tokenized_pairs]
+                    + [len(p.rejected_ids) for p in tokenized_pairs])
+    return {"pairs": len(c), "chosen_mean": float(c.mean()), "chosen_min": int(c.min()),
+            "chosen_max": int(c.max()), "rejected_mean": float(r.mean()),
+            "rejected_min": int(r.min()), "rejected_max": int(r.max()),
+            "response_mean": float(resp.mean())}

@@ -170,7 +170,7 @@ def test_summary_row_ratios_against_the_runs_training_steps():
 
 def test_projection_fidelity():
     """An identity 'projection' keeps IF exactly; a 2-dimensional one loses most of it."""
-    from gradproj.gradients.projectors import make_projector
+    from gradproj.projection.factory import make_projector
 
     g = torch.Generator().manual_seed(0)
     G, V = torch.randn(30, 50, generator=g), torch.randn(5, 50, generator=g)

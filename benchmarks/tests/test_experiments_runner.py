@@ -16,6 +16,7 @@ from gradproj.core.data import pairs_from_records
 from gradproj.core.model import ModelSettings, load_model
 from gradproj.core.objectives import PreferenceSettings
 from benchmarks.harness import lds
+from benchmarks.harness import tables
 from gradproj.evaluation import runner
 from gradproj.evaluation.state import trainable
 from gradproj.training.evaluate import evaluate
@@ -74,7 +75,7 @@ def test_continue_on_rules_selects_trains_and_reports(cont):
     top = rows[2]                                  # top-if keeps s2, s3: s0 removed
     assert top["flips_removed"] == 1.0 and top["overlap_tif"] == pytest.approx(
         len({"s2", "s3"} & set(select(table, "tif", 0.5).kept)) / 2)
-    agg = runner.aggregate(rows, ["all", "random", "top-if"])
+    agg = tables.aggregate(rows, ["all", "random", "top-if"])
     assert [a["rule"] for a in agg] == ["all", "random", "top-if"]
     acc = [r["policy_accuracy"] for r in rows if r["rule"] == "top-if"]
     assert agg[2]["policy_accuracy"] == pytest.approx(np.mean(acc))

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from benchmarks.harness import suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -96,7 +95,7 @@ def test_projection_tables_are_the_committed_ones():
 
 
 def test_reaggregate_reproduces_the_committed_rules_and_selections():
-    """runner.reaggregate (bench_select --replot) recomputes the committed JSON's per-rule
+    """tables.reaggregate (bench_select --replot) recomputes the committed JSON's per-rule
     aggregates from its runs exactly, and an older file's missing selections from the first
     seed's runs."""
     import copy
@@ -104,7 +103,7 @@ def test_reaggregate_reproduces_the_committed_rules_and_selections():
 
     import numpy as np
 
-    from gradproj.evaluation.runner import SELECTION_KEYS, reaggregate
+    from benchmarks.harness.tables import SELECTION_KEYS, reaggregate
     from benchmarks.harness.tables import RULES
 
     data = json.loads((DOCS / "bench_select_bigbench.json").read_text())

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from gradproj.store.build import FeatureComputer, manifest_settings, store_header
+from gradproj.core.atomic import atomic_path, write_atomic
 from gradproj.core.data import PreferencePair
 from gradproj.core.errors import GradprojError, IncompatibleStore
 from gradproj.core.settings import Settings, band, non_negative, parse_floats, positive, setting
@@ -37,8 +38,9 @@ from gradproj.store.index import (
     valid_rows,
 )
 from gradproj.core.model import LoadedModel, LoraSettings, ModelSettings, load_model
-from gradproj.gradients.spec import ProjectorSpec
-from gradproj.store.shards import SPEC_FIELDS, STATUS, Store
+from gradproj.projection.spec import ProjectorSpec
+from gradproj.store.manifest import SPEC_FIELDS, STATUS
+from gradproj.store.shards import Store
 
 
 
@@ -271,19 +273,13 @@ def write_influence(result: InfluenceResult, out_dir, extra: dict | None = None)
     out.mkdir(parents=True, exist_ok=True)
     table = pa.table({"id": result.ids, "if": result.scores.astype(np.float64),
                       "rank": result.rank, "percentile": result.percentile, "tif": result.tif})
-    tmp = out / "influence.parquet.tmp"
-    pq.write_table(table, tmp)
-    tmp.replace(out / "influence.parquet")
-    tmp = out / "topk.jsonl.tmp"
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in result.topk:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    tmp.replace(out / "topk.jsonl")
+    with atomic_path(out / "influence.parquet") as tmp:
+        pq.write_table(table, tmp)
+    write_atomic(out / "topk.jsonl", "".join(json.dumps(row, ensure_ascii=False) + "\n"
+                                             for row in result.topk))
     summary = {"n_train": len(result.ids), "n_val": len(result.val_ids),
                "tif_kept": int(result.tif.sum()), "deltas": list(result.deltas),
                "n_nonfinite": int((~np.isfinite(result.scores)).sum()),
                "seconds": result.seconds, **(extra or {})}
-    tmp = out / "summary.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2))
-    tmp.replace(out / "summary.json")
+    write_atomic(out / "summary.json", json.dumps(summary, indent=2))
     return summary

@@ -17,12 +17,14 @@ from pathlib import Path
 
 import numpy as np
 
+from gradproj.core.atomic import atomic_path
 from gradproj.core.data import PreferencePair
 from gradproj.core.logprobs import PairLogProbs, pair_logprobs, response_logprobs
 from gradproj.core.errors import GradprojError
 from gradproj.core.model import LoadedModel
 from gradproj.core.objectives import Objective, PreferenceSettings
-from gradproj.store.shards import STATUS, Store
+from gradproj.store.manifest import STATUS
+from gradproj.store.shards import Store
 from gradproj.training.train import check_adapter_objective
 
 AUX = "aux"
@@ -58,11 +60,10 @@ class ScoreTable:
         import pyarrow.parquet as pq
 
         path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
         table = pa.table({"id": self.ids, **self.columns})
         table = table.replace_schema_metadata({"gradproj": json.dumps(self.meta)})
-        pq.write_table(table, tmp)
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            pq.write_table(table, tmp)
 
     @classmethod
     def read(cls, path) -> ScoreTable:

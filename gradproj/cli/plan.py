@@ -1,4 +1,4 @@
-"""``gradproj plan``: what a run will need before anything heavy runs (gradproj.pipeline.plan)."""
+"""``gradproj plan``: what a run will need before anything heavy runs (gradproj.plan)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from gradproj.core.data import DataSettings
 from gradproj.core.errors import BadInput
 from gradproj.core.model import ModelSettings
 from gradproj.core.objectives import PreferenceSettings
-from gradproj.pipeline.plan import THROUGHPUT_FILE
+from gradproj.plan import THROUGHPUT_FILE
 from gradproj.store.build import StoreSettings
 
 ULTRAFEEDBACK_PAIRS = 61135
@@ -74,7 +74,7 @@ def plan(data, pairs, throughput, machine, gpu_memory, gpu, **kw):
     """Parameters, LoRA size, store size, peak memory per device (training step and store build;
     float32, bfloat16, 4-bit; with and without checkpointing) and, where a throughput is
     recorded for the machine, the expected time. Reads a config, never the weights."""
-    from gradproj.pipeline import plan as p
+    from gradproj import plan as p
 
     ms = settings_from(ModelSettings, kw)
     max_length = settings_from(PreferenceSettings, kw, only=("max_length",)).max_length

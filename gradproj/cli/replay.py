@@ -19,6 +19,7 @@ from pathlib import Path
 import click
 
 from gradproj import __version__
+from gradproj.core.atomic import write_atomic
 from gradproj.core.errors import BadInput
 
 CONFIG_FILE = "config.yaml"
@@ -64,9 +65,7 @@ def write_config(folder, ctx: click.Context) -> Path:
               "gradproj_version": __version__, "git_commit": _git_commit(),
               "packages": _versions()}
     path = Path(folder) / CONFIG_FILE
-    tmp = path.with_name(CONFIG_FILE + ".tmp")
-    tmp.write_text(yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
-    tmp.replace(path)
+    write_atomic(path, yaml.safe_dump(record, sort_keys=False, allow_unicode=True))
     return path
 
 

@@ -20,7 +20,6 @@ Locations in errors and in ``PreferencePair.source`` are ``path:N`` where N is t
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import datetime
 import hashlib
@@ -34,6 +33,7 @@ from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any
 
+from gradproj.core.atomic import write_atomic
 from gradproj.core.errors import GradprojError, InputError
 from gradproj.core.settings import Settings, setting
 
@@ -178,22 +178,9 @@ def pairs_from_records(records: Iterable[Mapping], fields: FieldMap = _DEFAULT_F
 def write_pairs_jsonl(pairs: Iterable[PreferencePair], path: str | os.PathLike) -> None:
     """Write each pair's original ``record`` as one JSON line, atomically.
 
-    The lines go to ``path + ".tmp"``, which is flushed, fsynced and then renamed over ``path``;
-    on any failure the temporary file is removed and ``path`` is left as it was.
+    (:func:`gradproj.core.atomic.write_atomic`: on any failure ``path`` is left as it was.)
     """
-    target = os.fsdecode(path)
-    tmp = target + ".tmp"
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            for pair in pairs:
-                fh.write(_record_json(pair) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_atomic(path, "".join(_record_json(pair) + "\n" for pair in pairs), durable=True)
 
 
 # --- validation -------------------------------------------------------------------------------

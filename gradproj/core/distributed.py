@@ -102,15 +102,6 @@ def shard(items: list) -> list:
     return items[rank()::world_size()]
 
 
-def unshard(parts: list[list]) -> list:
-    """Inverse of :func:`shard` given every rank's part in rank order (input order back)."""
-    world = len(parts)
-    out = [None] * sum(len(p) for p in parts)
-    for r, part in enumerate(parts):
-        out[r::world] = part
-    return out
-
-
 def ranks_text(ranks) -> str:
     return ",".join(str(r) for r in ranks)
 

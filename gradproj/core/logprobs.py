@@ -11,7 +11,6 @@ import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from gradproj.core.tokens import PairBatch, TokenizedPair, token_batches
@@ -96,9 +95,6 @@ class PairLogProbs:
     def select(self, index) -> PairLogProbs:
         """The pairs at ``index`` (a slice, an index tensor or a mask)."""
         return PairLogProbs(*(v[index] for v in vars(self).values()))
-
-    def as_numpy(self) -> dict[str, np.ndarray]:
-        return {k: v.detach().float().cpu().numpy() for k, v in vars(self).items()}
 
 
 def adapter_disabled(model):

@@ -95,6 +95,11 @@ class LoadedModel:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def named(self, adapter: str | None) -> LoadedModel:
+        """A new handle on the same model whose settings name ``adapter`` as the active one
+        (after training wrote the active weights there); this handle is left as it was."""
+        return replace(self, settings=replace(self.settings, adapter=adapter))
+
     @property
     def dtype_name(self) -> str:
         """The base weights' dtype ("auto" resolved): what artefacts record and compare."""
@@ -302,12 +307,25 @@ def _attach(base, settings: ModelSettings):
             raise GradprojError(f"--lora-targets {','.join(lora.targets)}: {err}") from None
 
 
+class _Released:
+    """What a :class:`LoadedModel` handed to :func:`reattach` holds afterwards: its base weights
+    now carry another adapter, so any use of the old handle fails loudly instead of computing with
+    the wrong adapter."""
+
+    def __getattr__(self, name):
+        raise GradprojError("this LoadedModel was handed to reattach(): use the one it returned "
+                            "(the base weights now carry another adapter)")
+
+
 def reattach(loaded: LoadedModel, adapter: str | None = None) -> LoadedModel:
     """The same base weights with another adapter (a folder, or a fresh LoRA when None): the
-    current LoRA layers are removed, not merged, so no reload of the base model is needed."""
-    base = loaded.model.unload()
-    settings = ModelSettings(**{**vars(loaded.settings), "adapter": adapter})
+    current LoRA layers are removed, not merged, so no reload of the base model is needed.
+    ``loaded`` is used up: its model is released (any later use raises), the result is the
+    handle to go on with."""
     device = loaded.device
+    base = loaded.model.unload()
+    loaded.model = _Released()
+    settings = ModelSettings(**{**vars(loaded.settings), "adapter": adapter})
     model = _attach(base, settings)
     if settings.quantization is None:
         model.to(device)

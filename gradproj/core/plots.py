@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from gradproj.core.atomic import atomic_path
+
 
 def pyplot():
     """matplotlib.pyplot on the Agg backend."""
@@ -17,8 +19,9 @@ def pyplot():
 def save_figure(fig, path: Path) -> str:
     """Write ``fig`` to ``path`` (PNG) via a temporary file, close it; returns the file name."""
     path = Path(path)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    pyplot().close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    finally:
+        pyplot().close(fig)
     return path.name

@@ -30,7 +30,7 @@ from gradproj.evaluation.runner import Continuation, HeldOut, continue_on_rules
 from gradproj.evaluation.stats import mean_std, paired_difference_ci
 from gradproj.pipeline.groups import group_table, group_values
 from gradproj.pipeline.run import Pipeline, RunInputs, needs_if
-from gradproj.store.shards import write_json_atomic
+from gradproj.core.atomic import write_json_atomic
 
 METRICS = ("accuracy", "policy_accuracy", "mean_margin", "mean_loss")
 BASELINES = ("all", "random")

@@ -25,15 +25,10 @@ from gradproj.core.logprobs import response_logprobs
 from gradproj.core.model import LoadedModel
 from gradproj.core.objectives import PreferenceSettings
 from gradproj.evaluation.noise import selection_stats
-from gradproj.evaluation.stats import mean_std, paired_difference_ci
 from gradproj.evaluation.state import restore, snapshot
 from gradproj.training.evaluate import EvalResult, evaluate
 from gradproj.training.train import (TrainResult, TrainSettings, reference_logprobs,
                                      train_adapter)
-
-AGGREGATED = ("kept", "flips_removed", "flipped_in_kept", "overlap_tif", "policy_accuracy",
-              "accuracy", "mean_loss", "mean_margin", "train_seconds", "eval_seconds")
-
 
 class HeldOut:
     """Held-out pairs with their reference log-probs (chosen [N], rejected [N]) computed once."""
@@ -146,42 +141,3 @@ def continue_on_rules(cont: Continuation, table: ScoreTable, train: list[Prefere
             if on_row is not None:
                 on_row(rows[-1])
     return rows
-
-
-def aggregate(rows: list[dict], rules: Sequence[str], keys: Sequence[str] = AGGREGATED,
-              baseline: str = "all") -> list[dict]:
-    """Per rule (in ``rules`` order, those with rows): ``k`` and ``k_std`` = mean and sample
-    std over seeds of every key, and ``policy_accuracy_vs_<baseline>`` = (mean, low, high) of
-    the seed-paired difference to the baseline rule (t interval; when both ran)."""
-    base = {r["seed"]: r["policy_accuracy"] for r in rows if r["rule"] == baseline}
-    out = []
-    for rule in rules:
-        rs = [r for r in rows if r["rule"] == rule]
-        if not rs:
-            continue
-        agg = {"rule": rule, "n_seeds": len(rs)}
-        for k in keys:
-            agg[k], agg[k + "_std"] = mean_std([r[k] for r in rs])
-        paired = [(r["policy_accuracy"], base[r["seed"]]) for r in rs if r["seed"] in base]
-        if paired and rule != baseline:
-            agg[f"policy_accuracy_vs_{baseline}"] = paired_difference_ci(*zip(*paired))
-        out.append(agg)
-    return out
-
-
-SELECTION_KEYS = ("kept", "flips_removed", "flipped_in_kept", "overlap_tif", "bands",
-                  "drop_reasons")
-"""A run row's keys that describe its selection rather than its training."""
-
-
-def reaggregate(res: dict, rules: Sequence[str]) -> dict:
-    """A selection benchmark's results with ``rules`` (:func:`aggregate`) recomputed from its
-    ``runs``, and ``selections`` taken from the first seed's runs where an older file lacks
-    them; marked ``reaggregated``."""
-    res["rules"] = aggregate(res.get("runs", []), rules)
-    if "selections" not in res:       # older files: from the first seed's runs
-        first = res["settings"]["seeds"][0]
-        res["selections"] = {r["rule"]: {k: r[k] for k in SELECTION_KEYS} for r in res["runs"]
-                             if r["seed"] == first}
-    res["reaggregated"] = "rules and selections recomputed from the same runs by --replot"
-    return res

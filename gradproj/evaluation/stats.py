@@ -14,8 +14,6 @@ spread is NaN, never an exception.
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy import stats as st
 
@@ -25,14 +23,6 @@ from gradproj.core.correlation import degenerate, finite, pearson, spearman  # n
 def ranks(x) -> np.ndarray:
     """Average ranks 1..n along the last axis ([n] or [m, n]); ties get their mean rank."""
     return st.rankdata(np.asarray(x, dtype=np.float64), axis=-1)
-
-
-def fisher_ci(r: float, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Approximate 95% interval of a Pearson r from n pairs (Fisher z; NaN when undefined)."""
-    if not math.isfinite(r) or n < 4 or abs(r) >= 1:
-        return float("nan"), float("nan")
-    m, s = math.atanh(r), 1 / math.sqrt(n - 3)
-    return math.tanh(m - z * s), math.tanh(m + z * s)
 
 
 def auroc(scores, positive) -> float:
@@ -49,26 +39,6 @@ def auroc(scores, positive) -> float:
         return float("nan")
     u = st.mannwhitneyu(s[pos], s[~pos], alternative="two-sided").statistic
     return float(u / (n1 * n0))
-
-
-def bootstrap_spearman_ci(x, y, reps: int = 2000, seed: int = 0,
-                          level: float = 0.95) -> tuple[float, float]:
-    """Percentile interval of Spearman(x, y) over ``reps`` resamples of the pairs (with
-    replacement, seeded); resamples without spread on a side are left out. NaN when none."""
-    x, y = finite(x, y)
-    if len(x) < 2 or reps < 1:
-        return float("nan"), float("nan")
-    idx = np.random.default_rng(seed).integers(0, len(x), (reps, len(x)))
-    rx, ry = ranks(x[idx]), ranks(y[idx])                     # [reps, n] each
-    rx -= rx.mean(1, keepdims=True)
-    ry -= ry.mean(1, keepdims=True)
-    den = np.sqrt((rx * rx).sum(1) * (ry * ry).sum(1))
-    rho = np.divide((rx * ry).sum(1), den, out=np.full(reps, np.nan), where=den > 0)
-    rho = rho[np.isfinite(rho)]
-    if not len(rho):
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(rho, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 def mean_std(xs) -> tuple[float, float]:

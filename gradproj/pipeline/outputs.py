@@ -27,6 +27,7 @@ import numpy as np
 
 from gradproj.attribution.scores import ScoreTable
 from gradproj.attribution.selection import Selection
+from gradproj.core.atomic import atomic_path
 from gradproj.core.data import FieldMap, PreferencePair
 from gradproj.core.errors import BadInput
 
@@ -145,9 +146,8 @@ def _dataset(rows: list[dict]):
 
 
 def _parquet(dataset, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    dataset.to_parquet(str(tmp))
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        dataset.to_parquet(str(tmp))
 
 
 def load_selection(out):

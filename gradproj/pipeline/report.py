@@ -8,6 +8,7 @@ import numpy as np
 
 from gradproj.attribution.scores import ScoreTable
 from gradproj.attribution.selection import Selection
+from gradproj.core.atomic import write_atomic
 from gradproj.core.plots import pyplot, save_figure
 from gradproj.pipeline.groups import group_lines, plot_groups
 
@@ -100,7 +101,5 @@ def write_report(out: Path, table: ScoreTable, sel: Selection, info: dict) -> Pa
     if info.get("computed"):
         lines += [f"Computed in this run: {', '.join(info['computed'])}.", ""]
     path = out / "report.md"
-    tmp = path.with_name("report.md.tmp")
-    tmp.write_text("\n".join(lines))
-    tmp.replace(path)
+    write_atomic(path, "\n".join(lines))
     return path

@@ -58,7 +58,8 @@ from gradproj.core.settings import Settings, band, fraction, parse_floats, setti
 from gradproj.pipeline.groups import group_table, group_values
 from gradproj.pipeline.outputs import push_selection, write_selection_outputs
 from gradproj.store.build import StoreSettings, build_store
-from gradproj.store.shards import Store, write_json_atomic
+from gradproj.core.atomic import write_json_atomic
+from gradproj.store.shards import Store
 from gradproj.training.train import TrainSettings, train_adapter
 
 log = logging.getLogger(__name__)
@@ -253,7 +254,7 @@ class Pipeline:
                 train_adapter(self.model(None), self.train, self.inputs.training, path,
                               pref=self.inputs.pref, overwrite=True, progress=self.progress,
                               resume=self.resume)
-            self.loaded.settings = replace(self.loaded.settings, adapter=str(path))
+            self.loaded = self.loaded.named(str(path))
             self.stages.append("warm-up θ")
         return str(path)
 
@@ -267,7 +268,7 @@ class Pipeline:
                 train_adapter(self.model(theta), self.val, self.inputs.training, path,
                               pref=self.inputs.pref, overwrite=True, progress=self.progress,
                               force_objective=self.force_objective, resume=self.resume)
-            self.loaded.settings = replace(self.loaded.settings, adapter=str(path))
+            self.loaded = self.loaded.named(str(path))
             self.stages.append("auxiliary θ_V")
         return str(path)
 

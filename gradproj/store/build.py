@@ -29,16 +29,10 @@ from gradproj.core.objectives import Objective, PreferenceSettings
 from gradproj.core.settings import Settings, at_least_one, non_negative, setting
 from gradproj.core.tokens import token_batches
 from gradproj.gradients.perpair import PerPairGradients, adam_precondition, lora_layout
-from gradproj.gradients.projectors import make_projector
-from gradproj.gradients.spec import KINDS
-from gradproj.store.shards import (
-    ROW_DTYPE,
-    STATUS,
-    Store,
-    StoreWriter,
-    merge_rank_manifests,
-    rank_manifest_path,
-)
+from gradproj.projection.factory import make_projector
+from gradproj.projection.spec import KINDS
+from gradproj.store.manifest import ROW_DTYPE, STATUS, rank_manifest_path
+from gradproj.store.shards import Store, StoreWriter, merge_rank_manifests
 from gradproj.training.train import check_adapter_objective, load_optimizer_state
 
 log = logging.getLogger(__name__)

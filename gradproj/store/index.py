@@ -27,7 +27,9 @@ import torch
 from gradproj.core.errors import BadInput, GradprojError
 from gradproj.core.settings import Settings, at_least_one, setting
 from gradproj.store.native import half_matvec
-from gradproj.store.shards import STATUS, Store, write_json_atomic
+from gradproj.core.atomic import atomic_path, write_json_atomic
+from gradproj.store.manifest import STATUS
+from gradproj.store.shards import Store
 
 
 @dataclass(frozen=True)
@@ -137,9 +139,8 @@ def build_index_parts(store: Store, settings: IndexSettings, directory: Path, *,
         part = faiss.clone_index(trained)
         _add_rows(part, store, valid, lo, min(len(store), lo + settings.part_rows), block_rows)
         path = directory / f"{settings.filename()}.part{j:03d}.faiss"
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(part, str(tmp))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            faiss.write_index(part, str(tmp))
         paths.append(path)
         del part
     return paths
@@ -182,9 +183,8 @@ def load_or_build_index(store: Store, settings: IndexSettings = IndexSettings())
             return ShardedIndex(paths, store.k, settings.nprobe)
     if settings.kind == "flat":
         path = store.root / f"{settings.filename()}.faiss"
-        tmp = path.with_name(path.name + ".tmp")
-        faiss.write_index(build_index(store, settings), str(tmp))
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            faiss.write_index(build_index(store, settings), str(tmp))
         paths = [path]
     else:
         paths = build_index_parts(store, settings, store.root)

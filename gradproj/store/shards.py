@@ -25,6 +25,7 @@ that the files exist.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -36,60 +37,15 @@ from pathlib import Path
 
 import numpy as np
 
+from gradproj.core.atomic import atomic_path, write_atomic, write_json_atomic
 from gradproj.core.errors import CorruptStore, GradprojError, IncompatibleStore
-from gradproj.gradients.spec import ProjectorSpec
+from gradproj.projection.spec import ProjectorSpec
+from gradproj.store.manifest import (ROW_DTYPE, SCHEMA_VERSION, SPEC_FIELDS,
+                                     STATUS_NAMES, current_rows, rank_manifest_path,
+                                     upgrade_manifest)
 
-SCHEMA_VERSION = 2
-"""2: rows hold the response lengths, the manifest the objective record (1 still opens)."""
 VERIFIED_FILE = "verified.json"
 RACY_NS = 2_000_000_000
-STATUS = {"ok": 0, "non-finite": 1}
-STATUS_NAMES = {v: k for k, v in STATUS.items()}
-ROW_DTYPE = np.dtype([
-    ("id", "U64"),                 # pair id
-    ("status", "u1"),              # STATUS code
-    ("truncated", "?"),            # some tokens were cut to fit max_length
-    ("norm", "f4"),                # L2 norm of the stored (float16) projected row
-    ("loss", "f4"),                # ℓ(θ; d) at the store's adapter
-    ("policy_chosen", "f4"),       # log π_θ(y_w|x)
-    ("policy_rejected", "f4"),     # log π_θ(y_l|x)
-    ("ref_chosen", "f4"),          # log π_ref(y_w|x)
-    ("ref_rejected", "f4"),        # log π_ref(y_l|x)
-    ("len_chosen", "f4"),          # |y_w|, response tokens (length-normalised objectives)
-    ("len_rejected", "f4"),        # |y_l|
-])
-ROW_DTYPE_V1 = np.dtype(ROW_DTYPE.descr[:-2])
-
-
-def current_rows(rows: np.ndarray) -> np.ndarray:
-    """Row records in ROW_DTYPE: schema-1 rows get NaN response lengths."""
-    if rows.dtype == ROW_DTYPE:
-        return rows
-    out = np.zeros(len(rows), ROW_DTYPE)
-    for name in rows.dtype.names:
-        out[name] = rows[name]
-    out["len_chosen"] = out["len_rejected"] = np.nan
-    return out
-
-
-def upgrade_manifest(manifest: dict) -> dict:
-    """A schema-1 manifest in schema-2 form: its ``loss`` {name, beta} becomes the objective
-    record (DPO or SLiC with δ = 1, the only ones schema 1 could hold); loss, β and max_length
-    leave the store settings for the preference settings."""
-    if manifest.get("schema_version") != 1:
-        return manifest
-    m = dict(manifest)
-    loss = m.pop("loss", {"name": "dpo", "beta": 0.1})
-    params = {"delta": 1.0} if loss["name"] == "slic" else {}
-    m["objective"] = {"name": loss["name"], "beta": float(loss["beta"]), "params": params}
-    m["preference"] = {"loss": loss["name"], "beta": float(loss["beta"]),
-                       "loss_param": [f"{k}={v}" for k, v in params.items()],
-                       "max_length": m.get("max_length")}
-    m["settings"] = {k: v for k, v in m.get("settings", {}).items()
-                     if k not in ("loss", "beta", "max_length")}
-    m["schema_version_on_disk"] = 1
-    return m
-
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
@@ -97,25 +53,6 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write_bytes(path: Path, write) -> None:
-    """``write(file)`` into ``path.tmp``, fsync, rename over ``path``, fsync the directory."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def write_json_atomic(path: Path, obj) -> None:
-    _atomic_write_bytes(Path(path), lambda f: f.write(json.dumps(obj, indent=2).encode()))
 
 
 @dataclass(frozen=True)
@@ -160,10 +97,6 @@ class StoreLock:
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
             self.fd = None
-
-
-def rank_manifest_path(root: Path, rank: int, world_size: int) -> Path:
-    return root / "ranks" / f"rank-{rank:03d}-of-{world_size:03d}.json"
 
 
 class StoreWriter:
@@ -251,7 +184,8 @@ class StoreWriter:
         name = f"{index:05d}"
         paths = [self.root / "shards" / f"{name}.{kind}.npy" for kind in ("grads", "rows")]
         for path, arr in zip(paths, (grads, rows)):
-            _atomic_write_bytes(path, lambda f, a=arr: np.save(f, a, allow_pickle=False))
+            with atomic_path(path, durable=True) as tmp:
+                np.save(tmp, arr, allow_pickle=False)
         info = ShardInfo(name, start, len(rows), sha256_file(paths[0]), sha256_file(paths[1]))
         self.shards.append(info)
         self._write_manifest(complete=False)
@@ -354,12 +288,8 @@ class Store:
                     stamps[file.name] = stamp
         if verify and stamps != old:
             # a name of this process's own: ranks of a torchrun build open the store at once
-            tmp = stamps_path.with_name(f"{VERIFIED_FILE}.{os.getpid()}.tmp")
-            try:
-                tmp.write_text(json.dumps(stamps))
-                os.replace(tmp, stamps_path)
-            except OSError:
-                tmp.unlink(missing_ok=True)   # a read-only store: verified again next time
+            with contextlib.suppress(OSError):   # a read-only store: verified again next time
+                write_atomic(stamps_path, json.dumps(stamps))
 
     @property
     def spec(self) -> ProjectorSpec:
@@ -426,11 +356,6 @@ class Store:
 
     def disk_bytes(self) -> int:
         return sum(p.stat().st_size for p in self.root.rglob("*") if p.is_file())
-
-
-SPEC_FIELDS = ("projector", "model", "adapter", "tokenizer_fingerprint", "objective", "grad_type",
-               "max_length", "max_prompt_length", "chat_template", "storage_dtype")
-"""The manifest fields that make stores compatible: a merge and a query must match them all."""
 
 
 def merge_stores(sources: list[Store], out) -> Store:

@@ -15,9 +15,9 @@ import math
 import pytest
 import torch
 
-from gradproj.gradients.counter_hash import param_keys as _keys
-from gradproj.gradients.projection import HashProjector, projection_block
-from gradproj.gradients.spec import ProjectorSpec
+from gradproj.projection.counter_hash import param_keys as _keys
+from gradproj.projection.base import HashProjector, projection_block
+from gradproj.projection.spec import ProjectorSpec
 
 HAS_KERNEL = torch.cuda.is_available() and importlib.util.find_spec("triton") is not None
 pytestmark = [pytest.mark.cuda,
@@ -77,7 +77,7 @@ def cpu_projector(kind: str, numel: int, k_cpu: int) -> HashProjector:
 @pytest.mark.parametrize("k", [512, 8192])
 @pytest.mark.parametrize("batch", [1, 16, 64])
 def test_kernel_matches_reference(kind: str, numel: int, k: int, batch: int) -> None:
-    from gradproj.gradients.kernels import project_pieces_triton
+    from gradproj.projection.kernels import project_pieces_triton
 
     g = torch.Generator(device="cuda").manual_seed(numel * 31 + k + batch)
     x = torch.randn(batch, numel, device="cuda", generator=g)
@@ -121,7 +121,7 @@ def test_kernel_matches_reference(kind: str, numel: int, k: int, batch: int) -> 
 def test_many_pieces_cut_into_buffers_equal_one_launch(kind: str) -> None:
     """A LoRA-like layout, projected with buffers far smaller than the gradient (parameters cut
     by columns, several launches) and in one launch: same result, equal to the reference."""
-    from gradproj.gradients.kernels import KernelConfig, project_pieces_triton
+    from gradproj.projection.kernels import KernelConfig, project_pieces_triton
 
     layout = [(f"layers.{i}.{m}.lora_{ab}.weight", n) for i in range(6)
               for m, (na, nb) in (("q_proj", (4608, 4608)), ("v_proj", (4608, 1536)))
@@ -140,7 +140,7 @@ def test_many_pieces_cut_into_buffers_equal_one_launch(kind: str) -> None:
 def test_gradient_over_2_31_elements() -> None:
     """One parameter with B·numel > 2^31: cut by columns (default buffers), and in a single
     launch whose offsets pass 2^31 (64-bit indexing)."""
-    from gradproj.gradients.kernels import project_pieces_triton
+    from gradproj.projection.kernels import project_pieces_triton
 
     kind, k, batch, numel = "rademacher", 64, 2, (1 << 30) + 4099
     name = "huge.weight"
@@ -162,7 +162,7 @@ def test_gradient_over_2_31_elements() -> None:
 
 
 def test_single_piece_api_with_offsets() -> None:
-    from gradproj.gradients.kernels import project_triton
+    from gradproj.projection.kernels import project_triton
 
     kind, k, numel = "gaussian", 512, 10_000
     g = torch.Generator(device="cuda").manual_seed(1)

@@ -46,7 +46,7 @@ weights of matrix products (lm_head included); a frozen base's backward costs F_
 + 8·L·n_h·d·T² (input gradients only). A training step or a store build does a reference
 forward, a forward and a backward (3 passes; a 4th with checkpointing); the build adds
 2·P·k per pair for the projection. Seconds = FLOPs / the FLOP rate measured on this machine by
-``benchmarks/bench_scale.py`` (recorded in gradproj/pipeline/throughput.json).
+``benchmarks/bench_scale.py`` (recorded in gradproj/plan/throughput.json).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ from pathlib import Path
 
 from gradproj.core.errors import BadInput
 from gradproj.core.tokens import budget_groups
-from gradproj.store.shards import ROW_DTYPE
+from gradproj.store.manifest import ROW_DTYPE
 
 FAMILY = ("llama", "mistral", "qwen2")
 ATTN_INPUT, O_INPUT, MLP_INPUT, DOWN_INPUT = "attn", "o", "mlp", "down"
@@ -442,7 +442,7 @@ def format_plan(plan: Plan) -> str:
     if plan.seconds:
         lines.append(f"expected time on {plan.machine} ({plan.chosen.label()}, checkpointing "
                      f"{'on' if plan.chosen.checkpointing else 'off'}, scaled by the FLOP rate measured "
-                     "there, gradproj/pipeline/throughput.json):")
+                     "there, gradproj/plan/throughput.json):")
         for stage, label in (("build", "store build"), ("train", "one training epoch")):
             if stage in plan.seconds:
                 lines.append(f"  {label:<20s} {plan.seconds[stage] / 3600:8.2f} h")

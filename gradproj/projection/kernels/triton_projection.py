@@ -4,7 +4,7 @@ Each program owns a tile of ``BLOCK_K`` rows of R (output coordinates) and ``BLO
 the batch, and walks over a list of column *segments* (a segment is a run of columns of one
 parameter, with that parameter's two 32-bit hash keys). For every ``BLOCK_N`` columns it makes
 the ``[BLOCK_K, BLOCK_N]`` tile of R in registers from the counter-based hash of
-:mod:`gradproj.gradients.counter_hash` — the same ``word(r, w)`` in native uint32 arithmetic
+:mod:`gradproj.projection.counter_hash` — the same ``word(r, w)`` in native uint32 arithmetic
 (Triton's uint32 multiply wraps mod 2³²; the int64 trick of the torch reference is not needed) —
 and multiplies it with the ``[BLOCK_N, BLOCK_B]`` tile of xᵀ on the tensor cores (bf16/fp16
 operands, fp32 accumulation). Programs that share rows add their partial sums into the fp32
@@ -43,8 +43,8 @@ import torch
 from torch import Tensor
 
 from gradproj.core.errors import GradprojError
-from gradproj.gradients.counter_hash import GAUSS_TAG, MAX_K, MAX_NUMEL, MUL1, MUL2, param_keys
-from gradproj.gradients.spec import ProjectorSpec
+from gradproj.projection.counter_hash import GAUSS_TAG, MAX_K, MAX_NUMEL, MUL1, MUL2, param_keys
+from gradproj.projection.spec import ProjectorSpec
 
 try:  # Triton is optional: nothing here needs it except the kernel itself.
     import triton
@@ -387,7 +387,7 @@ def project_triton(x: Tensor, keys: tuple[int, int], k: int, kind: str, col_offs
 
     ``x``: [B, n] (any float dtype; on CUDA, or on CPU under ``TRITON_INTERPRET=1``), the
     parameter's columns ``col_offset .. col_offset + n − 1``; ``keys``: its (row_key, col_key)
-    for ``kind`` (:func:`gradproj.gradients.counter_hash.param_keys`); ``scale`` defaults to
+    for ``kind`` (:func:`gradproj.projection.counter_hash.param_keys`); ``scale`` defaults to
     1/√k. ``out``: a float32 [B, k] buffer accumulated into (zeros when not given). Returns
     ``out``.
     """

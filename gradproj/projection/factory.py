@@ -1,7 +1,7 @@
 """Projectors by name: the one factory over gradproj's hash projectors and traker's adapters.
 
 ``make_projector(kind, k, layout)`` and ``projector_from_spec(spec, layout)`` return a
-:class:`~gradproj.gradients.projection.Projector` (``project(grads) = scale · R x``, [B, P] or
+:class:`~gradproj.projection.base.Projector` (``project(grads) = scale · R x``, [B, P] or
 a dict of pieces → [B, k] float32): :class:`HashProjector` for rademacher and gaussian,
 :class:`SJLTProjector` for sjlt, traker's adapters (:mod:`.trak`) for trak-basic and trak-cuda.
 """
@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from gradproj.gradients.projection import HashProjector, Projector, SJLTProjector
-from gradproj.gradients.spec import Layout, ProjectorSpec, layout_hash
-from gradproj.gradients.trak import TrakBasicProjector, TrakCudaProjector
+from gradproj.projection.base import HashProjector, Projector, SJLTProjector
+from gradproj.projection.spec import Layout, ProjectorSpec, layout_hash
+from gradproj.projection.trak import TrakBasicProjector, TrakCudaProjector
 
 
 def projector_from_spec(spec: ProjectorSpec, layout: Layout, *, cache_mb: float = 0.0,

@@ -18,7 +18,7 @@ The hash kinds' entries come from the counter-based hash of :mod:`.counter_hash`
 function of seed, parameter name, row and column within the parameter), so their output does
 not depend on the device, the batch size, the block size or how the caller splits the
 parameters. This module holds the base class and the hash projectors; build one from a spec
-with :func:`gradproj.gradients.projectors.projector_from_spec`.
+with :func:`gradproj.projection.factory.projector_from_spec`.
 """
 
 from __future__ import annotations
@@ -33,13 +33,13 @@ import torch
 from torch import Tensor
 
 from gradproj.core.errors import GradprojError
-from gradproj.gradients.counter_hash import (
+from gradproj.projection.counter_hash import (
     gaussian_block,
     param_keys,
     rademacher_block,
     sjlt_hashes,
 )
-from gradproj.gradients.spec import (
+from gradproj.projection.spec import (
     DTYPES,
     HASH_KINDS,
     PROJECTION_VERSION,
@@ -170,7 +170,7 @@ class HashProjector(Projector):
     def __init__(self, spec: ProjectorSpec, layout: Layout, *, block_cols: int = 4096,
                  cache_mb: float = 0.0, device: torch.device | str | None = None,
                  use_triton: bool = True) -> None:
-        """``use_triton``: on CUDA, use the fused Triton kernel (gradproj.gradients.kernels) when
+        """``use_triton``: on CUDA, use the fused Triton kernel (gradproj.projection.kernels) when
         triton is importable and GRADPROJ_NO_TRITON is unset; R is then never stored (cache_mb
         unused)."""
         _require(spec.kind in ("rademacher", "gaussian"),
@@ -210,7 +210,7 @@ class HashProjector(Projector):
                  device: torch.device) -> Tensor:
         if self.use_triton and device.type == "cuda" and self.spec.dtype != "float64":
             # imported here: the kernels module imports triton, which takes seconds
-            from gradproj.gradients.kernels import project_pieces_triton, triton_available
+            from gradproj.projection.kernels import project_pieces_triton, triton_available
 
             if triton_available():
                 return project_pieces_triton(self.spec, pieces)

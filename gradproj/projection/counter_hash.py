@@ -33,7 +33,6 @@ import math
 import torch
 from torch import Tensor
 
-from gradproj.core.errors import GradprojError
 
 MAX_K = 1 << 24          # keeps h·k (sjlt buckets) far inside int64
 MAX_NUMEL = 1 << 32      # columns are 32-bit counters
@@ -85,28 +84,6 @@ def word_hashes(keys: tuple[int, int], r0: int, r1: int, w0: int, w1: int,
     rows = mix32(torch.arange(r0, r1, dtype=torch.int64, device=device) ^ keys[0])
     cols = mix32(torch.arange(w0, w1, dtype=torch.int64, device=device) ^ keys[1])
     return mix32(rows[:, None] ^ cols[None, :])
-
-
-def entry_reference(seed: int, name: str, row: int, col: int, kind: str, *,
-                    k: int | None = None, sjlt_s: int = 4) -> float:
-    """Scalar pure-Python value of the unscaled ``R[row, col]`` (``k`` needed for sjlt)."""
-    row_key, col_key = param_keys(seed, name, kind)
-
-    def word(r: int, w: int) -> int:
-        return mix32_int(mix32_int(row_key ^ r) ^ mix32_int(col_key ^ w))
-
-    if kind == "rademacher":
-        return -1.0 if (word(row, col >> 5) >> (col & 31)) & 1 else 1.0
-    if kind == "gaussian":
-        h1 = word(row, col >> 1)
-        h2 = mix32_int(h1 ^ GAUSS_TAG)
-        u1, u2 = ((h1 >> 8) + 1) / 2**24, (h2 >> 8) / 2**24
-        radius, angle = math.sqrt(-2.0 * math.log(u1)), 2.0 * math.pi * u2
-        return radius * (math.cos(angle) if col % 2 == 0 else math.sin(angle))
-    if not (kind == "sjlt" and k is not None):
-        raise GradprojError(f"no reference entries for '{kind}' (k={k})")
-    hs = [word(j, col) for j in range(sjlt_s)]
-    return float(sum(1 - 2 * (h & 1) for h in hs if (h * k) >> 32 == row))
 
 
 _SIGN_TABLES: dict[tuple[torch.device, torch.dtype], Tensor] = {}

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from gradproj.core.errors import GradprojError
-from gradproj.gradients.projection import Projector
-from gradproj.gradients.spec import Layout, ProjectorSpec
+from gradproj.projection.base import Projector
+from gradproj.projection.spec import Layout, ProjectorSpec
 
 TRAK_BLOCK_SIZE = 100   # traker's default; part of what determines R_trak, so fixed here
 

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from gradproj.core.errors import GradprojError
-from gradproj.gradients.counter_hash import MAX_K, MAX_NUMEL
+from gradproj.projection.counter_hash import MAX_K, MAX_NUMEL
 
 PROJECTION_VERSION = 1
 KINDS = ("rademacher", "gaussian", "sjlt", "trak-basic", "trak-cuda")

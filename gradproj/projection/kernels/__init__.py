@@ -1,14 +1,14 @@
 """Optional GPU kernels. Importing this package never needs triton or CUDA.
 
 * :func:`project_pieces_triton` / :func:`project_triton` — the fused hash projection
-  (``gradproj.gradients.kernels.triton_projection``), equal to
-  :class:`gradproj.gradients.projection.HashProjector` on the same spec within the precision's
+  (``gradproj.projection.kernels.triton_projection``), equal to
+  :class:`gradproj.projection.base.HashProjector` on the same spec within the precision's
   bound;
 * :func:`triton_available` — CUDA present, triton importable, ``GRADPROJ_NO_TRITON`` unset;
 * :func:`emulate_tile` — the kernel's tile generation in numpy uint32 arithmetic (CPU tests).
 """
 
-from gradproj.gradients.kernels.triton_projection import (
+from gradproj.projection.kernels.triton_projection import (
     CONFIG_ENV,
     DEFAULT_CONFIG,
     DISABLE_ENV,
