@@ -205,3 +205,10 @@ def test_plan_ships_its_throughput_table():
     assert THROUGHPUT_FILE.parent.name == "plan" and THROUGHPUT_FILE.is_file()
     assert read_throughput()                           # a measured machine, from package data
     assert gpu_table()["H100"]["bf16_flops_per_s"] == pytest.approx(989.4e12)
+
+
+def test_durations_keep_two_or_three_digits():
+    from gradproj.plan import duration
+
+    assert [duration(s) for s in (0.4, 12.4, 89, 90, 300, 5399, 5400, 4356)] == [
+        "0 s", "12 s", "89 s", "1.5 min", "5.0 min", "90.0 min", "1.50 h", "72.6 min"]

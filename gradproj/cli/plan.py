@@ -120,5 +120,5 @@ def plan(data, pairs, throughput, machine, gpu_memory, gpu, **kw):
         click.echo(f"\nestimated time on one {gpus[gpu]['name']} (ESTIMATE: published bf16 peak "
                    f"{gpus[gpu]['bf16_flops_per_s'] / 1e12:.0f} TFLOP/s × an assumed efficiency "
                    f"of {eff:.0%}, not yet measured on a GPU):")
-        click.echo(f"  store build          {secs['build'] / 3600:8.2f} h")
-        click.echo(f"  one training epoch   {secs['train'] / 3600:8.2f} h")
+        click.echo(f"  store build          {p.duration(secs['build']):>10s}")
+        click.echo(f"  one training epoch   {p.duration(secs['train']):>10s}")

@@ -409,6 +409,13 @@ def make_plan(arch: Architecture, *, source: str, targets: Sequence[str], r: int
     return plan
 
 
+def duration(seconds: float) -> str:
+    """Seconds as "12 s", "3.4 min" or "1.21 h" (the unit that keeps two or three digits)."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.2f} h"
+
+
 def gib(x: float) -> str:
     return f"{x / 2**30:.1f} GiB"
 
@@ -445,7 +452,7 @@ def format_plan(plan: Plan) -> str:
                      "there, gradproj/plan/throughput.json):")
         for stage, label in (("build", "store build"), ("train", "one training epoch")):
             if stage in plan.seconds:
-                lines.append(f"  {label:<20s} {plan.seconds[stage] / 3600:8.2f} h")
+                lines.append(f"  {label:<20s} {duration(plan.seconds[stage]):>10s}")
     else:
         lines.append("expected time: no throughput recorded for this machine "
                      "(run benchmarks/bench_scale.py here)")
