@@ -124,7 +124,7 @@ def smollm_part(n_train: int, n_val: int, tmp: Path, repeats: int, budget_min: f
     """benchmarks.harness.querycost.build_versus_answer, each step in its own process with
     the model loaded anew (load time not counted): the resident memory of a process computing
     gradients grows by ~0.4 GiB per batch of 8 pairs here (freed heap glibc keeps; see
-    docs/results_query.md), and one process doing every step was OOM-killed at 14 GiB."""
+    git history of docs/results_query.md), and one process doing every step was OOM-killed at 14 GiB."""
     def run_step(step, root, **kw):
         return in_subprocess("--smollm-step", {"step": step, "root": root, **kw})
 

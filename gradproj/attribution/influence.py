@@ -144,7 +144,7 @@ def validation_features(store: Store, loaded: LoadedModel,
     query too would add the warm-up's momentum term β1·m/(√v' + ε) — the same for every
     validation pair — to each of them, and ḡ_V would point along θ's own last update instead of
     the validation gradient (measured on a tiny model: LDS 0.17 against 0.59 for the LESS form;
-    docs/results_evidence.md).
+    the row "exact adam·sgd" of docs/benchmarks/bench_lds.md is the LESS form).
     """
     settings, pref = manifest_settings(store.manifest)
     computer = FeatureComputer(loaded, replace(settings, grad_type="sgd"), pref.objective())

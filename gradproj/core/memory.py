@@ -2,7 +2,7 @@
 
 Per-pair gradient passes allocate and free hundreds of MB of differently sized tensors per
 batch. glibc keeps the freed pages, fragmented, so a long build's resident memory grew by
-~0.36 GiB per batch of 8 SmolLM2 pairs (measured, docs/results_query.md) until the process was
+~0.36 GiB per batch of 8 SmolLM2 pairs (measured by benchmarks/bench_query.py) until the process was
 killed; ``gc.collect()`` does not help, ``malloc_trim(0)`` does (+6 MiB per batch left).
 """
 

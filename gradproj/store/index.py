@@ -229,7 +229,7 @@ def search_refined(index, store: Store, queries: np.ndarray, top_k: int,
 CHUNK_BYTES = 8 << 20
 """float32 bytes converted at a time by the streaming path: small enough to stay in the CPU's
 cache between the fp16 → fp32 conversion and the matmul that reads it (a 512 MiB buffer made the
-mean query DRAM-bound at 3–9 % of the read bandwidth; docs/results_query.md)."""
+mean query DRAM-bound at 3–9 % of the read bandwidth; docs/benchmarks/bench_query.md)."""
 
 
 def chunk_rows(k: int, block_rows: int | None = None) -> int:
