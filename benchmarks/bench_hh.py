@@ -193,11 +193,16 @@ def summarise(res: dict) -> dict:
     def over_seeds(get):
         return list(mean_ci([get(s) for s in seeds]))
 
+    def correlation_over_seeds(get):
+        """Mean and t interval on Fisher's z scale, back in r (stays inside [−1, 1])."""
+        z = np.arctanh(np.clip([get(s) for s in seeds], -0.999999, 0.999999))
+        return [float(np.tanh(v)) for v in mean_ci(z)]
+
     res["seed_means"] = {
         "theta_" + k: over_seeds(lambda s, k=k: s["theta"][k]) for k in METRICS}
     for name in ("irm", "lossdiff"):
         for k in ("pearson", "spearman"):
-            res["seed_means"][f"{k}_{name}_if"] = over_seeds(
+            res["seed_means"][f"{k}_{name}_if"] = correlation_over_seeds(
                 lambda s, n=name, k=k: s["correlations"][n][k])
     if seeds and seeds[0].get("auroc_clean_vs_flipped"):
         for name in seeds[0]["auroc_clean_vs_flipped"]:
@@ -286,6 +291,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true",
                     help=f"small sizes where not given: {QUICK}")
+    ap.add_argument("--replot", action="store_true",
+                    help="only recompute the derived parts of --json from its rows and print it")
     ap.add_argument("--work", default="/tmp/gradproj-bench-hh")
     ap.add_argument("--json", default=str(C.ROOT / "runs" / "bench_hh.json"))
     args = ap.parse_args(argv)
@@ -293,8 +300,12 @@ def main(argv=None) -> int:
         for k, v in QUICK.items():
             if ap.get_default(k) == getattr(args, k):
                 setattr(args, k, v)
-    with C.quiet(args.threads):
-        res = run(args)
+    if args.replot:
+        res = summarise(json.loads(Path(args.json).read_text()))
+        C.write_json(Path(args.json), res)
+    else:
+        with C.quiet(args.threads):
+            res = run(args)
     from benchmarks.harness.hh import report
 
     print("\n".join(report(res)))

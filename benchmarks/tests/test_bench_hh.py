@@ -82,3 +82,20 @@ def test_decomposition_recovers_the_alignment():
         else:
             assert d["share_alignment_positive"] == 1.0
             assert d["mean_alignment_low_irm"] == pytest.approx(1.0)
+
+
+def test_seed_means_of_correlations_are_taken_on_fishers_z_scale():
+    """Three seeds' Pearson r: the mean is tanh(mean atanh r), its t interval on the z scale
+    (t_{0.975, 2} = 4.302653), so it stays inside [−1, 1]; accuracies are plain means."""
+    rs = [0.5, 0.7, 0.95]
+    seeds = [{"seed": i, "theta": {"accuracy": a, "policy_accuracy": a, "mean_loss": 1 - a},
+              "correlations": {n: {"pearson": r, "spearman": r} for n in ("irm", "lossdiff")},
+              "auroc_clean_vs_flipped": None} for i, (r, a) in enumerate(zip(rs, (0.5, 0.6, 0.7)))]
+    res = bench_hh.summarise({"runs": [], "seeds": seeds})
+    z = np.arctanh(rs)
+    half = 4.302653 * z.std(ddof=1) / np.sqrt(3)
+    assert res["seed_means"]["pearson_irm_if"] == pytest.approx(
+        [np.tanh(z.mean()), np.tanh(z.mean() - half), np.tanh(z.mean() + half)])
+    assert -1 < res["seed_means"]["pearson_irm_if"][1] and res["seed_means"]["pearson_irm_if"][2] < 1
+    assert res["seed_means"]["theta_accuracy"][0] == pytest.approx(0.6)
+    assert res["rules"] == [] and res["paired"] == {}
