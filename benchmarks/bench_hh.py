@@ -129,8 +129,10 @@ def correlations(table) -> dict:
     return out
 
 
-def seed_stage(args, loaded, data: dict, heldout, seed: int, work: Path) -> tuple[dict, object]:
-    """θ, θ_V, scores, store and IF for one seed; its statistics and the model at θ."""
+def seed_stage(args, loaded, data: dict, heldout, seed: int, work: Path,
+               evaluate_theta: bool = True) -> tuple[dict, object]:
+    """θ, θ_V, scores, store and IF for one seed; its statistics (θ's held-out metrics when
+    ``evaluate_theta``) and the model at θ."""
     from benchmarks.harness.noise import SCORES, auroc_clean_vs_flipped
     from benchmarks.harness.scoring import score_run
     from gradproj.core.model import reattach
@@ -144,7 +146,7 @@ def seed_stage(args, loaded, data: dict, heldout, seed: int, work: Path) -> tupl
                        data["pairs"]["val"], work, training, store, heldout.pref,
                        aux_epochs=args.aux_epochs, log=lambda m: say(f"seed {seed}: {m}"))
     model = reattach(scored.loaded, scored.theta)
-    theta = heldout.evaluate(model).to_dict()
+    theta = heldout.evaluate(model).to_dict() if evaluate_theta else None
     table = scored.table
     is_flip = np.array([i in data["flipped"] for i in table.ids])
     cols = {c: np.asarray(table[c], float) for c in SCORES}
@@ -157,9 +159,10 @@ def seed_stage(args, loaded, data: dict, heldout, seed: int, work: Path) -> tupl
            "train_losses": json.loads((Path(scored.theta) / "train.json").read_text())["losses"],
            "stages_seconds": scored.seconds, "table": table}
     c = row["correlations"]
-    say(f"seed {seed}: θ reward acc {theta['accuracy']:.3f}, policy acc "
-        f"{theta['policy_accuracy']:.3f}, loss {theta['mean_loss']:.4f}; Pearson(IRM, IF) "
-        f"{c['irm']['pearson']:+.3f}, Spearman {c['irm']['spearman']:+.3f}")
+    say(f"seed {seed}: " + (f"θ reward acc {theta['accuracy']:.3f}, policy acc "
+                             f"{theta['policy_accuracy']:.3f}, loss {theta['mean_loss']:.4f}; "
+                             if theta else "") +
+        f"Pearson(IRM, IF) {c['irm']['pearson']:+.3f}, Spearman {c['irm']['spearman']:+.3f}")
     return row, model
 
 
@@ -198,8 +201,9 @@ def summarise(res: dict) -> dict:
         z = np.arctanh(np.clip([get(s) for s in seeds], -0.999999, 0.999999))
         return [float(np.tanh(v)) for v in mean_ci(z)]
 
-    res["seed_means"] = {
-        "theta_" + k: over_seeds(lambda s, k=k: s["theta"][k]) for k in METRICS}
+    with_theta = [s for s in seeds if s.get("theta")]
+    res["seed_means"] = {"theta_" + k: list(mean_ci([s["theta"][k] for s in with_theta]))
+                         for k in METRICS}
     for name in ("irm", "lossdiff"):
         for k in ("pearson", "spearman"):
             res["seed_means"][f"{k}_{name}_if"] = correlation_over_seeds(
@@ -209,6 +213,32 @@ def summarise(res: dict) -> dict:
             res["seed_means"][f"auroc_{name}"] = over_seeds(
                 lambda s, n=name: s["auroc_clean_vs_flipped"][n])
     return res
+
+
+MERGE_FREE = ("seeds", "json", "work", "threads", "eval_theta", "merge", "replot")
+"""Settings that may differ between the parts of one run (:func:`merge`)."""
+
+
+def merge(parts: list[dict]) -> dict:
+    """One result from runs of the same setting over disjoint seeds (run side by side): seeds
+    and runs joined in seed order, the derived parts recomputed; ``seconds`` is the longest
+    part's, ``parts`` records each one's seeds and time."""
+    first = parts[0]
+    same = {k: v for k, v in first["settings"].items() if k not in MERGE_FREE}
+    for part in parts[1:]:
+        other = {k: v for k, v in part["settings"].items() if k not in MERGE_FREE}
+        if other != same or part["data"] != first["data"]:
+            raise SystemExit("bench_hh --merge: the parts were run with other settings or data")
+    seeds = sorted((s for p in parts for s in p["seeds"]), key=lambda s: s["seed"])
+    if len({s["seed"] for s in seeds}) != len(seeds):
+        raise SystemExit("bench_hh --merge: a seed is in two parts")
+    res = dict(first, seeds=seeds, runs=[r for p in parts for r in p["runs"]],
+               seconds=max(p["seconds"] for p in parts),
+               partial=any(p.get("partial") for p in parts),
+               parts=[{"seeds": [s["seed"] for s in p["seeds"]], "seconds": p["seconds"],
+                       "machine": p["machine"]} for p in parts])
+    res["settings"] = dict(first["settings"], seeds=[s["seed"] for s in seeds])
+    return summarise(res)
 
 
 def run(args) -> dict:
@@ -246,7 +276,8 @@ def run(args) -> dict:
         C.write_json(Path(args.json), summarise(res))
 
     for seed in args.seeds:
-        row, model = seed_stage(args, loaded, data, heldout, seed, work / f"seed-{seed}")
+        row, model = seed_stage(args, loaded, data, heldout, seed, work / f"seed-{seed}",
+                                evaluate_theta=args.eval_theta == "all" or seed == args.seeds[0])
         table = row.pop("table")
         res["seeds"].append(row)
         cont = Continuation(model, heldout, TrainSettings(
@@ -291,6 +322,10 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--quick", action="store_true",
                     help=f"small sizes where not given: {QUICK}")
+    ap.add_argument("--eval-theta", choices=("all", "first"), default="all",
+                    help="evaluate θ on the test pairs at every seed, or at the first only")
+    ap.add_argument("--merge", nargs="+", type=Path, default=None, metavar="PART",
+                    help="only join these results of disjoint seeds into --json")
     ap.add_argument("--replot", action="store_true",
                     help="only recompute the derived parts of --json from its rows and print it")
     ap.add_argument("--work", default="/tmp/gradproj-bench-hh")
@@ -300,7 +335,10 @@ def main(argv=None) -> int:
         for k, v in QUICK.items():
             if ap.get_default(k) == getattr(args, k):
                 setattr(args, k, v)
-    if args.replot:
+    if args.merge:
+        res = merge([json.loads(p.read_text()) for p in args.merge])
+        C.write_json(Path(args.json), res)
+    elif args.replot:
         res = summarise(json.loads(Path(args.json).read_text()))
         C.write_json(Path(args.json), res)
     else:

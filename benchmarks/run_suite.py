@@ -3,11 +3,14 @@ selection help on real human preference data at 135M, do its scores find flipped
 do IRM and LossDiff relate to influence? On the embedded SmolLM2-135M-Instruct and the HH-RLHF
 pairs the repository ships (benchmarks/data/hh-rlhf, MIT). No step downloads anything.
 
-``make bench`` (set ``main``) runs, side by side (one torch thread each: on 2 cores two
-single-threaded runs finish sooner than one after the other at two threads):
+``make bench`` (set ``main``) runs ``bench_hh.py`` in two settings, 5 seeds each:
 
-1. ``bench_hh.py --flip 0``    — HH-RLHF as published: learnability, 5 seeds × 5 rules, IRM–IF.
-2. ``bench_hh.py --flip 0.25`` — the same with 25 % of the training pairs swapped: noise AUROC.
+- as published — learnability (base vs warm-up θ), 5 rules continued from θ, IRM against IF;
+- with 25 % of the training pairs swapped — noise AUROC per score, 2 rules continued.
+
+The seeds are dealt to two lanes that run side by side, one torch thread each (on 2 cores two
+single-threaded runs finish no later than one after the other at two threads, measured), and
+each setting's parts are joined at the end (``bench_hh.py --merge``).
 
 ``make bench-more`` (set ``more``): training dynamics, projection fidelity and the LDS on the
 generated task; the BIG-bench steps of earlier runs need its 1.0.0 archive, which the package
@@ -29,61 +32,90 @@ from pathlib import Path
 
 from benchmarks import common as C
 
-# Sizes (measured on the 2-core CPU, two single-threaded runs side by side: a training pair
-# ~1.9 s, a held-out pass ~0.5 s a pair): 64 train / 16 val / 200 test pairs, 5 seeds; the
-# as-published run continues on 5 rules, the flipped one on 3 (its question is noise detection,
-# answered by the scores); about 100 min for both, the as-published run being the longer.
-HH_FULL = ["--n-train", "64", "--n-val", "16", "--n-test", "200", "--seeds", "0", "1", "2", "3",
-           "4", "--lr", "1e-3"]
-HH_FLIP_RULES = ["--rules", "all", "random", "lossdiff-irm"]
+# Sizes (measured on the 2-core CPU with two single-threaded runs side by side, max length 96:
+# a training pair ~1.5 s, a held-out pass over the 200 test pairs ~90 s). Five seeds of the
+# as-published data continued on 5 rules (θ evaluated at every seed: learnability), five of the
+# flipped data on 2 rules (its question is noise detection, answered by the scores; θ evaluated
+# at the first seed). The seeds are dealt to two lanes of equal work that run side by side, and
+# the parts of each setting are joined at the end (bench_hh --merge).
+HH = ["--n-train", "48", "--n-val", "16", "--n-test", "200", "--max-length", "96",
+      "--lr", "1e-3", "--threads", "1"]
 HH_QUICK = ["--quick", "--n-train", "24", "--n-val", "8", "--n-test", "32", "--proj-dim", "512",
-            "--lr", "1e-3", "--rules", "all", "random", "lossdiff-irm"]
+            "--max-length", "96", "--lr", "1e-3", "--threads", "1"]
+SETTINGS = {"clean": ["--flip", "0", "--rules", "all", "random", "tif", "lossdiff-irm",
+                      "reward-gap"],
+            "flips": ["--flip", "0.25", "--eval-theta", "first", "--rules", "all",
+                      "lossdiff-irm"]}
+QUICK_RULES = ["--rules", "all", "random", "lossdiff-irm"]
+LANES = ((("clean", (0, 1, 2)), ("flips", (3, 4))), (("flips", (0, 1, 2)), ("clean", (3, 4))))
+QUICK_LANES = ((("clean", (0, 1)),), (("flips", (0, 1)),))
 
 
-def steps(out: Path, quick: bool, archive: Path | None) -> dict[str, list[tuple[str, list[str]]]]:
-    """Set → groups of (name, argv); the steps of a group run side by side."""
+def hh_steps(out: Path, quick: bool) -> tuple[list, list]:
+    """The lanes of the HH steps (each a list of steps run in turn; lanes side by side) and
+    the merge steps that join each setting's parts into ``out/bench_hh_<setting>.json``."""
+    parts = out / "parts"
+    lanes, pieces = [], {"clean": [], "flips": []}
+    for lane in (QUICK_LANES if quick else LANES):
+        steps = []
+        for setting, seeds in lane:
+            name = f"bench_hh_{setting}.seeds-{'-'.join(map(str, seeds))}"
+            pieces[setting].append(str(parts / f"{name}.json"))
+            argv = ["bench_hh.py", *(HH_QUICK if quick else HH), *SETTINGS[setting],
+                    *(QUICK_RULES if quick else []), "--seeds", *map(str, seeds),
+                    "--work", f"/tmp/gradproj-suite-{name}", "--json", pieces[setting][-1]]
+            steps.append((f"HH-RLHF {setting}, seeds {', '.join(map(str, seeds))}", argv))
+        lanes.append(steps)
+    merges = [[(f"HH-RLHF {setting}: join the parts",
+                ["bench_hh.py", "--merge", *files, "--json", str(out / f"bench_hh_{setting}.json")])]
+              for setting, files in pieces.items()]
+    return lanes, merges
+
+
+def steps(out: Path, quick: bool, archive: Path | None) -> dict[str, list]:
+    """Set → stages; a stage is a list of lanes run side by side, a lane a list of
+    (name, argv) run in turn."""
     q = ["--quick"] if quick else []
-    hh = HH_QUICK if quick else HH_FULL
 
-    def io(name, png=True):
-        return ["--json", str(out / f"{name}.json"), *(["--png", str(out / f"{name}.png")]
-                                                        if png else [])]
+    def io(name):
+        return ["--json", str(out / f"{name}.json"), "--png", str(out / f"{name}.png")]
 
-    main = [("HH-RLHF as published", ["bench_hh.py", *hh, "--flip", "0", "--threads", "1",
-                                      "--work", "/tmp/gradproj-suite-hh-clean",
-                                      *io("bench_hh_clean", False)]),
-            ("HH-RLHF, 25% flipped", ["bench_hh.py", *hh, *([] if quick else HH_FLIP_RULES),
-                                      "--flip", "0.25", "--threads", "1",
-                                      "--work", "/tmp/gradproj-suite-hh-flips",
-                                      *io("bench_hh_flips", False)])]
-    more = [[("training dynamics of all", ["bench_dynamics.py", *(
+    lanes, merges = hh_steps(out, quick)
+    more = [[[("training dynamics of all", ["bench_dynamics.py", *(
                 ["--n-train", "32", "--n-test", "16", "--seeds", "0"] if quick else []),
-                *io("bench_dynamics")])],
-            [("projection fidelity", ["bench_projection.py", "--skip-speed", *q,
-                                      *io("bench_fidelity")])],
-            [("linear datamodeling score", ["bench_lds.py", *q, *io("bench_lds")])]]
-    sets = {"main": [main], "more": more, "bigbench": []}
+                *io("bench_dynamics")])]],
+            [[("projection fidelity", ["bench_projection.py", "--skip-speed", *q,
+                                       *io("bench_fidelity")])]],
+            [[("linear datamodeling score", ["bench_lds.py", *q, *io("bench_lds")])]]]
+    sets = {"main": [lanes, merges], "more": more, "bigbench": []}
     if archive is not None:
-        sets["bigbench"] = [[("BIG-bench pairs", ["bigbench_pairs.py", "--archive", str(archive)])],
-                            [("BIG-bench learnability", ["bench_learnability.py", *q, "--json",
-                                                         str(out / "bench_learnability.json")])]]
+        sets["bigbench"] = [[[("BIG-bench pairs", ["bigbench_pairs.py", "--archive",
+                                                    str(archive)])]],
+                            [[("BIG-bench learnability", ["bench_learnability.py", *q, "--json",
+                                                          str(out / "bench_learnability.json")])]]]
     return sets
 
 
-def run_group(group: list[tuple[str, list[str]]]) -> list[dict]:
-    """Start every step of ``group``, wait for all; one record per step."""
-    procs = []
-    for name, argv in group:
-        C.log(f"== {name}: {' '.join(argv)}")
-        procs.append((name, argv, time.perf_counter(), subprocess.Popen(
-            [sys.executable, "-m", f"benchmarks.{Path(argv[0]).stem}", *argv[1:]], cwd=C.ROOT)))
+def run_lane(lane: list[tuple[str, list[str]]]) -> list[dict]:
+    """The steps of one lane in turn (a failed step does not stop the lane)."""
     runs = []
-    for name, argv, t, proc in procs:
-        rc = proc.wait()
+    for name, argv in lane:
+        C.log(f"== {name}: {' '.join(argv)}")
+        t = time.perf_counter()
+        rc = subprocess.run([sys.executable, "-m", f"benchmarks.{Path(argv[0]).stem}",
+                             *argv[1:]], cwd=C.ROOT).returncode
         seconds = time.perf_counter() - t
         C.log(f"== {name}: rc {rc}, {seconds / 60:.1f} min")
         runs.append({"step": name, "argv": argv, "rc": rc, "seconds": seconds})
     return runs
+
+
+def run_stage(lanes: list[list[tuple[str, list[str]]]]) -> list[dict]:
+    """Every lane of a stage side by side (threads waiting on subprocesses)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(len(lanes), 1)) as pool:
+        return [r for runs in pool.map(run_lane, lanes) for r in runs]
 
 
 def merge_runs(saved: list[dict], runs: list[dict], info: dict) -> list[dict]:
@@ -108,8 +140,8 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     info = C.machine_info()
     t = time.perf_counter()
-    runs = [r for group in steps(out, args.quick, args.archive)[args.set]
-            for r in run_group(group)]
+    runs = [r for stage in steps(out, args.quick, args.archive)[args.set]
+            for r in run_stage(stage)]
     wall = time.perf_counter() - t
     record = out / "suite.json"       # every step's last run
     saved = json.loads(record.read_text()) if record.is_file() else {"runs": []}

@@ -30,7 +30,7 @@ def learnability_lines(res: dict) -> list[str]:
              f"{b['mean_loss']:.4f}"]]
     rows += [[f"θ, seed {s['seed']}", f"{s['theta']['accuracy']:.3f}",
               f"{s['theta']['policy_accuracy']:.3f}", f"{s['theta']['mean_loss']:.4f}"]
-             for s in res["seeds"]]
+             for s in res["seeds"] if s.get("theta")]
     m = res["seed_means"]
     rows.append(["θ, mean [95% CI]", interval(m["theta_accuracy"], ".3f"),
                  interval(m["theta_policy_accuracy"], ".3f"), interval(m["theta_mean_loss"], ".4f")])
@@ -58,7 +58,7 @@ def correlation_lines(res: dict) -> list[str]:
     rows = []
     for s in res["seeds"]:
         c, mg = s["correlations"], s["margin_theta"]
-        rows.append([str(s["seed"]), f"{s['theta']['accuracy']:.3f}",
+        rows.append([str(s["seed"]), f"{s['theta']['accuracy']:.3f}" if s.get("theta") else "–",
                      f"{mg['share_positive']:.2f}", f"{mg['q10']:+.2f} / {mg['q50']:+.2f} / "
                      f"{mg['q90']:+.2f}",
                      f"{c['irm']['pearson']:+.2f} [{c['irm']['pearson_ci95'][0]:+.2f}, "

@@ -99,3 +99,29 @@ def test_seed_means_of_correlations_are_taken_on_fishers_z_scale():
     assert -1 < res["seed_means"]["pearson_irm_if"][1] and res["seed_means"]["pearson_irm_if"][2] < 1
     assert res["seed_means"]["theta_accuracy"][0] == pytest.approx(0.6)
     assert res["rules"] == [] and res["paired"] == {}
+
+
+def test_merge_joins_disjoint_seeds_and_refuses_other_settings():
+    def part(seeds, lr=1e-3):
+        return {"settings": {"lr": lr, "seeds": seeds, "json": "x", "work": "w", "threads": 1},
+                "data": {"file": "f"}, "machine": {"commit": "c"}, "base": {}, "seconds": 10.0 * len(seeds),
+                "seeds": [{"seed": s, "theta": {"accuracy": 0.5 + s / 10, "policy_accuracy": 0.5,
+                                                "mean_loss": 0.69},
+                           "correlations": {n: {"pearson": 0.1 * s, "spearman": 0.1 * s}
+                                            for n in ("irm", "lossdiff")}} for s in seeds],
+                "runs": [{"rule": rule, "seed": s, "accuracy": 0.5, "policy_accuracy": 0.5,
+                          "mean_loss": 0.69 - 0.01 * s * (rule == "tif"), "kept": 1,
+                          "flips_removed": 0, "flipped_in_kept": 0, "overlap_tif": 1,
+                          "mean_margin": 0, "train_seconds": 1, "eval_seconds": 1}
+                         for s in seeds for rule in ("all", "tif")]}
+
+    res = bench_hh.merge([part([3, 4]), part([0, 1, 2])])
+    assert [s["seed"] for s in res["seeds"]] == [0, 1, 2, 3, 4] and len(res["runs"]) == 10
+    assert res["settings"]["seeds"] == [0, 1, 2, 3, 4] and res["seconds"] == 30.0
+    assert [p["seeds"] for p in res["parts"]] == [[3, 4], [0, 1, 2]]
+    assert res["seed_means"]["theta_accuracy"][0] == pytest.approx(0.7)
+    assert res["paired"]["tif"]["all"]["mean_loss"][0] == pytest.approx(-0.02)
+    with pytest.raises(SystemExit, match="other settings"):
+        bench_hh.merge([part([0]), part([1], lr=2e-3)])
+    with pytest.raises(SystemExit, match="a seed is in two parts"):
+        bench_hh.merge([part([0, 1]), part([1])])

@@ -178,9 +178,15 @@ def test_suite_record_keeps_every_steps_last_run():
     assert [(r["step"], r["seconds"], r["machine"]["commit"]) for r in merged] == [
         ("a", 1, "x"), ("b", 5, "y"), ("c", 7, "y")]
     sets = suite_script.steps(ROOT / "docs", quick=False, archive=None)
-    assert [name for name, _ in sets["main"][0]] == ["HH-RLHF as published",
-                                                     "HH-RLHF, 25% flipped"]
+    lanes, merges = sets["main"]
     assert sets["bigbench"] == []           # no BIG-bench step without its archive
-    argv = dict(sets["main"][0])["HH-RLHF, 25% flipped"]
-    assert argv[argv.index("--flip") + 1] == "0.25" and "--n-test" in argv
-    assert int(argv[argv.index("--n-test") + 1]) >= 200
+    # every seed of each setting once, dealt to two lanes; each setting joined at the end
+    seeds = {"clean": [], "flips": []}
+    for lane in lanes:
+        for name, argv in lane:
+            setting = "flips" if "0.25" in argv else "clean"
+            seeds[setting] += [int(x) for x in argv[argv.index("--seeds") + 1:argv.index("--work")]]
+            assert int(argv[argv.index("--n-test") + 1]) >= 200
+    assert len(lanes) == 2 and all(sorted(v) == [0, 1, 2, 3, 4] for v in seeds.values())
+    assert [argv[-1].rsplit("/", 1)[-1] for (name, argv), in merges] == [
+        "bench_hh_clean.json", "bench_hh_flips.json"]
