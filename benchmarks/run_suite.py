@@ -54,7 +54,7 @@ QUICK_LANES = ((("clean", (0, 1)),), (("flips", (0, 1)),))
 def hh_steps(out: Path, quick: bool) -> tuple[list, list]:
     """The lanes of the HH steps (each a list of steps run in turn; lanes side by side) and
     the merge steps that join each setting's parts into ``out/bench_hh_<setting>.json``."""
-    parts = out / "parts"
+    parts = C.ROOT / "runs" / ("bench-parts-quick" if quick else "bench-parts")  # not kept
     lanes, pieces = [], {"clean": [], "flips": []}
     for lane in (QUICK_LANES if quick else LANES):
         steps = []
