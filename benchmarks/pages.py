@@ -99,9 +99,9 @@ def _suite(res: dict) -> list[str]:
 PAGES: list[tuple[str, str, str, Callable]] = [
     # (JSON stem or stem prefix, title, the command that writes the JSON, renderer)
     ("bench_hh_clean", "HH-RLHF as published: selection rules, learnability, IRM vs IF",
-     "python -m benchmarks.run_suite (step 1)", _hh),
+     "make bench (python -m benchmarks.run_suite)", _hh),
     ("bench_hh_flips", "HH-RLHF with 25% of the training pairs flipped: label noise",
-     "python -m benchmarks.run_suite (step 2)", _hh),
+     "make bench (python -m benchmarks.run_suite)", _hh),
     ("bench_hh", "HH-RLHF", "python -m benchmarks.bench_hh", _hh),
     ("bench_evidence_", "BIG-bench pairs (earlier evidence suite)",
      "python -m benchmarks.bench_select --data bigbench", _select),

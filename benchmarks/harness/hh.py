@@ -41,7 +41,8 @@ def rule_lines(res: dict) -> list[str]:
     rows = []
     for r in res["rules"]:
         rows.append([r["rule"], f"{r['kept']:.0f}", f"{r['flipped_in_kept']:.0%}",
-                     *[f"{r[k]:.3f} ± {r[k + '_std']:.3f}" for k in NAMES]])
+                     *[f"{r[k]:.{4 if k == 'mean_loss' else 3}f} ± "
+                       f"{r[k + '_std']:.{4 if k == 'mean_loss' else 3}f}" for k in NAMES]])
     return [markdown_table(["rule", "kept", "flipped in kept", *NAMES.values()], rows)]
 
 
@@ -49,7 +50,8 @@ def paired_lines(res: dict) -> list[str]:
     rows = []
     for rule, bases in res["paired"].items():
         for base, d in bases.items():
-            rows.append([f"{rule} − {base}", *[interval(d[k]) for k in NAMES]])
+            rows.append([f"{rule} − {base}", *[interval(d[k], "+.4f" if k == "mean_loss" else "+.3f")
+                                               for k in NAMES]])
     return [markdown_table(["difference (seed-paired)", *[f"Δ {v}" for v in NAMES.values()]],
                            rows)]
 
