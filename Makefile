@@ -33,8 +33,8 @@ test-slow: $(VENV)/.installed $(VENV)/.smollm2
 demo: $(VENV)/.installed $(VENV)/.smollm2
 	$(BIN)/gradproj demo
 
-# The evidence suite (benchmarks/run_suite.py): learnable sources and a control, label noise,
-# every selection rule × 3 seeds; under 2 h on a 2-core CPU; results into docs/.
+# The evidence suite (benchmarks/run_suite.py): HH-RLHF as published and with 25% flips, 5 seeds,
+# the selection rules continued from θ; 52 min on a 2-core CPU; results into docs/benchmarks/.
 bench: $(VENV)/.installed $(VENV)/.smollm2
 	$(BIN)/python -m benchmarks.run_suite
 
@@ -42,7 +42,7 @@ bench: $(VENV)/.installed $(VENV)/.smollm2
 bench-quick: $(VENV)/.installed $(VENV)/.smollm2
 	$(BIN)/python -m benchmarks.run_suite --quick
 
-# The rest: learnability of every candidate source, training dynamics, projection fidelity, LDS.
+# The rest: training dynamics, projection fidelity, LDS (on the generated task).
 bench-more: $(VENV)/.installed $(VENV)/.smollm2
 	$(BIN)/python -m benchmarks.run_suite --set more
 

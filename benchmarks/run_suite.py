@@ -42,11 +42,10 @@ HH = ["--n-train", "48", "--n-val", "16", "--n-test", "200", "--max-length", "96
       "--lr", "1e-3", "--threads", "1"]
 HH_QUICK = ["--quick", "--n-train", "24", "--n-val", "8", "--n-test", "32", "--proj-dim", "512",
             "--max-length", "96", "--lr", "1e-3", "--threads", "1"]
-SETTINGS = {"clean": ["--flip", "0", "--rules", "all", "random", "tif", "lossdiff-irm",
-                      "reward-gap"],
-            "flips": ["--flip", "0.25", "--eval-theta", "first", "--rules", "all",
-                      "lossdiff-irm"]}
-QUICK_RULES = ["--rules", "all", "random", "lossdiff-irm"]
+SETTINGS = {"clean": ["--flip", "0"], "flips": ["--flip", "0.25", "--eval-theta", "first"]}
+RULES = {"clean": ["all", "random", "tif", "lossdiff-irm", "reward-gap"],
+         "flips": ["all", "lossdiff-irm"]}
+QUICK_RULES = ["all", "random", "lossdiff-irm"]
 LANES = ((("clean", (0, 1, 2)), ("flips", (3, 4))), (("flips", (0, 1, 2)), ("clean", (3, 4))))
 QUICK_LANES = ((("clean", (0, 1)),), (("flips", (0, 1)),))
 
@@ -62,7 +61,8 @@ def hh_steps(out: Path, quick: bool) -> tuple[list, list]:
             name = f"bench_hh_{setting}.seeds-{'-'.join(map(str, seeds))}"
             pieces[setting].append(str(parts / f"{name}.json"))
             argv = ["bench_hh.py", *(HH_QUICK if quick else HH), *SETTINGS[setting],
-                    *(QUICK_RULES if quick else []), "--seeds", *map(str, seeds),
+                    "--rules", *(QUICK_RULES if quick else RULES[setting]),
+                    "--seeds", *map(str, seeds),
                     "--work", f"/tmp/gradproj-suite-{name}", "--json", pieces[setting][-1]]
             steps.append((f"HH-RLHF {setting}, seeds {', '.join(map(str, seeds))}", argv))
         lanes.append(steps)
