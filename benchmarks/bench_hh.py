@@ -24,7 +24,6 @@ IRM and LossDiff with IF (Pearson with a Fisher interval, Spearman with a bootst
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import random
 import shutil
@@ -49,10 +48,11 @@ def say(msg: str) -> None:
 
 
 def read_records(path: Path) -> list[dict]:
-    """The file's rows with an ``id`` (``hh-<row>``, 0-based row number in the file)."""
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        return [dict(json.loads(line), id=f"hh-{i}") for i, line in enumerate(f) if line.strip()]
+    """The file's records (read and validated by :func:`gradproj.load_pairs`) with an ``id``:
+    ``hh-<row>``, the 0-based number of the record in the file."""
+    from gradproj.core.data import load_pairs
+
+    return [dict(p.record, id=f"hh-{i}") for i, p in enumerate(load_pairs(path))]
 
 
 def load_splits(path: Path, tokenizer, pref, n_train: int, n_val: int, n_test: int,
@@ -117,12 +117,13 @@ def correlations(table) -> dict:
     # direction. The sign of corr(IRM, IF) is the contest of the two (docs/results.md).
     h = np.asarray(table["irm"], float)
     ok = np.isfinite(h) & np.isfinite(f)
-    align = f[ok] / (1.0 / (1.0 + np.exp(h[ok])))
-    half = h[ok] >= np.median(h[ok])
+    h, weight = h[ok], 1.0 / (1.0 + np.exp(h[ok]))            # σ(−h)
+    align = f[ok] / weight
+    half = h >= np.median(h)
     out["decomposition"] = {
-        "pearson_irm_alignment": pearson(h[ok], align),
-        "spearman_irm_alignment": spearman(h[ok], align),
-        "pearson_irm_weight": pearson(h[ok], 1.0 / (1.0 + np.exp(h[ok]))),
+        "pearson_irm_alignment": pearson(h, align),
+        "spearman_irm_alignment": spearman(h, align),
+        "pearson_irm_weight": pearson(h, weight),
         "share_alignment_positive": float((align > 0).mean()),
         "mean_alignment_high_irm": float(align[half].mean()),
         "mean_alignment_low_irm": float(align[~half].mean())}
@@ -133,8 +134,7 @@ def seed_stage(args, loaded, data: dict, heldout, seed: int, work: Path,
                evaluate_theta: bool = True) -> tuple[dict, object]:
     """θ, θ_V, scores, store and IF for one seed; its statistics (θ's held-out metrics when
     ``evaluate_theta``) and the model at θ."""
-    from benchmarks.harness.noise import SCORES, auroc_clean_vs_flipped
-    from benchmarks.harness.scoring import score_run
+    from benchmarks.harness.scoring import score_run, score_statistics
     from gradproj.core.model import reattach
     from gradproj.store.build import StoreSettings
     from gradproj.training.train import TrainSettings
@@ -148,14 +148,13 @@ def seed_stage(args, loaded, data: dict, heldout, seed: int, work: Path,
     model = reattach(scored.loaded, scored.theta)
     theta = heldout.evaluate(model).to_dict() if evaluate_theta else None
     table = scored.table
-    is_flip = np.array([i in data["flipped"] for i in table.ids])
-    cols = {c: np.asarray(table[c], float) for c in SCORES}
+    st = score_statistics(table, data["flipped"])
+    is_flip = st["is_flip"]
     row = {"seed": seed, "theta": theta, "correlations": correlations(table),
            "margin_theta": margin_summary(table["irm"]),
            "margin_theta_flipped": margin_summary(table["irm"][is_flip]) if is_flip.any()
            else None,
-           "auroc_clean_vs_flipped": auroc_clean_vs_flipped(cols, is_flip) if is_flip.any()
-           else None,
+           "auroc_clean_vs_flipped": st["auroc_clean_vs_flipped"] if is_flip.any() else None,
            "train_losses": json.loads((Path(scored.theta) / "train.json").read_text())["losses"],
            "stages_seconds": scored.seconds, "table": table}
     c = row["correlations"]

@@ -97,7 +97,8 @@ def _suite(res: dict) -> list[str]:
 
 
 PAGES: list[tuple[str, str, str, Callable]] = [
-    # (JSON stem or stem prefix, title, the command that writes the JSON, renderer)
+    # (JSON stem prefix, title, the command that writes the JSON, renderer); a key before any
+    # key it starts with
     ("bench_hh_clean", "HH-RLHF as published: selection rules, learnability, IRM vs IF",
      "make bench (python -m benchmarks.run_suite)", _hh),
     ("bench_hh_flips", "HH-RLHF with 25% of the training pairs flipped: label noise",
@@ -129,11 +130,9 @@ PAGES: list[tuple[str, str, str, Callable]] = [
 
 
 def page_of(stem: str):
-    """(title, command, renderer) of a JSON stem, or None."""
+    """(title, command, renderer) of a JSON stem: the first entry of :data:`PAGES` it starts
+    with (the list puts the longer keys first, e.g. bench_lds_smollm2 → bench_lds), or None."""
     for key, title, command, render in PAGES:
-        if stem == key or (key.endswith("_") and stem.startswith(key)):
-            return title, command, render
-    for key, title, command, render in PAGES:          # e.g. bench_lds_smollm2
         if stem.startswith(key):
             return title, command, render
     return None

@@ -37,12 +37,7 @@ def atomic_path(path: str | os.PathLike, durable: bool = False) -> Iterator[Path
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            if tmp.is_dir():
-                import shutil
-
-                shutil.rmtree(tmp)
-            else:
-                tmp.unlink()
+            tmp.unlink()
         raise
     if durable:
         _fsync(path.parent, directory=True)
